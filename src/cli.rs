@@ -1,0 +1,220 @@
+//! Command-line flags, named after the Prometheus exporter-toolkit (SPEC §6). The `///` comments
+//! here are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Prometheus exporter for Huawei Cloud asynchronous jobs (EVS, SDRS, ECS, …).
+#[derive(Debug, Parser)]
+#[command(name = "huaweicloud-job-exporter", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run; without a subcommand, the exporter.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Exporter flags.
+    #[command(flatten)]
+    pub exporter: ExporterArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the exporter against the built-in simulator with a sample fleet; needs no credentials.
+    Demo(DemoArgs),
+    /// Run the simulator alone (a stand-in for Huawei Cloud's job API).
+    Simulate(SimulateArgs),
+    /// Validate the configuration file and exit: 0 if valid, 1 with the errors otherwise.
+    CheckConfig(CheckConfigArgs),
+}
+
+/// Flags of the exporter itself.
+#[derive(Debug, Args)]
+pub struct ExporterArgs {
+    /// Path to the configuration file.
+    #[arg(long = "config.file", default_value = "huaweicloud-job-exporter.yml")]
+    pub config_file: PathBuf,
+    /// Web and logging flags.
+    #[command(flatten)]
+    pub web: WebArgs,
+}
+
+/// Flags shared by the exporter and `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct WebArgs {
+    /// Address to listen on for the web interface and telemetry (`:10037` means all interfaces).
+    #[arg(long = "web.listen-address", default_value = ":10037", global = true)]
+    pub listen_address: String,
+    /// Path under which to expose metrics.
+    #[arg(long = "web.telemetry-path", default_value = "/metrics", global = true, value_parser = telemetry_path)]
+    pub telemetry_path: String,
+    /// Only log messages with the given severity or above.
+    #[arg(long = "log.level", value_enum, default_value_t = LogLevel::Info, global = true)]
+    pub log_level: LogLevel,
+    /// Output format of log messages.
+    #[arg(long = "log.format", value_enum, default_value_t = LogFormat::Logfmt, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Flags of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address of the built-in simulator (port 0 picks a free one).
+    #[arg(long = "simulator.listen-address", default_value = "127.0.0.1:0")]
+    pub simulator_address: String,
+    /// Seconds between refreshes of the active jobs.
+    #[arg(long = "demo.refresh-interval", default_value = "5s", value_parser = duration)]
+    pub refresh_interval: std::time::Duration,
+}
+
+/// Flags of `simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Address to listen on.
+    #[arg(long = "listen-address", default_value = "127.0.0.1:10038")]
+    pub listen_address: String,
+    /// Number of generated jobs.
+    #[arg(long = "fleet", default_value_t = 30)]
+    pub fleet: usize,
+    /// Seed of the generated fleet.
+    #[arg(long = "seed", default_value_t = 1)]
+    pub seed: u64,
+    /// Project id of the generated jobs.
+    #[arg(long = "project-id", default_value = crate::simulator::DEMO_PROJECT_ID)]
+    pub project_id: String,
+}
+
+/// Flags of `check-config`.
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// Path to the configuration file.
+    #[arg(long = "config.file", default_value = "huaweicloud-job-exporter.yml")]
+    pub config_file: PathBuf,
+}
+
+/// Log severities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// Everything, including each fetch.
+    Debug,
+    /// Start, stop, readiness and failures.
+    Info,
+    /// Failures only.
+    Warn,
+    /// Errors only.
+    Error,
+}
+
+impl LogLevel {
+    /// The tracing filter directive.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `key=value` pairs, as Prometheus' own components log.
+    Logfmt,
+    /// One JSON object per line.
+    Json,
+}
+
+fn telemetry_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && s.len() > 1 && !s.contains(['{', '}', '*', '?', '#', ' ']) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} must be an absolute path such as /metrics"))
+    }
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(s).and_then(|d| {
+        if d.is_zero() {
+            Err(format!("{s:?} must be greater than zero"))
+        } else {
+            Ok(d)
+        }
+    })
+}
+
+/// Resolves a listen address; `:PORT` means every IPv4 interface.
+pub fn listen_address(s: &str) -> String {
+    match s.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let cli = Cli::try_parse_from(["x"]).expect("parses");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.exporter.web.listen_address, ":10037");
+        assert_eq!(cli.exporter.web.telemetry_path, "/metrics");
+        assert_eq!(cli.exporter.web.log_format, LogFormat::Logfmt);
+        assert_eq!(listen_address(":10037"), "0.0.0.0:10037");
+        assert_eq!(listen_address("127.0.0.1:1"), "127.0.0.1:1");
+    }
+
+    #[test]
+    fn toolkit_flag_names() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--config.file=/etc/c.yml",
+            "--web.listen-address=127.0.0.1:9",
+            "--web.telemetry-path=/m",
+            "--log.level=debug",
+            "--log.format=json",
+        ])
+        .expect("parses");
+        assert_eq!(cli.exporter.config_file, PathBuf::from("/etc/c.yml"));
+        assert_eq!(cli.exporter.web.telemetry_path, "/m");
+        assert_eq!(cli.exporter.web.log_level, LogLevel::Debug);
+        assert_eq!(cli.exporter.web.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn demo_takes_web_and_log_flags() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "demo",
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--log.format",
+            "json",
+            "--demo.refresh-interval=2s",
+        ])
+        .expect("parses");
+        assert_eq!(cli.exporter.web.listen_address, "127.0.0.1:0");
+        match cli.command {
+            Some(Command::Demo(d)) => {
+                assert_eq!(d.refresh_interval, std::time::Duration::from_secs(2))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for args in [
+            vec!["x", "--log.level=loud"],
+            vec!["x", "--log.format=xml"],
+            vec!["x", "--web.telemetry-path=metrics"],
+            vec!["x", "demo", "--demo.refresh-interval=0s"],
+            vec!["x", "--no-such-flag"],
+        ] {
+            assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");
+        }
+    }
+}

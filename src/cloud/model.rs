@@ -1,0 +1,369 @@
+//! Decoding of job and error bodies (SPEC §2), leniently.
+//!
+//! Every field may be missing, null or of an unexpected JSON type; unknown fields are ignored and
+//! statuses are an open set. A body that is not a JSON object is the only decoding failure: a
+//! job with an unparsable time is still a job, exported without that time.
+
+use chrono::{DateTime, NaiveDateTime};
+use serde_json::{Map, Value};
+
+/// Statuses after which a job never changes.
+pub fn is_terminal(status: &str) -> bool {
+    matches!(status, "SUCCESS" | "FAIL")
+}
+
+/// Entity keys exported as `entity_type`, in a fixed order.
+const ENTITY_KEYS: [&str; 9] = [
+    "volume_id",
+    "server_group_id",
+    "replication_pair_id",
+    "protected_instance_id",
+    "server_id",
+    "native_server_id",
+    "nic_id",
+    "image_id",
+    "publicip_id",
+];
+
+/// One decoded job (or sub-job).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Job {
+    /// `job_id` as reported.
+    pub job_id: Option<String>,
+    /// `job_type`.
+    pub job_type: Option<String>,
+    /// `status`, as reported (an open set).
+    pub status: Option<String>,
+    /// `begin_time` as Unix seconds, when it parsed.
+    pub begin: Option<f64>,
+    /// `end_time` as Unix seconds, when it parsed and was not empty.
+    pub end: Option<f64>,
+    /// `error_code`.
+    pub error_code: Option<String>,
+    /// `fail_reason`.
+    pub fail_reason: Option<String>,
+    /// (entity_type, entity_id) pairs, `volume_ids` split into `volume_id`s.
+    pub entities: Vec<(String, String)>,
+    /// `entities.sub_jobs`.
+    pub sub_jobs: Vec<Job>,
+}
+
+impl Job {
+    /// True for SUCCESS and FAIL.
+    pub fn is_terminal(&self) -> bool {
+        self.status.as_deref().is_some_and(is_terminal)
+    }
+}
+
+/// Why a body could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON at all, or cut short.
+    #[error("invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// JSON, but not an object.
+    #[error("expected a JSON object, got {0}")]
+    NotAnObject(&'static str),
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Decodes a 200 body of `GET /v1/{project_id}/jobs/{job_id}`.
+pub fn decode_job(body: &[u8]) -> Result<Job, DecodeError> {
+    match serde_json::from_slice::<Value>(body)? {
+        Value::Object(map) => Ok(job_from(&map, 0)),
+        other => Err(DecodeError::NotAnObject(kind(&other))),
+    }
+}
+
+/// A string field: strings as they are, numbers and booleans as text, anything else absent.
+fn text(map: &Map<String, Value>, key: &str) -> Option<String> {
+    match map.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn job_from(map: &Map<String, Value>, depth: u8) -> Job {
+    let time = |key| text(map, key).as_deref().and_then(parse_time);
+    let mut job = Job {
+        job_id: text(map, "job_id"),
+        job_type: text(map, "job_type"),
+        status: text(map, "status").filter(|s| !s.is_empty()),
+        begin: time("begin_time"),
+        end: time("end_time"),
+        error_code: text(map, "error_code").filter(|s| !s.is_empty()),
+        fail_reason: text(map, "fail_reason").filter(|s| !s.is_empty()),
+        entities: Vec::new(),
+        sub_jobs: Vec::new(),
+    };
+    let Some(Value::Object(entities)) = map.get("entities") else {
+        return job;
+    };
+    for key in ENTITY_KEYS {
+        if let Some(id) = text(entities, key).filter(|s| !s.is_empty()) {
+            job.entities.push((key.to_string(), id));
+        }
+    }
+    if let Some(ids) = text(entities, "volume_ids") {
+        for id in ids.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let pair = ("volume_id".to_string(), id.to_string());
+            if !job.entities.contains(&pair) {
+                job.entities.push(pair);
+            }
+        }
+    }
+    // Sub-jobs do not nest in any documented API; one level is all that is read, so a hostile
+    // body cannot make decoding recurse.
+    if depth == 0
+        && let Some(Value::Array(subs)) = entities.get("sub_jobs")
+    {
+        job.sub_jobs = subs
+            .iter()
+            .filter_map(|s| match s {
+                Value::Object(m) => Some(job_from(m, depth + 1)),
+                _ => None,
+            })
+            .collect();
+    }
+    job
+}
+
+/// Parses the time formats of SPEC §2 into Unix seconds: RFC 3339 (`Z`, `+08:00`), a numeric
+/// offset without colon (`+0800`), with or without fraction, no offset at all (taken as UTC),
+/// and IMS's `04-Jun-2015 18:11:06:586`. Empty or unparsable gives `None`.
+pub fn parse_time(s: &str) -> Option<f64> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let to_secs = |dt: DateTime<chrono::FixedOffset>| {
+        dt.timestamp() as f64 + f64::from(dt.timestamp_subsec_millis()) / 1000.0
+    };
+    if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
+        return Some(to_secs(dt));
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"] {
+        if let Ok(dt) = DateTime::parse_from_str(s, fmt) {
+            return Some(to_secs(dt));
+        }
+    }
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%d-%b-%Y %H:%M:%S:%3f",
+        "%d-%b-%Y %H:%M:%S",
+    ] {
+        if let Ok(dt) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Some(to_secs(dt.and_utc().fixed_offset()));
+        }
+    }
+    None
+}
+
+/// The code and message of an error body, whatever its shape.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ApiError {
+    /// `code`, `error_code` or `errorCode` (integers as text).
+    pub code: Option<String>,
+    /// `message`, `error_msg` or `errorMsg`.
+    pub message: Option<String>,
+}
+
+/// Reads the error shapes of SPEC §2: `{"error":{code,message}}`, any other single wrapper key,
+/// top-level `{error_code,error_msg}` or `{errorCode,errorMsg}`. HTML, empty or other bodies give
+/// an empty `ApiError`.
+pub fn decode_error(body: &[u8]) -> ApiError {
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
+        return ApiError::default();
+    };
+    let flat = |m: &Map<String, Value>| {
+        let code = ["error_code", "errorCode", "code"]
+            .iter()
+            .find_map(|k| text(m, k));
+        let message = ["error_msg", "errorMsg", "message"]
+            .iter()
+            .find_map(|k| text(m, k));
+        ApiError { code, message }
+    };
+    let top = flat(&map);
+    if top.code.is_some() {
+        return top;
+    }
+    if let Some(Value::Object(inner)) = map.get("error") {
+        return flat(inner);
+    }
+    if map.len() == 1
+        && let Some(Value::Object(inner)) = map.values().next()
+    {
+        return flat(inner);
+    }
+    top
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/tests/data/examples/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).expect("example file")
+    }
+
+    #[test]
+    fn evs_running_job() {
+        let j = decode_job(&example("evs_01.json")).expect("decodes");
+        assert_eq!(j.status.as_deref(), Some("RUNNING"));
+        assert_eq!(j.job_type.as_deref(), Some("createVolume"));
+        assert_eq!(j.job_id.as_deref(), Some("4010a32d535527910153552b492c0002"));
+        assert_eq!(j.begin, Some(1_457_422_813.219));
+        assert_eq!(j.end, None);
+        assert!(!j.is_terminal());
+        assert_eq!(
+            j.entities,
+            vec![(
+                "volume_id".into(),
+                "bdf1bb37-f20f-4266-9a04-f43e0a127376".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn evs_batch_with_sub_jobs() {
+        let j = decode_job(&example("evs_02.json")).expect("decodes");
+        assert!(j.is_terminal());
+        assert_eq!(j.sub_jobs.len(), 2);
+        assert_eq!(j.sub_jobs[1].job_id.as_deref(), Some("21917a8d52a19b040152a9f2f2f60042"));
+        assert_eq!(j.sub_jobs[0].status.as_deref(), Some("SUCCESS"));
+        assert_eq!(j.end.zip(j.begin).map(|(e, b)| (e - b).round()), Some(31.0));
+    }
+
+    #[test]
+    fn sdrs_examples() {
+        let j = decode_job(&example("sdrs_01.json")).expect("decodes");
+        assert_eq!(j.job_type.as_deref(), Some("createProtectionGroupNoCG"));
+        assert_eq!(j.entities[0].0, "server_group_id");
+        let j = decode_job(&example("sdrs_02.json")).expect("decodes");
+        assert_eq!(j.sub_jobs.len(), 2);
+        assert_eq!(j.sub_jobs[0].job_type.as_deref(), Some("stopProtectionGroupRepNoCG"));
+    }
+
+    #[test]
+    fn ecs_bms_eip_examples() {
+        for (file, sub_type) in [
+            ("ecs_01.json", Some("createSingleServer")),
+            ("bms_01.json", Some("baremetalSingleCreate")),
+            ("eip_01.json", None),
+        ] {
+            let j = decode_job(&example(file)).expect(file);
+            assert_eq!(j.status.as_deref(), Some("SUCCESS"), "{file}");
+            assert_eq!(j.sub_jobs.first().and_then(|s| s.job_type.as_deref()), sub_type);
+        }
+        let ecs = decode_job(&example("ecs_01.json")).expect("ecs");
+        assert_eq!(ecs.sub_jobs[0].entities[0].0, "server_id");
+    }
+
+    #[test]
+    fn ims_time_format() {
+        let j = decode_job(&example("ims_01.json")).expect("decodes");
+        assert_eq!(j.begin, Some(1_433_441_466.586));
+        assert_eq!(j.entities[0], ("image_id".into(), "e9e91bff-14b6-4a0b-8377-4ed0813e3360".into()));
+    }
+
+    #[test]
+    fn task_submit_body_is_a_job_with_only_an_id() {
+        let j = decode_job(&example("ecs_task_submit_01.json")).expect("decodes");
+        assert_eq!(j.job_id.as_deref(), Some("ff80808288d41e1b018990260955686a"));
+        assert_eq!(j.status, None);
+    }
+
+    #[test]
+    fn iam_token_bodies_decode_as_objects() {
+        for f in ["iam_token_password_01.json", "iam_token_password_02.json"] {
+            let j = decode_job(&example(f)).expect(f);
+            assert_eq!(j.status, None);
+        }
+    }
+
+    #[test]
+    fn error_examples() {
+        for (file, code, msg) in [
+            ("evs_03.json", "XXX", "XXXX"),
+            ("sdrs_03.json", "XXX", "XXXX"),
+            ("ecs_task_submit_02.json", "xxxx", "xxxx"),
+            ("iam_token_password_03.json", "400", "The request body is invalid"),
+            ("iam_token_password_04.json", "401", "The username or password is wrong."),
+            ("apig_0308_observed_429.json", "APIG.0308", "The throttling threshold has been reached: policy ip over ratelimit,limit:5,time:1 minute"),
+        ] {
+            let e = decode_error(&example(file));
+            assert_eq!(e.code.as_deref(), Some(code), "{file}");
+            assert_eq!(e.message.as_deref(), Some(msg), "{file}");
+        }
+    }
+
+    #[test]
+    fn other_error_shapes() {
+        let e = decode_error(br#"{"itemNotFound":{"code":404,"message":"job not found"}}"#);
+        assert_eq!(e.code.as_deref(), Some("404"));
+        assert_eq!(e.message.as_deref(), Some("job not found"));
+        let e = decode_error(br#"{"errorCode":"SDRS.1201","errorMsg":"bad"}"#);
+        assert_eq!(e.code.as_deref(), Some("SDRS.1201"));
+        assert_eq!(decode_error(b"<html><body>502 Bad Gateway</body></html>"), ApiError::default());
+        assert_eq!(decode_error(b""), ApiError::default());
+        assert_eq!(decode_error(br#"{"a":1,"b":2}"#), ApiError::default());
+    }
+
+    #[test]
+    fn nulls_missing_fields_odd_types_and_unknown_statuses() {
+        let j = decode_job(br#"{"status":null,"job_type":7,"begin_time":null,"entities":{"sub_jobs":[1,"x",{"status":"LISTENING"}],"size":"ten"},"new_field":{}}"#).expect("decodes");
+        assert_eq!(j.status, None);
+        assert_eq!(j.job_type.as_deref(), Some("7"));
+        assert_eq!(j.sub_jobs.len(), 1);
+        assert_eq!(j.sub_jobs[0].status.as_deref(), Some("LISTENING"));
+        let j = decode_job(br#"{"status":"WAITING_EXECUTE","entities":"oops"}"#).expect("decodes");
+        assert!(!j.is_terminal());
+        assert!(decode_job(b"[1,2]").is_err());
+        assert!(decode_job(b"{\"status\":\"RUN").is_err());
+        assert!(decode_job(b"<html></html>").is_err());
+    }
+
+    #[test]
+    fn sdrs_volume_ids_split_into_entities() {
+        let j = decode_job(br#"{"entities":{"replication_pair_id":"rp1","volume_ids":"v1, v2,,v1"}}"#).expect("decodes");
+        assert_eq!(
+            j.entities,
+            vec![
+                ("replication_pair_id".into(), "rp1".into()),
+                ("volume_id".into(), "v1".into()),
+                ("volume_id".into(), "v2".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn time_formats() {
+        let base = 1_457_422_813.0;
+        assert_eq!(parse_time("2016-03-08T07:40:13Z"), Some(base));
+        assert_eq!(parse_time("2016-03-08T07:40:13.219Z"), Some(base + 0.219));
+        assert_eq!(parse_time("2016-03-08T15:40:13.219+08:00"), Some(base + 0.219));
+        assert_eq!(parse_time("2016-03-08T15:40:13+0800"), Some(base));
+        assert_eq!(parse_time("2016-03-08T07:40:13"), Some(base));
+        assert_eq!(parse_time("08-Mar-2016 07:40:13:219"), Some(base + 0.219));
+        assert_eq!(parse_time(""), None);
+        assert_eq!(parse_time("yesterday"), None);
+    }
+}

@@ -1,0 +1,902 @@
+//! The YAML configuration file (SPEC §6): parsing, secret resolution and validation.
+//!
+//! Everything is checked here, before any port is bound. Problems are collected rather than
+//! returned one at a time, so an operator fixes a broken file in one pass; each names the file,
+//! the field path (`targets[0].jobs[2]`) and what is wrong with the value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where secrets and the SDK fallback variables are looked up. `main` passes the process
+/// environment; tests pass a map, so nothing global is mutated.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file the problem is in.
+    pub file: String,
+    /// The field path, e.g. `targets[1].jobs[0]`; empty for the document itself.
+    pub path: String,
+    /// What is wrong. Never contains a secret value.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.path, self.message)
+        }
+    }
+}
+
+/// Configuration errors: every problem found in one pass.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read at all.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid configuration.
+    #[error("{}", render_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn render_problems(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
+    lines.join("\n")
+}
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How jobs are fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// A background refresher polls active jobs; scrapes serve the last snapshot.
+    #[default]
+    Cached,
+    /// Each scrape fetches the active jobs within the scrape's deadline.
+    OnDemand,
+}
+
+/// A secret: a string, `{env: NAME}` or `{file: PATH}`. Resolved at load time.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+enum SecretSource {
+    Inline(String),
+    Env {
+        env: String,
+    },
+    File {
+        file: PathBuf,
+    },
+}
+
+/// A resolved secret. Its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for signing. Callers must not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccount {
+    name: String,
+    access_key: Option<SecretSource>,
+    secret_key: Option<SecretSource>,
+    security_token: Option<SecretSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    account: String,
+    cloud_service: String,
+    cloud_region: String,
+    project_id: String,
+    endpoint: Option<String>,
+    #[serde(default)]
+    jobs: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    mode: Mode,
+    refresh_interval: Option<String>,
+    scrape_timeout: Option<String>,
+    request_timeout: Option<String>,
+    max_concurrency: Option<usize>,
+    max_requests_per_second: Option<f64>,
+    terminal_retention: Option<String>,
+    #[serde(default)]
+    accounts: Vec<RawAccount>,
+    #[serde(default)]
+    targets: Vec<RawTarget>,
+    #[serde(default)]
+    jobs_files: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobsFile {
+    #[serde(default)]
+    targets: Vec<RawTarget>,
+}
+
+/// AK/SK credentials of one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Access key id; not secret, but kept out of logs all the same.
+    pub access_key: Secret,
+    /// Secret access key.
+    pub secret_key: Secret,
+    /// Security token of temporary credentials.
+    pub security_token: Option<Secret>,
+}
+
+/// A named account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The name targets refer to.
+    pub name: String,
+    /// How requests of this account are signed.
+    pub credentials: Credentials,
+}
+
+/// A (account, service, region, project) and the jobs tracked in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Name of the account whose credentials sign the requests.
+    pub account: String,
+    /// Service name as in the endpoint host (`evs`, `sdrs`, `ecs`, …).
+    pub cloud_service: String,
+    /// Region, e.g. `cn-north-4`.
+    pub cloud_region: String,
+    /// Project id.
+    pub project_id: String,
+    /// Base URL, without a trailing slash.
+    pub endpoint: String,
+    /// Job ids, de-duplicated, in the order first given.
+    pub jobs: Vec<String>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Cached or on-demand.
+    pub mode: Mode,
+    /// Cached mode: how often active jobs are polled.
+    pub refresh_interval: Duration,
+    /// On-demand mode: deadline of a scrape when Prometheus sends none.
+    pub scrape_timeout: Duration,
+    /// Timeout of one upstream request.
+    pub request_timeout: Duration,
+    /// Upstream requests in flight, all targets together.
+    pub max_concurrency: usize,
+    /// Requests per second, per endpoint.
+    pub max_requests_per_second: f64,
+    /// How long finished jobs stay exported.
+    pub terminal_retention: Duration,
+    /// Accounts by name.
+    pub accounts: BTreeMap<String, Account>,
+    /// Targets, merged by (account, service, region, project).
+    pub targets: Vec<Target>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Cached,
+            refresh_interval: Duration::from_secs(30),
+            scrape_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+            max_concurrency: 16,
+            max_requests_per_second: 50.0,
+            terminal_retention: Duration::from_secs(7 * 86400),
+            accounts: BTreeMap::new(),
+            targets: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`, looking secrets up through `env`.
+    pub fn load(path: &Path, env: EnvLookup<'_>) -> Result<Self> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::parse(&text, &file, path.parent().unwrap_or(Path::new(".")), env)
+    }
+
+    /// Parses and validates a configuration held in memory. `file` names it in errors and
+    /// `base_dir` anchors relative `jobs_files` globs.
+    pub fn parse(text: &str, file: &str, base_dir: &Path, env: EnvLookup<'_>) -> Result<Self> {
+        let raw: RawConfig = parse_yaml(text, file)?;
+        let mut v = Validator {
+            file: file.to_string(),
+            problems: Vec::new(),
+            env,
+        };
+        let defaults = Config::default();
+        let mut cfg = Config {
+            mode: raw.mode,
+            refresh_interval: v.duration("refresh_interval", raw.refresh_interval.as_deref())
+                .unwrap_or(defaults.refresh_interval),
+            scrape_timeout: v.duration("scrape_timeout", raw.scrape_timeout.as_deref())
+                .unwrap_or(defaults.scrape_timeout),
+            request_timeout: v.duration("request_timeout", raw.request_timeout.as_deref())
+                .unwrap_or(defaults.request_timeout),
+            terminal_retention: v
+                .duration("terminal_retention", raw.terminal_retention.as_deref())
+                .unwrap_or(defaults.terminal_retention),
+            max_concurrency: raw.max_concurrency.unwrap_or(defaults.max_concurrency),
+            max_requests_per_second: raw
+                .max_requests_per_second
+                .unwrap_or(defaults.max_requests_per_second),
+            accounts: BTreeMap::new(),
+            targets: Vec::new(),
+        };
+        if cfg.max_concurrency == 0 || cfg.max_concurrency > 10_000 {
+            v.problem(
+                "max_concurrency",
+                format!("must be between 1 and 10000, got {}", cfg.max_concurrency),
+            );
+        }
+        if !(cfg.max_requests_per_second.is_finite() && cfg.max_requests_per_second > 0.0) {
+            v.problem(
+                "max_requests_per_second",
+                format!("must be a positive number, got {}", cfg.max_requests_per_second),
+            );
+        }
+
+        for (i, acc) in raw.accounts.into_iter().enumerate() {
+            let path = format!("accounts[{i}]");
+            if let Some(account) = v.account(&path, acc) {
+                if cfg.accounts.contains_key(&account.name) {
+                    v.problem(
+                        &format!("{path}.name"),
+                        format!("duplicate account name {:?}", account.name),
+                    );
+                } else {
+                    cfg.accounts.insert(account.name.clone(), account);
+                }
+            }
+        }
+
+        let mut targets: Vec<Target> = Vec::new();
+        for (i, t) in raw.targets.into_iter().enumerate() {
+            v.target(&format!("targets[{i}]"), t, &cfg.accounts, &mut targets);
+        }
+        let problems_before_files = std::mem::take(&mut v.problems);
+        for (i, pattern) in raw.jobs_files.iter().enumerate() {
+            v.jobs_files(&format!("jobs_files[{i}]"), pattern, base_dir, &cfg.accounts, &mut targets);
+        }
+        v.problems.splice(0..0, problems_before_files);
+        cfg.targets = targets;
+
+        if v.problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(Error::Invalid(v.problems))
+        }
+    }
+
+    /// Number of distinct jobs over all targets.
+    pub fn job_count(&self) -> usize {
+        self.targets.iter().map(|t| t.jobs.len()).sum()
+    }
+}
+
+fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T> {
+    let de = serde_norway::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        Error::Invalid(vec![Problem {
+            file: file.to_string(),
+            path: if path == "." { String::new() } else { path },
+            message: inner.to_string(),
+        }])
+    })
+}
+
+struct Validator<'a> {
+    file: String,
+    problems: Vec<Problem>,
+    env: EnvLookup<'a>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, path: &str, message: String) {
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            path: path.to_string(),
+            message,
+        });
+    }
+
+    fn duration(&mut self, path: &str, value: Option<&str>) -> Option<Duration> {
+        let value = value?;
+        match parse_duration(value) {
+            Ok(d) if d.is_zero() => {
+                self.problem(path, format!("must be greater than zero, got {value:?}"));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(path, e);
+                None
+            }
+        }
+    }
+
+    fn secret(&mut self, path: &str, source: &SecretSource) -> Option<Secret> {
+        match source {
+            SecretSource::Inline(s) if s.is_empty() => {
+                self.problem(path, "is empty".into());
+                None
+            }
+            SecretSource::Inline(s) => Some(Secret(s.clone())),
+            SecretSource::Env { env } => match (self.env)(env) {
+                Some(v) if !v.is_empty() => Some(Secret(v)),
+                _ => {
+                    self.problem(
+                        path,
+                        format!("environment variable {env:?} is not set or empty"),
+                    );
+                    None
+                }
+            },
+            SecretSource::File { file } => match std::fs::read_to_string(file) {
+                // Kubernetes Secrets and `echo > file` leave a trailing newline.
+                Ok(v) if !v.trim_end_matches(['\r', '\n']).is_empty() => {
+                    Some(Secret(v.trim_end_matches(['\r', '\n']).to_string()))
+                }
+                Ok(_) => {
+                    self.problem(path, format!("secret file {} is empty", file.display()));
+                    None
+                }
+                Err(e) => {
+                    self.problem(
+                        path,
+                        format!("cannot read secret file {}: {e}", file.display()),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    /// An explicit value, else the official SDK's environment variable.
+    fn secret_or_sdk_env(
+        &mut self,
+        path: &str,
+        source: Option<&SecretSource>,
+        sdk_var: &str,
+    ) -> Option<Secret> {
+        if let Some(s) = source {
+            return self.secret(path, s);
+        }
+        let found = (self.env)(sdk_var).filter(|v| !v.is_empty()).map(Secret);
+        if found.is_none() {
+            self.problem(path, format!("is missing, and the fallback {sdk_var} is not set"));
+        }
+        found
+    }
+
+    fn account(&mut self, path: &str, acc: RawAccount) -> Option<Account> {
+        if !is_name(&acc.name) {
+            self.problem(
+                &format!("{path}.name"),
+                format!("{:?} is not a valid name ([A-Za-z0-9_.-], 1 to 64)", acc.name),
+            );
+        }
+        let ak = self.secret_or_sdk_env(
+            &format!("{path}.access_key"),
+            acc.access_key.as_ref(),
+            "HUAWEICLOUD_SDK_AK",
+        );
+        let sk = self.secret_or_sdk_env(
+            &format!("{path}.secret_key"),
+            acc.secret_key.as_ref(),
+            "HUAWEICLOUD_SDK_SK",
+        );
+        let token = match acc.security_token.as_ref() {
+            Some(s) => self.secret(&format!("{path}.security_token"), s),
+            None => (self.env)("HUAWEICLOUD_SDK_SECURITY_TOKEN")
+                .filter(|v| !v.is_empty())
+                .map(Secret),
+        };
+        Some(Account {
+            name: acc.name,
+            credentials: Credentials {
+                access_key: ak?,
+                secret_key: sk?,
+                security_token: token,
+            },
+        })
+    }
+
+    fn target(
+        &mut self,
+        path: &str,
+        t: RawTarget,
+        accounts: &BTreeMap<String, Account>,
+        out: &mut Vec<Target>,
+    ) {
+        let before = self.problems.len();
+        if !accounts.contains_key(&t.account) {
+            self.problem(
+                &format!("{path}.account"),
+                format!("names unknown account {:?}", t.account),
+            );
+        }
+        for (field, value) in [
+            ("cloud_service", &t.cloud_service),
+            ("cloud_region", &t.cloud_region),
+        ] {
+            if !is_dns_label(value) {
+                self.problem(
+                    &format!("{path}.{field}"),
+                    format!("{value:?} must be lowercase letters, digits and '-' (1 to 63)"),
+                );
+            }
+        }
+        if !is_job_id(&t.project_id) {
+            self.problem(
+                &format!("{path}.project_id"),
+                format!("{:?} must match [A-Za-z0-9-]{{1,64}}", t.project_id),
+            );
+        }
+        let endpoint = match t.endpoint {
+            Some(e) => match validate_endpoint(&e) {
+                Ok(e) => e,
+                Err(msg) => {
+                    self.problem(&format!("{path}.endpoint"), msg);
+                    String::new()
+                }
+            },
+            None => format!(
+                "https://{}.{}.myhuaweicloud.com",
+                t.cloud_service, t.cloud_region
+            ),
+        };
+        for (j, id) in t.jobs.iter().enumerate() {
+            if !is_job_id(id) {
+                self.problem(
+                    &format!("{path}.jobs[{j}]"),
+                    format!("{id:?} is not a job id ([A-Za-z0-9-]{{1,64}})"),
+                );
+            }
+        }
+        if self.problems.len() > before {
+            return;
+        }
+        let existing = out.iter_mut().find(|o| {
+            o.account == t.account
+                && o.cloud_service == t.cloud_service
+                && o.cloud_region == t.cloud_region
+                && o.project_id == t.project_id
+        });
+        match existing {
+            Some(o) => {
+                if o.endpoint != endpoint {
+                    self.problem(
+                        &format!("{path}.endpoint"),
+                        format!(
+                            "{endpoint:?} differs from {:?} given for the same account, service, region and project",
+                            o.endpoint
+                        ),
+                    );
+                    return;
+                }
+                for id in t.jobs {
+                    if !o.jobs.contains(&id) {
+                        o.jobs.push(id);
+                    }
+                }
+            }
+            None => {
+                let mut jobs: Vec<String> = Vec::with_capacity(t.jobs.len());
+                for id in t.jobs {
+                    if !jobs.contains(&id) {
+                        jobs.push(id);
+                    }
+                }
+                out.push(Target {
+                    account: t.account,
+                    cloud_service: t.cloud_service,
+                    cloud_region: t.cloud_region,
+                    project_id: t.project_id,
+                    endpoint,
+                    jobs,
+                });
+            }
+        }
+    }
+
+    fn jobs_files(
+        &mut self,
+        path: &str,
+        pattern: &str,
+        base_dir: &Path,
+        accounts: &BTreeMap<String, Account>,
+        out: &mut Vec<Target>,
+    ) {
+        let full = if Path::new(pattern).is_absolute() {
+            pattern.to_string()
+        } else {
+            base_dir.join(pattern).display().to_string()
+        };
+        let paths = match glob::glob(&full) {
+            Ok(p) => p,
+            Err(e) => {
+                self.problem(path, format!("{pattern:?} is not a valid glob: {e}"));
+                return;
+            }
+        };
+        for entry in paths {
+            let file = match entry {
+                Ok(f) => f,
+                Err(e) => {
+                    self.problem(path, format!("cannot read {}: {e}", e.path().display()));
+                    continue;
+                }
+            };
+            let name = file.display().to_string();
+            let parsed = std::fs::read_to_string(&file)
+                .map_err(|source| Error::Read {
+                    file: name.clone(),
+                    source,
+                })
+                .and_then(|text| parse_yaml::<RawJobsFile>(&text, &name));
+            match parsed {
+                Ok(jf) => {
+                    let outer = std::mem::replace(&mut self.file, name);
+                    for (i, t) in jf.targets.into_iter().enumerate() {
+                        self.target(&format!("targets[{i}]"), t, accounts, out);
+                    }
+                    self.file = outer;
+                }
+                Err(Error::Invalid(ps)) => self.problems.extend(ps),
+                Err(e @ Error::Read { .. }) => self.problem(path, e.to_string()),
+            }
+        }
+    }
+}
+
+fn validate_endpoint(e: &str) -> std::result::Result<String, String> {
+    let trimmed = e.trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"))
+        .ok_or_else(|| format!("{e:?} must start with https:// or http://"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || rest.contains(['?', '#', '@', ' ']) {
+        return Err(format!(
+            "{e:?} must be scheme://host[:port][/path] without credentials, query or fragment"
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// A job or project id: `[A-Za-z0-9-]{1,64}`.
+pub fn is_job_id(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+fn is_dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn is_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Parses a Prometheus-style duration: `1h30m`, `500ms`, `7d`, `2w`, `1y` (no fractions).
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let err = || format!("{s:?} is not a duration (e.g. 30s, 5m, 1h30m, 7d)");
+    if s.is_empty() {
+        return Err(err());
+    }
+    let bytes = s.as_bytes();
+    let mut total: u128 = 0;
+    let mut i = 0;
+    let mut last_rank = usize::MAX;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        if start == i {
+            return Err(err());
+        }
+        let n: u128 = s[start..i].parse().map_err(|_| err())?;
+        let ustart = i;
+        while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let (rank, ms) = match &s[ustart..i] {
+            "y" => (0, 365 * 86_400_000),
+            "w" => (1, 7 * 86_400_000),
+            "d" => (2, 86_400_000),
+            "h" => (3, 3_600_000),
+            "m" => (4, 60_000),
+            "s" => (5, 1_000),
+            "ms" => (6, 1),
+            _ => return Err(err()),
+        };
+        // Units must go from largest to smallest, each once, as Prometheus requires.
+        if last_rank != usize::MAX && rank <= last_rank {
+            return Err(err());
+        }
+        last_rank = rank;
+        total = total.checked_add(n.checked_mul(ms).ok_or_else(err)?).ok_or_else(err)?;
+    }
+    let ms = u64::try_from(total).map_err(|_| err())?;
+    Ok(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, "test.yml", Path::new("."), &no_env)
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match parse(text) {
+            Err(Error::Invalid(p)) => p,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    const GOOD: &str = r#"
+mode: on_demand
+refresh_interval: 1m30s
+terminal_retention: 7d
+accounts:
+  - name: prod
+    access_key: AKEXAMPLE
+    secret_key: SKEXAMPLE
+targets:
+  - account: prod
+    cloud_service: evs
+    cloud_region: cn-north-4
+    project_id: 0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e
+    jobs: [4010a32d535527910153552b492c0002, 4010a32d535527910153552b492c0002]
+  - account: prod
+    cloud_service: evs
+    cloud_region: cn-north-4
+    project_id: 0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e
+    jobs: [second-job]
+  - account: prod
+    cloud_service: sdrs
+    cloud_region: cn-north-4
+    project_id: 0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e
+    endpoint: http://127.0.0.1:8080/
+    jobs: [x1]
+"#;
+
+    #[test]
+    fn parses_a_good_config_and_merges_targets() {
+        let cfg = parse(GOOD).expect("valid");
+        assert_eq!(cfg.mode, Mode::OnDemand);
+        assert_eq!(cfg.refresh_interval, Duration::from_secs(90));
+        assert_eq!(cfg.terminal_retention, Duration::from_secs(7 * 86400));
+        assert_eq!(cfg.request_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.targets.len(), 2);
+        assert_eq!(
+            cfg.targets[0].jobs,
+            vec!["4010a32d535527910153552b492c0002", "second-job"]
+        );
+        assert_eq!(
+            cfg.targets[0].endpoint,
+            "https://evs.cn-north-4.myhuaweicloud.com"
+        );
+        assert_eq!(cfg.targets[1].endpoint, "http://127.0.0.1:8080");
+        assert_eq!(cfg.job_count(), 3);
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let p = problems("accounts:\n  - name: a\n    access_key: x\n    secret_key: y\n    colour: red\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].file, "test.yml");
+        assert_eq!(p[0].path, "accounts[0].colour");
+        assert!(p[0].message.contains("unknown field `colour`"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn bad_duration_job_id_and_account_are_all_reported() {
+        let p = problems(
+            r#"
+refresh_interval: 30 seconds
+accounts: [{name: a, access_key: x, secret_key: y}]
+targets:
+  - account: nobody
+    cloud_service: evs
+    cloud_region: cn-north-4
+    project_id: p1
+    jobs: [ok-1, "bad/id"]
+"#,
+        );
+        let got: Vec<(&str, bool)> = p
+            .iter()
+            .map(|p| (p.path.as_str(), !p.message.is_empty()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("refresh_interval", true),
+                ("targets[0].account", true),
+                ("targets[0].jobs[1]", true)
+            ]
+        );
+        assert!(p[0].message.contains("\"30 seconds\""));
+        assert!(p[1].message.contains("\"nobody\""));
+        assert!(p[2].message.contains("\"bad/id\""));
+    }
+
+    #[test]
+    fn missing_secret_file_is_an_error_naming_the_file() {
+        let p = problems(
+            "accounts: [{name: a, access_key: x, secret_key: {file: /nonexistent/sk}}]\n",
+        );
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].path, "accounts[0].secret_key");
+        assert!(p[0].message.contains("/nonexistent/sk"));
+    }
+
+    #[test]
+    fn secrets_come_from_env_and_files_and_sdk_fallback() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sk = dir.path().join("sk");
+        std::fs::write(&sk, "file-secret\n").expect("write");
+        let env = |k: &str| match k {
+            "MY_AK" => Some("env-ak".to_string()),
+            "HUAWEICLOUD_SDK_SECURITY_TOKEN" => Some("tok".to_string()),
+            _ => None,
+        };
+        let text = format!(
+            "accounts: [{{name: a, access_key: {{env: MY_AK}}, secret_key: {{file: {}}}}}]\n",
+            sk.display()
+        );
+        let cfg = Config::parse(&text, "t", Path::new("."), &env).expect("valid");
+        let c = &cfg.accounts["a"].credentials;
+        assert_eq!(c.access_key.expose(), "env-ak");
+        assert_eq!(c.secret_key.expose(), "file-secret");
+        assert_eq!(c.security_token.as_ref().map(Secret::expose), Some("tok"));
+
+        let sdk = |k: &str| match k {
+            "HUAWEICLOUD_SDK_AK" => Some("sdk-ak".to_string()),
+            "HUAWEICLOUD_SDK_SK" => Some("sdk-sk".to_string()),
+            _ => None,
+        };
+        let cfg = Config::parse("accounts: [{name: a}]\n", "t", Path::new("."), &sdk)
+            .expect("valid");
+        assert_eq!(cfg.accounts["a"].credentials.secret_key.expose(), "sdk-sk");
+
+        let p = match Config::parse("accounts: [{name: a}]\n", "t", Path::new("."), &no_env) {
+            Err(Error::Invalid(p)) => p,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(p.len(), 2);
+        assert!(p[0].message.contains("HUAWEICLOUD_SDK_AK"));
+    }
+
+    #[test]
+    fn secret_values_never_appear_in_errors_or_debug() {
+        let env = |_: &str| Some("SUPERSECRETVALUE".to_string());
+        let cfg = Config::parse(
+            "accounts: [{name: a, access_key: {env: A}, secret_key: {env: B}}]\n",
+            "t",
+            Path::new("."),
+            &env,
+        )
+        .expect("valid");
+        assert!(!format!("{cfg:?}").contains("SUPERSECRETVALUE"));
+    }
+
+    #[test]
+    fn jobs_files_merge_into_targets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("a.yml"),
+            "targets:\n  - {account: a, cloud_service: evs, cloud_region: r1, project_id: p, jobs: [j2, j1]}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("bad.yml"),
+            "targets:\n  - {account: a, cloud_service: evs, cloud_region: r1, project_id: p, jobs: [\"no way\"]}\n",
+        )
+        .expect("write");
+        let text = "accounts: [{name: a, access_key: x, secret_key: y}]\ntargets:\n  - {account: a, cloud_service: evs, cloud_region: r1, project_id: p, jobs: [j1]}\njobs_files: [\"*.yml\"]\n";
+        let p = match Config::parse(text, "main.yml", dir.path(), &no_env) {
+            Err(Error::Invalid(p)) => p,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(p.len(), 1);
+        assert!(p[0].file.ends_with("bad.yml"));
+        assert_eq!(p[0].path, "targets[0].jobs[0]");
+        std::fs::remove_file(dir.path().join("bad.yml")).expect("rm");
+        let cfg = Config::parse(text, "main.yml", dir.path(), &no_env).expect("valid");
+        assert_eq!(cfg.targets.len(), 1);
+        assert_eq!(cfg.targets[0].jobs, vec!["j1", "j2"]);
+    }
+
+    #[test]
+    fn durations_follow_prometheus() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86400)));
+        for bad in ["", "30", "s", "1.5s", "30m1h", "1s1s", "-1s", "99999999999999999999y"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn zero_and_out_of_range_settings_are_rejected() {
+        let p = problems("request_timeout: 0s\nmax_concurrency: 0\nmax_requests_per_second: -1\n");
+        let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec!["request_timeout", "max_concurrency", "max_requests_per_second"]
+        );
+    }
+
+    #[test]
+    fn endpoint_must_be_a_plain_url() {
+        for bad in ["ftp://x", "https://user:pw@host", "https://", "https://h?x=1"] {
+            assert!(validate_endpoint(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            validate_endpoint("https://h:8443/base/"),
+            Ok("https://h:8443/base".to_string())
+        );
+    }
+}

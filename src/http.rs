@@ -1,0 +1,163 @@
+//! The HTTP server: `/` landing page, `/metrics`, `/-/healthy` and `/-/ready` (SPEC §6).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tower_http::compression::CompressionLayer;
+
+use crate::config::Mode;
+use crate::poller::Poller;
+use crate::telemetry::Telemetry;
+
+/// Content type of the text exposition format.
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone)]
+struct App {
+    poller: Poller,
+    telemetry: Arc<Telemetry>,
+    telemetry_path: Arc<str>,
+}
+
+/// The exporter's routes.
+pub fn router(poller: Poller, telemetry: Arc<Telemetry>, telemetry_path: &str) -> Router {
+    let app = App {
+        poller,
+        telemetry,
+        telemetry_path: telemetry_path.into(),
+    };
+    Router::new()
+        .route("/", get(landing))
+        .route(telemetry_path, get(metrics))
+        .route("/-/healthy", get(|| async { "Healthy\n" }))
+        .route("/-/ready", get(ready))
+        .layer(CompressionLayer::new().gzip(true).no_br().no_deflate().no_zstd())
+        .with_state(app)
+}
+
+/// Parses `X-Prometheus-Scrape-Timeout-Seconds`; nonsense is ignored, not trusted.
+fn scrape_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v: f64 = headers
+        .get("x-prometheus-scrape-timeout-seconds")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (v.is_finite() && v > 0.0 && v < 86_400.0).then(|| Duration::from_secs_f64(v))
+}
+
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    let snapshot = app.poller.scrape(scrape_timeout(&headers)).await;
+    let mut body = Vec::with_capacity(snapshot.size_hint() + 16 * 1024);
+    snapshot.write(&mut body);
+    app.telemetry.encode(&mut body);
+    ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response()
+}
+
+async fn ready(State(app): State<App>) -> Response {
+    if app.poller.is_ready() {
+        "Ready\n".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not ready: the first refresh has not finished\n",
+        )
+            .into_response()
+    }
+}
+
+fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+async fn landing(State(app): State<App>) -> Html<String> {
+    let mode = match app.poller.mode() {
+        Mode::Cached => "cached",
+        Mode::OnDemand => "on_demand",
+    };
+    let path = escape_html(&app.telemetry_path);
+    let mut rows = String::new();
+    for s in app.poller.summary() {
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape_html(&s.cloud_service),
+            escape_html(&s.cloud_region),
+            escape_html(&s.project_id),
+            s.active,
+            s.terminal,
+            s.failing
+        );
+    }
+    let mut errors = String::new();
+    for e in app.poller.recent_errors().iter().rev() {
+        let when = chrono::DateTime::from_timestamp(e.at as i64, 0)
+            .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_default();
+        let _ = write!(
+            errors,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            when,
+            escape_html(&e.target),
+            escape_html(&e.job_id),
+            e.reason.as_str(),
+            escape_html(&e.message)
+        );
+    }
+    if errors.is_empty() {
+        errors.push_str("<tr><td colspan=\"5\">none</td></tr>");
+    }
+    Html(format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Huawei Cloud Job Exporter</title>\
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left}}</style></head>\
+<body><h1>Huawei Cloud Job Exporter</h1>\
+<p>Version {version} (revision {revision}), mode <b>{mode}</b>, {ready}.</p>\
+<ul><li><a href=\"{path}\">Metrics</a></li><li><a href=\"/-/healthy\">Health</a></li><li><a href=\"/-/ready\">Readiness</a></li></ul>\
+<h2>Tracked jobs</h2><table><tr><th>cloud_service</th><th>cloud_region</th><th>project_id</th><th>active</th><th>terminal</th><th>last fetch failed</th></tr>{rows}</table>\
+<h2>Recent fetch errors</h2><table><tr><th>time</th><th>target</th><th>job_id</th><th>reason</th><th>error</th></tr>{errors}</table>\
+</body></html>\n",
+        version = env!("CARGO_PKG_VERSION"),
+        revision = crate::REVISION,
+        ready = if app.poller.is_ready() { "ready" } else { "not ready yet" },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrape_timeout_header_is_validated() {
+        let mut h = HeaderMap::new();
+        assert_eq!(scrape_timeout(&h), None);
+        h.insert("x-prometheus-scrape-timeout-seconds", "9.5".parse().expect("hv"));
+        assert_eq!(scrape_timeout(&h), Some(Duration::from_millis(9500)));
+        for bad in ["-1", "NaN", "inf", "abc", "1e12"] {
+            h.insert("x-prometheus-scrape-timeout-seconds", bad.parse().expect("hv"));
+            assert_eq!(scrape_timeout(&h), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(escape_html("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    }
+}

@@ -1,0 +1,165 @@
+//! The `huaweicloud-job-exporter` binary: parses the command line, sets up logging and hands
+//! over to the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use huaweicloud_job_exporter::cli::{Cli, Command, LogFormat, WebArgs};
+use huaweicloud_job_exporter::config::Config;
+use huaweicloud_job_exporter::simulator::{self, Simulator};
+use huaweicloud_job_exporter::{WebOptions, demo};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+fn init_logging(web: &WebArgs) {
+    // Our level applies to this crate; dependencies only speak up for warnings.
+    let filter = EnvFilter::new(format!(
+        "warn,huaweicloud_job_exporter={}",
+        web.log_level.as_str()
+    ));
+    let registry = tracing_subscriber::registry().with(filter);
+    match web.log_format {
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .init(),
+        LogFormat::Logfmt => registry
+            .with(tracing_logfmt::builder().layer().with_writer(std::io::stderr))
+            .init(),
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn web_options(web: &WebArgs) -> WebOptions {
+    WebOptions {
+        listen_address: web.listen_address.clone(),
+        telemetry_path: web.telemetry_path.clone(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let web = &cli.exporter.web;
+    match cli.command {
+        Some(Command::CheckConfig(args)) => match Config::load(&args.config_file, &env) {
+            Ok(cfg) => {
+                println!(
+                    "{}: valid ({} accounts, {} targets, {} jobs)",
+                    args.config_file.display(),
+                    cfg.accounts.len(),
+                    cfg.targets.len(),
+                    cfg.job_count()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Some(Command::Demo(args)) => {
+            demo::run(
+                web_options(web),
+                &args.simulator_address,
+                args.refresh_interval,
+                shutdown_signal(),
+            )
+            .await
+            .context("demo failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Simulate(args)) => {
+            let sim = Simulator::new();
+            sim.add_jobs(simulator::fleet::generate(
+                args.fleet,
+                args.seed,
+                &args.project_id,
+                &simulator::FleetShape::default(),
+            ));
+            let stop = CancellationToken::new();
+            let addr = sim
+                .spawn(&args.listen_address, stop.clone())
+                .await
+                .context("cannot start the simulator")?;
+            println!("simulator listening on http://{addr}");
+            println!("  access key {} / secret key {}", simulator::DEMO_ACCESS_KEY, simulator::DEMO_SECRET_KEY);
+            println!("  project {} with {} jobs: http://{addr}/_sim/jobs", args.project_id, args.fleet);
+            shutdown_signal().await;
+            stop.cancel();
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let path = &cli.exporter.config_file;
+            let config = match Config::load(path, &env) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            tracing::info!(
+                version = env!("CARGO_PKG_VERSION"),
+                config = %path.display(),
+                jobs = config.job_count(),
+                mode = ?config.mode,
+                "starting"
+            );
+            huaweicloud_job_exporter::run(config, web_options(web), shutdown_signal())
+                .await
+                .context("exporter failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.exporter.web);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

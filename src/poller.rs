@@ -1,0 +1,957 @@
+//! The poller: tracked jobs, their last known state, and the two ways of refreshing them
+//! (SPEC §5).
+//!
+//! - cached mode: [`Poller::run_cached`] polls the active jobs every `refresh_interval` and
+//!   publishes a new [`Snapshot`]; a scrape reads the last one.
+//! - on-demand mode: [`Poller::scrape`] collects within the scrape's deadline; concurrent scrapes
+//!   share one collection.
+//!
+//! Both go through [`Poller::collect`]: at most `max_concurrency` requests in flight, at most
+//! `max_requests_per_second` per endpoint, each result applied as it arrives so a slow or failing
+//! job, target or account never holds up or hides the others. Terminal jobs are never fetched
+//! again and are dropped `terminal_retention` after they were first seen finished. Counters and
+//! the completed-duration histogram live apart from the jobs, so dropping a job keeps them
+//! monotonic.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::stream::{self, StreamExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::cloud::{self, FetchError, Job, Reason};
+use crate::config::Mode;
+use crate::exposition::{self, AGGREGATE, Aggregate, JobText, JobView};
+use crate::snapshot::Snapshot;
+use crate::telemetry::Telemetry;
+
+/// Buckets of `huaweicloud_job_completed_duration_seconds`: jobs take seconds to hours.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 21600.0,
+    86400.0,
+];
+
+/// Distinct error codes kept per counter family before the rest count as `other`.
+pub const MAX_ERROR_CODES: usize = 100;
+
+/// How much of a scrape's timeout is kept back for rendering and the network, as
+/// blackbox_exporter does with its timeout offset.
+const SCRAPE_TIMEOUT_OFFSET: Duration = Duration::from_millis(500);
+
+const RECENT_ERRORS: usize = 20;
+
+/// Where jobs come from: the cloud client, or a fake in tests.
+pub trait JobSource: Send + Sync + 'static {
+    /// Fetches one job.
+    fn fetch<'a>(
+        &'a self,
+        target: &'a cloud::Target,
+        job_id: &'a str,
+    ) -> BoxFuture<'a, cloud::Result<Job>>;
+}
+
+impl JobSource for cloud::Client {
+    fn fetch<'a>(
+        &'a self,
+        target: &'a cloud::Target,
+        job_id: &'a str,
+    ) -> BoxFuture<'a, cloud::Result<Job>> {
+        self.get_job(target, job_id).boxed()
+    }
+}
+
+/// Poller settings, taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Cached or on-demand.
+    pub mode: Mode,
+    /// Cached mode: time between refresh starts.
+    pub refresh_interval: Duration,
+    /// On-demand: deadline when Prometheus sends no timeout header.
+    pub scrape_timeout: Duration,
+    /// Requests in flight.
+    pub max_concurrency: usize,
+    /// Requests per second per endpoint.
+    pub max_requests_per_second: f64,
+    /// How long finished jobs stay exported.
+    pub terminal_retention: Duration,
+}
+
+impl From<&crate::config::Config> for Settings {
+    fn from(c: &crate::config::Config) -> Self {
+        Self {
+            mode: c.mode,
+            refresh_interval: c.refresh_interval,
+            scrape_timeout: c.scrape_timeout,
+            max_concurrency: c.max_concurrency,
+            max_requests_per_second: c.max_requests_per_second,
+            terminal_retention: c.terminal_retention,
+        }
+    }
+}
+
+/// A failed fetch, for the landing page.
+#[derive(Debug, Clone)]
+pub struct RecentError {
+    /// Unix seconds.
+    pub at: f64,
+    /// `service/region/project`.
+    pub target: String,
+    /// The job.
+    pub job_id: String,
+    /// Bounded reason.
+    pub reason: Reason,
+    /// The error, without secrets.
+    pub message: String,
+}
+
+/// Counts for the landing page and `tracked_jobs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetSummary {
+    /// Service.
+    pub cloud_service: String,
+    /// Region.
+    pub cloud_region: String,
+    /// Project.
+    pub project_id: String,
+    /// Jobs still polled.
+    pub active: usize,
+    /// Finished jobs kept until retention.
+    pub terminal: usize,
+    /// Jobs whose last fetch failed.
+    pub failing: usize,
+}
+
+/// Unix time that follows tokio's clock, so paused-time tests move it too.
+#[derive(Clone, Copy)]
+struct Clock {
+    base_unix: f64,
+    base: Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let base_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Self {
+            base_unix,
+            base: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> f64 {
+        self.base_unix + self.base.elapsed().as_secs_f64()
+    }
+}
+
+/// Spaces requests to one endpoint `1/rate` apart. Written here rather than taken from
+/// `governor` because it must follow tokio's clock (paused-time tests) and needs no burst logic.
+struct RateLimiter {
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl RateLimiter {
+    fn new(per_second: f64) -> Self {
+        Self {
+            interval: Duration::from_secs_f64(1.0 / per_second),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn acquire(&self) {
+        let slot = {
+            let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
+            let slot = (*next).max(Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+/// A target with its pre-escaped common labels.
+struct Tracked {
+    target: Arc<cloud::Target>,
+    labels: Arc<str>,
+}
+
+type JobKey = (Arc<str>, String);
+
+struct Entry {
+    tracked: Arc<Tracked>,
+    job_id: String,
+    job: Option<Job>,
+    fetch_ok: bool,
+    last_success: Option<f64>,
+    terminal_since: Option<f64>,
+    counted_subjob_failures: Vec<String>,
+    text: Arc<JobText>,
+}
+
+impl Entry {
+    fn render(&mut self) {
+        self.text = Arc::new(exposition::render_job(&JobView {
+            target_labels: &self.tracked.labels,
+            job_id: &self.job_id,
+            job: self.job.as_ref(),
+            fetch_ok: self.fetch_ok,
+            last_success: self.last_success,
+        }));
+    }
+}
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [u64; DURATION_BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+/// Error codes seen so far, capped so a misbehaving upstream cannot grow cardinality.
+#[derive(Default)]
+struct CodeCap(HashSet<String>);
+
+impl CodeCap {
+    fn label(&mut self, code: Option<&str>) -> String {
+        let code = code.filter(|c| !c.is_empty()).unwrap_or("none");
+        if self.0.contains(code) {
+            return code.to_string();
+        }
+        if self.0.len() < MAX_ERROR_CODES {
+            self.0.insert(code.to_string());
+            return code.to_string();
+        }
+        "other".to_string()
+    }
+}
+
+#[derive(Default)]
+struct Aggregates {
+    completed: BTreeMap<(Arc<str>, String, String), Histogram>,
+    failures: BTreeMap<(Arc<str>, String, String), u64>,
+    subjob_failures: BTreeMap<(Arc<str>, String, String), u64>,
+    fetch_errors: BTreeMap<(Arc<str>, Reason), u64>,
+    codes: CodeCap,
+    subjob_codes: CodeCap,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: BTreeMap<JobKey, Entry>,
+    agg: Aggregates,
+    recent_errors: VecDeque<RecentError>,
+}
+
+struct Inner {
+    source: Arc<dyn JobSource>,
+    settings: Settings,
+    telemetry: Arc<Telemetry>,
+    clock: Clock,
+    state: Mutex<State>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    limiters: HashMap<String, RateLimiter>,
+    ready: std::sync::atomic::AtomicBool,
+    inflight: Mutex<Option<Shared<BoxFuture<'static, Arc<Snapshot>>>>>,
+}
+
+/// Tracks jobs and keeps their snapshot current. Cheap to clone.
+#[derive(Clone)]
+pub struct Poller {
+    inner: Arc<Inner>,
+}
+
+impl Poller {
+    /// A poller over `targets`, each with its job ids.
+    pub fn new(
+        source: Arc<dyn JobSource>,
+        targets: Vec<(Arc<cloud::Target>, Vec<String>)>,
+        settings: Settings,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
+        let mut state = State::default();
+        let mut limiters = HashMap::new();
+        for (target, jobs) in targets {
+            limiters
+                .entry(target.endpoint_key().to_string())
+                .or_insert_with(|| RateLimiter::new(settings.max_requests_per_second));
+            telemetry.register_account(&target.account);
+            let labels: Arc<str> = exposition::labels(&[
+                ("cloud_service", &target.cloud_service),
+                ("cloud_region", &target.cloud_region),
+                ("project_id", &target.project_id),
+            ])
+            .into();
+            let tracked = Arc::new(Tracked { target, labels });
+            for job_id in jobs {
+                let mut entry = Entry {
+                    tracked: Arc::clone(&tracked),
+                    job_id: job_id.clone(),
+                    job: None,
+                    fetch_ok: false,
+                    last_success: None,
+                    terminal_since: None,
+                    counted_subjob_failures: Vec::new(),
+                    text: Arc::default(),
+                };
+                entry.render();
+                state
+                    .jobs
+                    .insert((Arc::clone(&tracked.labels), job_id), entry);
+            }
+        }
+        let cached = settings.mode == Mode::Cached;
+        let poller = Self {
+            inner: Arc::new(Inner {
+                source,
+                telemetry,
+                clock: Clock::new(),
+                state: Mutex::new(state),
+                snapshot: RwLock::new(Arc::new(Snapshot::empty(cached))),
+                limiters,
+                ready: std::sync::atomic::AtomicBool::new(!cached),
+                inflight: Mutex::new(None),
+                settings,
+            }),
+        };
+        poller.publish();
+        poller
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated in a way that matters
+        // more than losing every metric would, so carry on with it.
+        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// True once the first cached-mode refresh has finished (always true on demand).
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The mode this poller runs in.
+    pub fn mode(&self) -> Mode {
+        self.inner.settings.mode
+    }
+
+    /// The current snapshot, without collecting.
+    pub fn current(&self) -> Arc<Snapshot> {
+        Arc::clone(
+            &self
+                .inner
+                .snapshot
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// What a scrape serves: the last snapshot in cached mode; a fresh collection (shared with
+    /// concurrent scrapes) on demand. `scrape_timeout` is Prometheus's
+    /// `X-Prometheus-Scrape-Timeout-Seconds`, when sent.
+    pub async fn scrape(&self, scrape_timeout: Option<Duration>) -> Arc<Snapshot> {
+        if self.inner.settings.mode == Mode::Cached {
+            return self.current();
+        }
+        let budget = scrape_timeout
+            .map(|t| t.saturating_sub(SCRAPE_TIMEOUT_OFFSET).max(Duration::from_millis(100)))
+            .map_or(self.inner.settings.scrape_timeout, |t| {
+                t.min(self.inner.settings.scrape_timeout)
+            });
+        let shared = {
+            let mut slot = self
+                .inner
+                .inflight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match slot.as_ref() {
+                Some(f) => f.clone(),
+                None => {
+                    let this = self.clone();
+                    let deadline = Instant::now() + budget;
+                    // Spawned, so a scraper that disconnects does not cancel the collection the
+                    // others are waiting for.
+                    let task = tokio::spawn(async move {
+                        let started = Instant::now();
+                        this.collect(Some(deadline)).await;
+                        this.inner
+                            .telemetry
+                            .collect_duration
+                            .observe(started.elapsed().as_secs_f64());
+                        *this
+                            .inner
+                            .inflight
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner) = None;
+                        this.current()
+                    });
+                    let this = self.clone();
+                    let fut = async move { task.await.unwrap_or_else(|_| this.current()) }
+                        .boxed()
+                        .shared();
+                    *slot = Some(fut.clone());
+                    fut
+                }
+            }
+        };
+        shared.await
+    }
+
+    /// Cached mode: refreshes every `refresh_interval` until `shutdown`.
+    pub async fn run_cached(self, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.inner.settings.refresh_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let started = Instant::now();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.collect(None) => {}
+            }
+            let t = &self.inner.telemetry;
+            t.refresh_duration.observe(started.elapsed().as_secs_f64());
+            t.last_refresh.set(self.inner.clock.now());
+            if !self.is_ready() {
+                self.inner
+                    .ready
+                    .store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "first refresh done, ready"
+                );
+            }
+        }
+    }
+
+    /// Fetches every active job once, applying results as they come, then publishes a snapshot.
+    /// Jobs not fetched by `deadline` keep their last values with `fetch_success` 0.
+    pub async fn collect(&self, deadline: Option<Instant>) {
+        let now = self.inner.clock.now();
+        let active: Vec<(JobKey, Arc<Tracked>)> = {
+            let mut state = self.state();
+            let retention = self.inner.settings.terminal_retention.as_secs_f64();
+            state
+                .jobs
+                .retain(|_, e| e.terminal_since.is_none_or(|t| now - t < retention));
+            state
+                .jobs
+                .iter()
+                .filter(|(_, e)| e.terminal_since.is_none())
+                .map(|(k, e)| (k.clone(), Arc::clone(&e.tracked)))
+                .collect()
+        };
+        let mut pending: HashSet<JobKey> = active.iter().map(|(k, _)| k.clone()).collect();
+        let fetches = stream::iter(active)
+            .map(|(key, tracked)| async move {
+                if let Some(l) = self.inner.limiters.get(tracked.target.endpoint_key()) {
+                    l.acquire().await;
+                }
+                let result = self.inner.source.fetch(&tracked.target, &key.1).await;
+                (key, result)
+            })
+            .buffer_unordered(self.inner.settings.max_concurrency);
+        let apply_all = fetches.for_each(|(key, result)| {
+            pending.remove(&key);
+            self.apply(&key, result);
+            futures_util::future::ready(())
+        });
+        match deadline {
+            Some(d) => {
+                if tokio::time::timeout_at(d, apply_all).await.is_err() {
+                    let left: Vec<JobKey> = pending.drain().collect();
+                    tracing::debug!(jobs = left.len(), "scrape deadline reached");
+                    for key in left {
+                        self.apply(&key, Err(FetchError::Timeout));
+                    }
+                }
+            }
+            None => apply_all.await,
+        }
+        self.publish();
+    }
+
+    fn apply(&self, key: &JobKey, result: cloud::Result<Job>) {
+        let now = self.inner.clock.now();
+        let mut guard = self.state();
+        let state = &mut *guard;
+        let Some(entry) = state.jobs.get_mut(key) else {
+            return;
+        };
+        let labels = Arc::clone(&entry.tracked.labels);
+        match result {
+            Ok(job) => {
+                entry.fetch_ok = true;
+                entry.last_success = Some(now);
+                let agg = &mut state.agg;
+                for sub in job.sub_jobs.iter().filter(|s| s.status.as_deref() == Some("FAIL")) {
+                    let id = sub.job_id.clone().unwrap_or_default();
+                    if entry.counted_subjob_failures.contains(&id) {
+                        continue;
+                    }
+                    entry.counted_subjob_failures.push(id);
+                    let code = agg.subjob_codes.label(sub.error_code.as_deref());
+                    *agg
+                        .subjob_failures
+                        .entry((Arc::clone(&labels), exposition::job_type(sub).to_string(), code))
+                        .or_default() += 1;
+                }
+                if job.is_terminal() && entry.terminal_since.is_none() {
+                    entry.terminal_since = Some(now);
+                    let jt = exposition::job_type(&job).to_string();
+                    let status = job.status.clone().unwrap_or_default();
+                    if let (Some(b), Some(e)) = (job.begin, job.end) {
+                        let h = agg
+                            .completed
+                            .entry((Arc::clone(&labels), jt.clone(), status.clone()))
+                            .or_default();
+                        let d = (e - b).max(0.0);
+                        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
+                            if d <= *le {
+                                h.buckets[i] += 1;
+                            }
+                        }
+                        h.sum += d;
+                        h.count += 1;
+                    }
+                    if status == "FAIL" {
+                        let code = agg.codes.label(job.error_code.as_deref());
+                        *agg.failures.entry((Arc::clone(&labels), jt, code)).or_default() += 1;
+                    }
+                }
+                entry.job = Some(job);
+            }
+            Err(e) => {
+                let reason = e.reason();
+                entry.fetch_ok = false;
+                *state
+                    .agg
+                    .fetch_errors
+                    .entry((Arc::clone(&labels), reason))
+                    .or_default() += 1;
+                let t = &entry.tracked.target;
+                if reason == Reason::Unauthorized {
+                    self.inner.telemetry.auth_failure(&t.account);
+                }
+                let target = format!("{}/{}/{}", t.cloud_service, t.cloud_region, t.project_id);
+                tracing::warn!(target_id = %target, job_id = %key.1, reason = reason.as_str(), error = %e, "fetch failed");
+                if state.recent_errors.len() == RECENT_ERRORS {
+                    state.recent_errors.pop_front();
+                }
+                state.recent_errors.push_back(RecentError {
+                    at: now,
+                    target,
+                    job_id: key.1.clone(),
+                    reason,
+                    message: e.to_string(),
+                });
+            }
+        }
+        entry.render();
+    }
+
+    /// Builds and installs a snapshot of the current state.
+    fn publish(&self) {
+        let cached = self.inner.settings.mode == Mode::Cached;
+        let (jobs, aggregates, summary) = {
+            let state = self.state();
+            let jobs: Vec<Arc<JobText>> = state.jobs.values().map(|e| Arc::clone(&e.text)).collect();
+            (jobs, render_aggregates(&state), summarize(&state))
+        };
+        let counts: Vec<((&str, &str, &str), i64, i64)> = summary
+            .iter()
+            .map(|s| {
+                (
+                    (
+                        s.cloud_service.as_str(),
+                        s.cloud_region.as_str(),
+                        s.project_id.as_str(),
+                    ),
+                    s.active as i64,
+                    s.terminal as i64,
+                )
+            })
+            .collect();
+        self.inner.telemetry.set_tracked(&counts);
+        let snap = Arc::new(Snapshot::new(cached, jobs, aggregates));
+        *self
+            .inner
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = snap;
+    }
+
+    /// Tracked jobs per target, for the landing page.
+    pub fn summary(&self) -> Vec<TargetSummary> {
+        summarize(&self.state())
+    }
+
+    /// The last failed fetches, newest last.
+    pub fn recent_errors(&self) -> Vec<RecentError> {
+        self.state().recent_errors.iter().cloned().collect()
+    }
+}
+
+fn summarize(state: &State) -> Vec<TargetSummary> {
+    let mut out: Vec<TargetSummary> = Vec::new();
+    for e in state.jobs.values() {
+        let t = &e.tracked.target;
+        let idx = match out.iter().position(|s| {
+            s.cloud_service == t.cloud_service
+                && s.cloud_region == t.cloud_region
+                && s.project_id == t.project_id
+        }) {
+            Some(i) => i,
+            None => {
+                out.push(TargetSummary {
+                    cloud_service: t.cloud_service.clone(),
+                    cloud_region: t.cloud_region.clone(),
+                    project_id: t.project_id.clone(),
+                    ..TargetSummary::default()
+                });
+                out.len() - 1
+            }
+        };
+        let s = &mut out[idx];
+        if e.terminal_since.is_some() {
+            s.terminal += 1;
+        } else {
+            s.active += 1;
+        }
+        if !e.fetch_ok {
+            s.failing += 1;
+        }
+    }
+    out
+}
+
+fn render_aggregates(state: &State) -> [String; AGGREGATE.len()] {
+    use exposition::aggregate_sample as put;
+    let mut out: [String; AGGREGATE.len()] = Default::default();
+
+    let mut counts: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+    for e in state.jobs.values() {
+        if let Some(job) = &e.job {
+            let status = job.status.as_deref().unwrap_or(exposition::UNKNOWN_STATUS);
+            *counts
+                .entry((&e.tracked.labels, exposition::job_type(job), status))
+                .or_default() += 1;
+        }
+    }
+    let s = &mut out[Aggregate::Jobs as usize];
+    for ((labels, jt, status), n) in counts {
+        put(s, Aggregate::Jobs, "", labels, &[("job_type", jt), ("status", status)], n as f64);
+    }
+
+    let s = &mut out[Aggregate::CompletedDuration as usize];
+    for ((labels, jt, status), h) in &state.agg.completed {
+        let base = [("job_type", jt.as_str()), ("status", status.as_str())];
+        let mut le_buf = String::new();
+        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
+            le_buf.clear();
+            exposition::write_value(&mut le_buf, *le);
+            let with_le = [base[0], base[1], ("le", le_buf.as_str())];
+            put(s, Aggregate::CompletedDuration, "_bucket", labels, &with_le, h.buckets[i] as f64);
+        }
+        let inf = [base[0], base[1], ("le", "+Inf")];
+        put(s, Aggregate::CompletedDuration, "_bucket", labels, &inf, h.count as f64);
+        put(s, Aggregate::CompletedDuration, "_sum", labels, &base, h.sum);
+        put(s, Aggregate::CompletedDuration, "_count", labels, &base, h.count as f64);
+    }
+
+    for (family, map) in [
+        (Aggregate::Failures, &state.agg.failures),
+        (Aggregate::SubjobFailures, &state.agg.subjob_failures),
+    ] {
+        let type_label = match family {
+            Aggregate::SubjobFailures => "subjob_type",
+            _ => "job_type",
+        };
+        let s = &mut out[family as usize];
+        for ((labels, jt, code), n) in map {
+            put(s, family, "", labels, &[(type_label, jt), ("error_code", code)], *n as f64);
+        }
+    }
+
+    let s = &mut out[Aggregate::FetchErrors as usize];
+    for ((labels, reason), n) in &state.agg.fetch_errors {
+        put(s, Aggregate::FetchErrors, "", labels, &[("reason", reason.as_str())], *n as f64);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, Credentials, Secret};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A scripted source: each job returns the next status of its script, then the last one.
+    struct Fake {
+        scripts: Mutex<HashMap<String, VecDeque<cloud::Result<Job>>>>,
+        calls: Mutex<HashMap<String, usize>>,
+        delay: Duration,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+    }
+
+    impl Fake {
+        fn new(delay: Duration) -> Arc<Self> {
+            Arc::new(Self {
+                scripts: Mutex::default(),
+                calls: Mutex::default(),
+                delay,
+                in_flight: AtomicUsize::new(0),
+                max_in_flight: AtomicUsize::new(0),
+            })
+        }
+
+        fn script(&self, id: &str, steps: Vec<cloud::Result<Job>>) {
+            self.scripts
+                .lock()
+                .expect("lock")
+                .insert(id.to_string(), steps.into());
+        }
+
+        fn calls(&self, id: &str) -> usize {
+            self.calls.lock().expect("lock").get(id).copied().unwrap_or(0)
+        }
+    }
+
+    impl JobSource for Fake {
+        fn fetch<'a>(
+            &'a self,
+            _target: &'a cloud::Target,
+            job_id: &'a str,
+        ) -> BoxFuture<'a, cloud::Result<Job>> {
+            async move {
+                *self.calls.lock().expect("lock").entry(job_id.to_string()).or_default() += 1;
+                let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(self.delay).await;
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                let mut scripts = self.scripts.lock().expect("lock");
+                let steps = scripts.get_mut(job_id).ok_or(FetchError::Timeout)?;
+                if steps.len() > 1 {
+                    steps.pop_front().unwrap_or(Err(FetchError::Timeout))
+                } else {
+                    steps.front().cloned().unwrap_or(Err(FetchError::Timeout))
+                }
+            }
+            .boxed()
+        }
+    }
+
+    fn job(status: &str, begin: f64, end: Option<f64>) -> Job {
+        Job {
+            job_type: Some("createVolume".into()),
+            status: Some(status.into()),
+            begin: Some(begin),
+            end,
+            ..Job::default()
+        }
+    }
+
+    fn failed(code: Option<&str>) -> Job {
+        Job {
+            error_code: code.map(str::to_string),
+            fail_reason: Some("disk \"quota\" exceeded".into()),
+            ..job("FAIL", 100.0, Some(130.0))
+        }
+    }
+
+    fn target(host: &str) -> Arc<cloud::Target> {
+        Arc::new(cloud::Target::new(
+            &config::Target {
+                account: "acc".into(),
+                cloud_service: "evs".into(),
+                cloud_region: "r1".into(),
+                project_id: "p1".into(),
+                endpoint: format!("http://{host}"),
+                jobs: vec![],
+            },
+            Credentials {
+                access_key: Secret::new("a"),
+                secret_key: Secret::new("b"),
+                security_token: None,
+            },
+        ))
+    }
+
+    fn settings(mode: Mode) -> Settings {
+        Settings {
+            mode,
+            refresh_interval: Duration::from_secs(30),
+            scrape_timeout: Duration::from_secs(10),
+            max_concurrency: 4,
+            max_requests_per_second: 1000.0,
+            terminal_retention: Duration::from_secs(3600),
+        }
+    }
+
+    fn poller(fake: &Arc<Fake>, jobs: &[&str], s: Settings) -> Poller {
+        Poller::new(
+            Arc::clone(fake) as Arc<dyn JobSource>,
+            vec![(target("h1"), jobs.iter().map(|j| j.to_string()).collect())],
+            s,
+            Arc::new(Telemetry::new()),
+        )
+    }
+
+    fn text(p: &Poller) -> String {
+        let mut out = Vec::new();
+        p.current().write(&mut out);
+        String::from_utf8(out).expect("utf8")
+    }
+
+    fn series<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+        text.lines().filter(|l| l.starts_with(prefix)).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn terminal_jobs_are_fetched_once_and_counted_once() {
+        let fake = Fake::new(Duration::from_millis(10));
+        fake.script(
+            "j1",
+            vec![
+                Ok(job("INIT", 100.0, None)),
+                Ok(job("RUNNING", 100.0, None)),
+                Ok(failed(Some("EVS.2024"))),
+            ],
+        );
+        fake.script("j2", vec![Ok(failed(None))]);
+        let p = poller(&fake, &["j1", "j2"], settings(Mode::Cached));
+        for _ in 0..5 {
+            p.collect(None).await;
+        }
+        assert_eq!(fake.calls("j1"), 3);
+        assert_eq!(fake.calls("j2"), 1);
+        let t = text(&p);
+        assert_eq!(
+            series(&t, "huaweicloud_job_failures_total{"),
+            vec![
+                "huaweicloud_job_failures_total{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_type=\"createVolume\",error_code=\"EVS.2024\"} 1",
+                "huaweicloud_job_failures_total{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_type=\"createVolume\",error_code=\"none\"} 1",
+            ]
+        );
+        assert!(t.contains("huaweicloud_job_completed_duration_seconds_count{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_type=\"createVolume\",status=\"FAIL\"} 2\n"));
+        assert!(t.contains("huaweicloud_jobs{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_type=\"createVolume\",status=\"FAIL\"} 2\n"));
+        assert!(t.contains("fail_reason=\"disk \\\"quota\\\" exceeded\"} 1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retention_drops_jobs_but_counters_stay() {
+        let fake = Fake::new(Duration::ZERO);
+        fake.script("j1", vec![Ok(failed(Some("X")))]);
+        let p = poller(&fake, &["j1"], settings(Mode::Cached));
+        p.collect(None).await;
+        assert!(text(&p).contains("job_id=\"j1\""));
+        tokio::time::advance(Duration::from_secs(3601)).await;
+        p.collect(None).await;
+        let t = text(&p);
+        assert!(!t.contains("job_id=\"j1\""), "{t}");
+        assert_eq!(series(&t, "huaweicloud_job_failures_total{").len(), 1);
+        assert_eq!(fake.calls("j1"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_job_keeps_last_values_and_does_not_hide_others() {
+        let fake = Fake::new(Duration::ZERO);
+        fake.script(
+            "bad",
+            vec![
+                Ok(job("RUNNING", 100.0, None)),
+                Err(FetchError::Api {
+                    status: 503,
+                    code: None,
+                    message: None,
+                    request_id: None,
+                    retry_after: None,
+                }),
+            ],
+        );
+        fake.script("good", vec![Ok(job("RUNNING", 100.0, None))]);
+        let p = poller(&fake, &["bad", "good"], settings(Mode::Cached));
+        p.collect(None).await;
+        p.collect(None).await;
+        let t = text(&p);
+        assert!(t.contains("huaweicloud_job_fetch_success{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_id=\"bad\"} 0\n"));
+        assert!(t.contains("huaweicloud_job_fetch_success{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_id=\"good\"} 1\n"));
+        assert!(t.contains("job_id=\"bad\",job_type=\"createVolume\",status=\"RUNNING\"} 1"));
+        assert!(t.contains("huaweicloud_job_fetch_errors_total{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",reason=\"server_error\"} 1\n"));
+        assert_eq!(p.recent_errors().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_is_bounded_and_rate_is_limited() {
+        let fake = Fake::new(Duration::from_millis(100));
+        let ids: Vec<String> = (0..20).map(|i| format!("j{i}")).collect();
+        for id in &ids {
+            fake.script(id, vec![Ok(job("RUNNING", 1.0, None))]);
+        }
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let p = poller(&fake, &refs, Settings {
+            max_requests_per_second: 10.0,
+            ..settings(Mode::Cached)
+        });
+        let start = Instant::now();
+        p.collect(None).await;
+        assert!(fake.max_in_flight.load(Ordering::SeqCst) <= 4);
+        // 20 requests at 10/s: the last may start only 1.9 s after the first.
+        assert!(start.elapsed() >= Duration::from_millis(1900), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cached_mode_refreshes_on_the_interval_and_becomes_ready() {
+        let fake = Fake::new(Duration::ZERO);
+        fake.script("j1", vec![Ok(job("RUNNING", 1.0, None))]);
+        let p = poller(&fake, &["j1"], settings(Mode::Cached));
+        assert!(!p.is_ready());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(p.clone().run_cached(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(p.is_ready());
+        assert_eq!(fake.calls("j1"), 1);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(fake.calls("j1"), 3);
+        // A scrape in cached mode never fetches.
+        let _ = p.scrape(None).await;
+        assert_eq!(fake.calls("j1"), 3);
+        stop.cancel();
+        task.await.expect("stops");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_demand_scrapes_share_one_collection_and_respect_the_deadline() {
+        let fake = Fake::new(Duration::from_secs(2));
+        fake.script("slow", vec![Ok(job("RUNNING", 1.0, None))]);
+        let p = poller(&fake, &["slow"], settings(Mode::OnDemand));
+        assert!(p.is_ready());
+        let (a, b) = tokio::join!(p.scrape(None), p.scrape(None));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(fake.calls("slow"), 1);
+        // Prometheus says 1 s: 0.5 s budget, the 2 s fetch misses it.
+        let snap = p.scrape(Some(Duration::from_secs(1))).await;
+        let mut out = Vec::new();
+        snap.write(&mut out);
+        let t = String::from_utf8(out).expect("utf8");
+        assert!(t.contains("job_id=\"slow\"} 0\n"), "{t}");
+        assert!(t.contains("status=\"RUNNING\"} 1"), "last value kept: {t}");
+        assert!(t.contains("reason=\"timeout\"} 1"));
+    }
+
+    #[test]
+    fn error_codes_are_capped() {
+        let mut cap = CodeCap::default();
+        for i in 0..MAX_ERROR_CODES {
+            assert_eq!(cap.label(Some(&format!("C{i}"))), format!("C{i}"));
+        }
+        assert_eq!(cap.label(Some("C0")), "C0");
+        assert_eq!(cap.label(Some("NEW")), "other");
+    }
+}
