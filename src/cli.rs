@@ -73,6 +73,9 @@ pub struct SimulateArgs {
     /// Address to listen on.
     #[arg(long = "listen-address", default_value = "127.0.0.1:10038")]
     pub listen_address: String,
+    /// JSON file with a list of job scripts to serve instead of a generated fleet.
+    #[arg(long = "scenario")]
+    pub scenario: Option<PathBuf>,
     /// Number of generated jobs.
     #[arg(long = "fleet", default_value_t = 30)]
     pub fleet: usize,

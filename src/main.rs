@@ -102,12 +102,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Simulate(args)) => {
             let sim = Simulator::new();
-            sim.add_jobs(simulator::fleet::generate(
-                args.fleet,
-                args.seed,
-                &args.project_id,
-                &simulator::FleetShape::default(),
-            ));
+            let jobs = match &args.scenario {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    serde_json::from_str(&text)
+                        .with_context(|| format!("{}: not a list of job scripts", path.display()))?
+                }
+                None => simulator::fleet::generate(
+                    args.fleet,
+                    args.seed,
+                    &args.project_id,
+                    &simulator::FleetShape::default(),
+                ),
+            };
+            let count = jobs.len();
+            sim.add_jobs(jobs);
             let stop = CancellationToken::new();
             let addr = sim
                 .spawn(&args.listen_address, stop.clone())
@@ -115,7 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("cannot start the simulator")?;
             println!("simulator listening on http://{addr}");
             println!("  access key {} / secret key {}", simulator::DEMO_ACCESS_KEY, simulator::DEMO_SECRET_KEY);
-            println!("  project {} with {} jobs: http://{addr}/_sim/jobs", args.project_id, args.fleet);
+            println!("  {count} jobs: http://{addr}/_sim/jobs");
             shutdown_signal().await;
             stop.cancel();
             Ok(ExitCode::SUCCESS)

@@ -159,6 +159,12 @@ fn unix_now() -> f64 {
 impl Simulator {
     /// An empty simulator that accepts the demo credentials.
     pub fn new() -> Self {
+        Self::with_start(unix_now())
+    }
+
+    /// Like [`Simulator::new`], with job times relative to `start_unix` rather than to now;
+    /// tests use it to make every `begin_time` and `end_time` known in advance.
+    pub fn with_start(start_unix: f64) -> Self {
         let sim = Self {
             state: Arc::new(Mutex::new(SimState {
                 credentials: HashMap::new(),
@@ -169,7 +175,7 @@ impl Simulator {
                 rejected_total: 0,
                 rng: fastrand::Rng::with_seed(1),
             })),
-            start_unix: unix_now(),
+            start_unix,
         };
         sim.add_credential(DEMO_ACCESS_KEY, DEMO_SECRET_KEY, None);
         sim
@@ -266,6 +272,7 @@ impl Simulator {
             .route("/v1/{project_id}/jobs/{job_id}", get(job_handler))
             .route("/{service}/v1/{project_id}/jobs/{job_id}", get(prefixed_job_handler))
             .route("/_sim/jobs", get(list_jobs).post(add_jobs))
+            .route("/_sim/jobs/{job_id}", get(show_job))
             .route("/_sim/jobs/{job_id}/fault", put(put_job_fault))
             .route("/_sim/faults", put(put_global_faults))
             .route("/_sim/advance", post(advance))
@@ -626,6 +633,13 @@ async fn list_jobs(State(sim): State<Simulator>) -> impl IntoResponse {
         .collect();
     jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
     Json(json!({"jobs": jobs, "requests_total": st.requests_total, "rejected_total": st.rejected_total}))
+}
+
+async fn show_job(State(sim): State<Simulator>, Path(job_id): Path<String>) -> Response<Body> {
+    match sim.body_of(&job_id) {
+        Some(body) => json_response(StatusCode::OK, body.to_string()),
+        None => not_found(&job_id),
+    }
 }
 
 async fn add_jobs(State(sim): State<Simulator>, Json(scripts): Json<Vec<JobScript>>) -> StatusCode {
