@@ -76,12 +76,8 @@ pub enum Mode {
 #[serde(untagged)]
 enum SecretSource {
     Inline(String),
-    Env {
-        env: String,
-    },
-    File {
-        file: PathBuf,
-    },
+    Env { env: String },
+    File { file: PathBuf },
 }
 
 /// A resolved secret. Its `Debug` and `Display` never show the value.
@@ -252,11 +248,14 @@ impl Config {
         let defaults = Config::default();
         let mut cfg = Config {
             mode: raw.mode,
-            refresh_interval: v.duration("refresh_interval", raw.refresh_interval.as_deref())
+            refresh_interval: v
+                .duration("refresh_interval", raw.refresh_interval.as_deref())
                 .unwrap_or(defaults.refresh_interval),
-            scrape_timeout: v.duration("scrape_timeout", raw.scrape_timeout.as_deref())
+            scrape_timeout: v
+                .duration("scrape_timeout", raw.scrape_timeout.as_deref())
                 .unwrap_or(defaults.scrape_timeout),
-            request_timeout: v.duration("request_timeout", raw.request_timeout.as_deref())
+            request_timeout: v
+                .duration("request_timeout", raw.request_timeout.as_deref())
                 .unwrap_or(defaults.request_timeout),
             terminal_retention: v
                 .duration("terminal_retention", raw.terminal_retention.as_deref())
@@ -277,7 +276,10 @@ impl Config {
         if !(cfg.max_requests_per_second.is_finite() && cfg.max_requests_per_second > 0.0) {
             v.problem(
                 "max_requests_per_second",
-                format!("must be a positive number, got {}", cfg.max_requests_per_second),
+                format!(
+                    "must be a positive number, got {}",
+                    cfg.max_requests_per_second
+                ),
             );
         }
 
@@ -301,7 +303,13 @@ impl Config {
         }
         let problems_before_files = std::mem::take(&mut v.problems);
         for (i, pattern) in raw.jobs_files.iter().enumerate() {
-            v.jobs_files(&format!("jobs_files[{i}]"), pattern, base_dir, &cfg.accounts, &mut targets);
+            v.jobs_files(
+                &format!("jobs_files[{i}]"),
+                pattern,
+                base_dir,
+                &cfg.accounts,
+                &mut targets,
+            );
         }
         v.problems.splice(0..0, problems_before_files);
         cfg.targets = targets;
@@ -411,7 +419,10 @@ impl Validator<'_> {
         }
         let found = (self.env)(sdk_var).filter(|v| !v.is_empty()).map(Secret);
         if found.is_none() {
-            self.problem(path, format!("is missing, and the fallback {sdk_var} is not set"));
+            self.problem(
+                path,
+                format!("is missing, and the fallback {sdk_var} is not set"),
+            );
         }
         found
     }
@@ -420,7 +431,10 @@ impl Validator<'_> {
         if !is_name(&acc.name) {
             self.problem(
                 &format!("{path}.name"),
-                format!("{:?} is not a valid name ([A-Za-z0-9_.-], 1 to 64)", acc.name),
+                format!(
+                    "{:?} is not a valid name ([A-Za-z0-9_.-], 1 to 64)",
+                    acc.name
+                ),
             );
         }
         let ak = self.secret_or_sdk_env(
@@ -619,15 +633,13 @@ pub fn is_job_id(s: &str) -> bool {
 
 fn is_dns_label(s: &str) -> bool {
     (1..=63).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn is_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
@@ -669,7 +681,9 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
             return Err(err());
         }
         last_rank = rank;
-        total = total.checked_add(n.checked_mul(ms).ok_or_else(err)?).ok_or_else(err)?;
+        total = total
+            .checked_add(n.checked_mul(ms).ok_or_else(err)?)
+            .ok_or_else(err)?;
     }
     let ms = u64::try_from(total).map_err(|_| err())?;
     Ok(Duration::from_millis(ms))
@@ -743,11 +757,17 @@ targets:
 
     #[test]
     fn unknown_key_names_its_path() {
-        let p = problems("accounts:\n  - name: a\n    access_key: x\n    secret_key: y\n    colour: red\n");
+        let p = problems(
+            "accounts:\n  - name: a\n    access_key: x\n    secret_key: y\n    colour: red\n",
+        );
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].file, "test.yml");
         assert_eq!(p[0].path, "accounts[0].colour");
-        assert!(p[0].message.contains("unknown field `colour`"), "{}", p[0].message);
+        assert!(
+            p[0].message.contains("unknown field `colour`"),
+            "{}",
+            p[0].message
+        );
     }
 
     #[test]
@@ -783,9 +803,8 @@ targets:
 
     #[test]
     fn missing_secret_file_is_an_error_naming_the_file() {
-        let p = problems(
-            "accounts: [{name: a, access_key: x, secret_key: {file: /nonexistent/sk}}]\n",
-        );
+        let p =
+            problems("accounts: [{name: a, access_key: x, secret_key: {file: /nonexistent/sk}}]\n");
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].path, "accounts[0].secret_key");
         assert!(p[0].message.contains("/nonexistent/sk"));
@@ -816,8 +835,8 @@ targets:
             "HUAWEICLOUD_SDK_SK" => Some("sdk-sk".to_string()),
             _ => None,
         };
-        let cfg = Config::parse("accounts: [{name: a}]\n", "t", Path::new("."), &sdk)
-            .expect("valid");
+        let cfg =
+            Config::parse("accounts: [{name: a}]\n", "t", Path::new("."), &sdk).expect("valid");
         assert_eq!(cfg.accounts["a"].credentials.secret_key.expose(), "sdk-sk");
 
         let p = match Config::parse("accounts: [{name: a}]\n", "t", Path::new("."), &no_env) {
@@ -874,7 +893,16 @@ targets:
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86400)));
-        for bad in ["", "30", "s", "1.5s", "30m1h", "1s1s", "-1s", "99999999999999999999y"] {
+        for bad in [
+            "",
+            "30",
+            "s",
+            "1.5s",
+            "30m1h",
+            "1s1s",
+            "-1s",
+            "99999999999999999999y",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
@@ -885,13 +913,22 @@ targets:
         let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,
-            vec!["request_timeout", "max_concurrency", "max_requests_per_second"]
+            vec![
+                "request_timeout",
+                "max_concurrency",
+                "max_requests_per_second"
+            ]
         );
     }
 
     #[test]
     fn endpoint_must_be_a_plain_url() {
-        for bad in ["ftp://x", "https://user:pw@host", "https://", "https://h?x=1"] {
+        for bad in [
+            "ftp://x",
+            "https://user:pw@host",
+            "https://",
+            "https://h?x=1",
+        ] {
             assert!(validate_endpoint(bad).is_err(), "{bad}");
         }
         assert_eq!(

@@ -89,7 +89,10 @@ pub async fn run(
     } else {
         addr.to_string()
     };
-    println!("huaweicloud-job-exporter demo: {} jobs (EVS, SDRS, ECS) on the built-in simulator", jobs.len());
+    println!(
+        "huaweicloud-job-exporter demo: {} jobs (EVS, SDRS, ECS) on the built-in simulator",
+        jobs.len()
+    );
     println!("  exporter:  http://{host}/");
     println!("  metrics:   http://{host}{}", web.telemetry_path);
     println!("  simulator: http://{sim_addr}/_sim/jobs");
@@ -111,7 +114,10 @@ mod tests {
         for s in ["RUNNING", "SUCCESS", "FAIL"] {
             assert!(now.contains(&s), "no {s} job at start");
         }
-        assert!(jobs.iter().any(|j| j.status(0.0) == "RUNNING" && !j.sub_jobs.is_empty()));
+        assert!(
+            jobs.iter()
+                .any(|j| j.status(0.0) == "RUNNING" && !j.sub_jobs.is_empty())
+        );
         let later = statuses_at(300.0);
         let changed = now.iter().zip(&later).filter(|(a, b)| a != b).count();
         assert!(changed >= 5, "only {changed} jobs change in 5 minutes");

@@ -255,13 +255,7 @@ fn sample(out: &mut String, name: &str, base: &str, extra: &[(&str, &str)], valu
     out.push('\n');
 }
 
-fn state_set(
-    out: &mut String,
-    name: &str,
-    base: &str,
-    extra: &[(&str, &str)],
-    current: &str,
-) {
+fn state_set(out: &mut String, name: &str, base: &str, extra: &[(&str, &str)], current: &str) {
     let mut labels: Vec<(&str, &str)> = extra.to_vec();
     labels.push(("status", ""));
     let last = labels.len() - 1;
@@ -359,9 +353,19 @@ pub fn render_job(v: &JobView<'_>) -> JobText {
             sample(&mut text, name(PerJob::End), &base, &typed, e);
         }
         close(&text, PerJob::End);
-        let until = if job.is_terminal() { end } else { v.last_success };
+        let until = if job.is_terminal() {
+            end
+        } else {
+            v.last_success
+        };
         if let (Some(b), Some(u)) = (job.begin, until) {
-            sample(&mut text, name(PerJob::Duration), &base, &typed, (u - b).max(0.0));
+            sample(
+                &mut text,
+                name(PerJob::Duration),
+                &base,
+                &typed,
+                (u - b).max(0.0),
+            );
         }
         close(&text, PerJob::Duration);
         if status == "FAIL" {
@@ -377,7 +381,11 @@ pub fn render_job(v: &JobView<'_>) -> JobText {
                 &mut text,
                 name(PerJob::FailureInfo),
                 &base,
-                &[("job_type", jt), ("error_code", code), ("fail_reason", &reason)],
+                &[
+                    ("job_type", jt),
+                    ("error_code", code),
+                    ("fail_reason", &reason),
+                ],
                 1.0,
             );
         }
@@ -538,7 +546,10 @@ mod tests {
         assert!(info.contains("error_code=\"none\""));
         assert!(info.contains(&format!("fail_reason=\"{}\"}}", "x".repeat(200))));
         assert_eq!(t.section(PerJob::EntityInfo).lines().count(), 1);
-        assert!(t.section(PerJob::EntityInfo).contains("entity_id=\"v\\\"1\""));
+        assert!(
+            t.section(PerJob::EntityInfo)
+                .contains("entity_id=\"v\\\"1\"")
+        );
         let sub = t.section(PerJob::SubjobStatus);
         assert_eq!(sub.lines().count(), 5);
         assert!(sub.contains("subjob_id=\"#0\",subjob_type=\"sub\",status=\"LISTENING\"} 1"));

@@ -37,7 +37,13 @@ pub fn router(poller: Poller, telemetry: Arc<Telemetry>, telemetry_path: &str) -
         .route(telemetry_path, get(metrics))
         .route("/-/healthy", get(|| async { "Healthy\n" }))
         .route("/-/ready", get(ready))
-        .layer(CompressionLayer::new().gzip(true).no_br().no_deflate().no_zstd())
+        .layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .no_br()
+                .no_deflate()
+                .no_zstd(),
+        )
         .with_state(app)
 }
 
@@ -136,7 +142,11 @@ async fn landing(State(app): State<App>) -> Html<String> {
 </body></html>\n",
         version = env!("CARGO_PKG_VERSION"),
         revision = crate::REVISION,
-        ready = if app.poller.is_ready() { "ready" } else { "not ready yet" },
+        ready = if app.poller.is_ready() {
+            "ready"
+        } else {
+            "not ready yet"
+        },
     ))
 }
 
@@ -148,16 +158,25 @@ mod tests {
     fn scrape_timeout_header_is_validated() {
         let mut h = HeaderMap::new();
         assert_eq!(scrape_timeout(&h), None);
-        h.insert("x-prometheus-scrape-timeout-seconds", "9.5".parse().expect("hv"));
+        h.insert(
+            "x-prometheus-scrape-timeout-seconds",
+            "9.5".parse().expect("hv"),
+        );
         assert_eq!(scrape_timeout(&h), Some(Duration::from_millis(9500)));
         for bad in ["-1", "NaN", "inf", "abc", "1e12"] {
-            h.insert("x-prometheus-scrape-timeout-seconds", bad.parse().expect("hv"));
+            h.insert(
+                "x-prometheus-scrape-timeout-seconds",
+                bad.parse().expect("hv"),
+            );
             assert_eq!(scrape_timeout(&h), None, "{bad}");
         }
     }
 
     #[test]
     fn html_is_escaped() {
-        assert_eq!(escape_html("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            escape_html("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 }

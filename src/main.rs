@@ -23,10 +23,18 @@ fn init_logging(web: &WebArgs) {
     let registry = tracing_subscriber::registry().with(filter);
     match web.log_format {
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .init(),
         LogFormat::Logfmt => registry
-            .with(tracing_logfmt::builder().layer().with_writer(std::io::stderr))
+            .with(
+                tracing_logfmt::builder()
+                    .layer()
+                    .with_writer(std::io::stderr),
+            )
             .init(),
     }
 }
@@ -124,7 +132,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .context("cannot start the simulator")?;
             println!("simulator listening on http://{addr}");
-            println!("  access key {} / secret key {}", simulator::DEMO_ACCESS_KEY, simulator::DEMO_SECRET_KEY);
+            println!(
+                "  access key {} / secret key {}",
+                simulator::DEMO_ACCESS_KEY,
+                simulator::DEMO_SECRET_KEY
+            );
             println!("  {count} jobs: http://{addr}/_sim/jobs");
             shutdown_signal().await;
             stop.cancel();
@@ -157,7 +169,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.exporter.web);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

@@ -325,7 +325,10 @@ impl Poller {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave State half-updated in a way that matters
         // more than losing every metric would, so carry on with it.
-        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// True once the first cached-mode refresh has finished (always true on demand).
@@ -357,7 +360,10 @@ impl Poller {
             return self.current();
         }
         let budget = scrape_timeout
-            .map(|t| t.saturating_sub(SCRAPE_TIMEOUT_OFFSET).max(Duration::from_millis(100)))
+            .map(|t| {
+                t.saturating_sub(SCRAPE_TIMEOUT_OFFSET)
+                    .max(Duration::from_millis(100))
+            })
             .map_or(self.inner.settings.scrape_timeout, |t| {
                 t.min(self.inner.settings.scrape_timeout)
             });
@@ -489,16 +495,23 @@ impl Poller {
                 entry.fetch_ok = true;
                 entry.last_success = Some(now);
                 let agg = &mut state.agg;
-                for sub in job.sub_jobs.iter().filter(|s| s.status.as_deref() == Some("FAIL")) {
+                for sub in job
+                    .sub_jobs
+                    .iter()
+                    .filter(|s| s.status.as_deref() == Some("FAIL"))
+                {
                     let id = sub.job_id.clone().unwrap_or_default();
                     if entry.counted_subjob_failures.contains(&id) {
                         continue;
                     }
                     entry.counted_subjob_failures.push(id);
                     let code = agg.subjob_codes.label(sub.error_code.as_deref());
-                    *agg
-                        .subjob_failures
-                        .entry((Arc::clone(&labels), exposition::job_type(sub).to_string(), code))
+                    *agg.subjob_failures
+                        .entry((
+                            Arc::clone(&labels),
+                            exposition::job_type(sub).to_string(),
+                            code,
+                        ))
                         .or_default() += 1;
                 }
                 if job.is_terminal() && entry.terminal_since.is_none() {
@@ -521,7 +534,9 @@ impl Poller {
                     }
                     if status == "FAIL" {
                         let code = agg.codes.label(job.error_code.as_deref());
-                        *agg.failures.entry((Arc::clone(&labels), jt, code)).or_default() += 1;
+                        *agg.failures
+                            .entry((Arc::clone(&labels), jt, code))
+                            .or_default() += 1;
                     }
                 }
                 entry.job = Some(job);
@@ -560,7 +575,8 @@ impl Poller {
         let cached = self.inner.settings.mode == Mode::Cached;
         let (jobs, aggregates, summary) = {
             let state = self.state();
-            let jobs: Vec<Arc<JobText>> = state.jobs.values().map(|e| Arc::clone(&e.text)).collect();
+            let jobs: Vec<Arc<JobText>> =
+                state.jobs.values().map(|e| Arc::clone(&e.text)).collect();
             (jobs, render_aggregates(&state), summarize(&state))
         };
         let counts: Vec<((&str, &str, &str), i64, i64)> = summary
@@ -645,7 +661,14 @@ fn render_aggregates(state: &State) -> [String; AGGREGATE.len()] {
     }
     let s = &mut out[Aggregate::Jobs as usize];
     for ((labels, jt, status), n) in counts {
-        put(s, Aggregate::Jobs, "", labels, &[("job_type", jt), ("status", status)], n as f64);
+        put(
+            s,
+            Aggregate::Jobs,
+            "",
+            labels,
+            &[("job_type", jt), ("status", status)],
+            n as f64,
+        );
     }
 
     let s = &mut out[Aggregate::CompletedDuration as usize];
@@ -656,12 +679,40 @@ fn render_aggregates(state: &State) -> [String; AGGREGATE.len()] {
             le_buf.clear();
             exposition::write_value(&mut le_buf, *le);
             let with_le = [base[0], base[1], ("le", le_buf.as_str())];
-            put(s, Aggregate::CompletedDuration, "_bucket", labels, &with_le, h.buckets[i] as f64);
+            put(
+                s,
+                Aggregate::CompletedDuration,
+                "_bucket",
+                labels,
+                &with_le,
+                h.buckets[i] as f64,
+            );
         }
         let inf = [base[0], base[1], ("le", "+Inf")];
-        put(s, Aggregate::CompletedDuration, "_bucket", labels, &inf, h.count as f64);
-        put(s, Aggregate::CompletedDuration, "_sum", labels, &base, h.sum);
-        put(s, Aggregate::CompletedDuration, "_count", labels, &base, h.count as f64);
+        put(
+            s,
+            Aggregate::CompletedDuration,
+            "_bucket",
+            labels,
+            &inf,
+            h.count as f64,
+        );
+        put(
+            s,
+            Aggregate::CompletedDuration,
+            "_sum",
+            labels,
+            &base,
+            h.sum,
+        );
+        put(
+            s,
+            Aggregate::CompletedDuration,
+            "_count",
+            labels,
+            &base,
+            h.count as f64,
+        );
     }
 
     for (family, map) in [
@@ -674,13 +725,27 @@ fn render_aggregates(state: &State) -> [String; AGGREGATE.len()] {
         };
         let s = &mut out[family as usize];
         for ((labels, jt, code), n) in map {
-            put(s, family, "", labels, &[(type_label, jt), ("error_code", code)], *n as f64);
+            put(
+                s,
+                family,
+                "",
+                labels,
+                &[(type_label, jt), ("error_code", code)],
+                *n as f64,
+            );
         }
     }
 
     let s = &mut out[Aggregate::FetchErrors as usize];
     for ((labels, reason), n) in &state.agg.fetch_errors {
-        put(s, Aggregate::FetchErrors, "", labels, &[("reason", reason.as_str())], *n as f64);
+        put(
+            s,
+            Aggregate::FetchErrors,
+            "",
+            labels,
+            &[("reason", reason.as_str())],
+            *n as f64,
+        );
     }
     out
 }
@@ -719,7 +784,12 @@ mod tests {
         }
 
         fn calls(&self, id: &str) -> usize {
-            self.calls.lock().expect("lock").get(id).copied().unwrap_or(0)
+            self.calls
+                .lock()
+                .expect("lock")
+                .get(id)
+                .copied()
+                .unwrap_or(0)
         }
     }
 
@@ -730,7 +800,12 @@ mod tests {
             job_id: &'a str,
         ) -> BoxFuture<'a, cloud::Result<Job>> {
             async move {
-                *self.calls.lock().expect("lock").entry(job_id.to_string()).or_default() += 1;
+                *self
+                    .calls
+                    .lock()
+                    .expect("lock")
+                    .entry(job_id.to_string())
+                    .or_default() += 1;
                 let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 self.max_in_flight.fetch_max(now, Ordering::SeqCst);
                 tokio::time::sleep(self.delay).await;
@@ -895,15 +970,23 @@ mod tests {
             fake.script(id, vec![Ok(job("RUNNING", 1.0, None))]);
         }
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let p = poller(&fake, &refs, Settings {
-            max_requests_per_second: 10.0,
-            ..settings(Mode::Cached)
-        });
+        let p = poller(
+            &fake,
+            &refs,
+            Settings {
+                max_requests_per_second: 10.0,
+                ..settings(Mode::Cached)
+            },
+        );
         let start = Instant::now();
         p.collect(None).await;
         assert!(fake.max_in_flight.load(Ordering::SeqCst) <= 4);
         // 20 requests at 10/s: the last may start only 1.9 s after the first.
-        assert!(start.elapsed() >= Duration::from_millis(1900), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(1900),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]

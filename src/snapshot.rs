@@ -19,7 +19,11 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// A snapshot of `jobs` (in exposition order) and the rendered aggregate families.
-    pub fn new(cached: bool, jobs: Vec<Arc<JobText>>, aggregates: [String; AGGREGATE.len()]) -> Self {
+    pub fn new(
+        cached: bool,
+        jobs: Vec<Arc<JobText>>,
+        aggregates: [String; AGGREGATE.len()],
+    ) -> Self {
         let bytes = jobs.iter().map(|j| j.len()).sum::<usize>()
             + aggregates.iter().map(String::len).sum::<usize>()
             + 4096;

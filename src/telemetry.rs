@@ -44,7 +44,9 @@ impl Telemetry {
     pub fn new() -> Self {
         let registry = Registry::new();
         let upstream_buckets = vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-        let round_buckets = vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+        let round_buckets = vec![
+            0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+        ];
         let build_info = IntGaugeVec::new(
             opts(
                 "build_info",

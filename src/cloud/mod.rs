@@ -191,7 +191,10 @@ impl Client {
     pub fn new(timeout: Duration, telemetry: Arc<Telemetry>) -> Result<Self, reqwest::Error> {
         crate::install_crypto_provider();
         let http = reqwest::Client::builder()
-            .user_agent(concat!("huaweicloud-job-exporter/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "huaweicloud-job-exporter/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .connect_timeout(timeout)
             .timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -216,7 +219,10 @@ impl Client {
             target.path_prefix, target.project_id, job_id
         );
         let headers = sign(target, &path, chrono::Utc::now())?;
-        let url = format!("{}/v1/{}/jobs/{}", target.endpoint, target.project_id, job_id);
+        let url = format!(
+            "{}/v1/{}/jobs/{}",
+            target.endpoint, target.project_id, job_id
+        );
         let started = Instant::now();
         let result = self.send(&url, headers).await;
         let code = match &result {
@@ -265,7 +271,10 @@ impl Client {
             .map_err(transport)?;
         let status = resp.status();
         let headers = std::mem::take(resp.headers_mut());
-        if resp.content_length().is_some_and(|n| n > self.max_body as u64) {
+        if resp
+            .content_length()
+            .is_some_and(|n| n > self.max_body as u64)
+        {
             return Err(FetchError::Decode(format!(
                 "body larger than {} bytes",
                 self.max_body
@@ -367,8 +376,16 @@ mod tests {
         assert_eq!(
             labels,
             [
-                "timeout", "connect", "throttled", "unauthorized", "forbidden", "not_found",
-                "client_error", "server_error", "decode", "auth"
+                "timeout",
+                "connect",
+                "throttled",
+                "unauthorized",
+                "forbidden",
+                "not_found",
+                "client_error",
+                "server_error",
+                "decode",
+                "auth"
             ]
         );
     }

@@ -217,10 +217,7 @@ mod tests {
     use super::*;
 
     fn example(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/tests/data/examples/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        let path = format!("{}/tests/data/examples/{name}", env!("CARGO_MANIFEST_DIR"));
         std::fs::read(&path).expect("example file")
     }
 
@@ -229,7 +226,10 @@ mod tests {
         let j = decode_job(&example("evs_01.json")).expect("decodes");
         assert_eq!(j.status.as_deref(), Some("RUNNING"));
         assert_eq!(j.job_type.as_deref(), Some("createVolume"));
-        assert_eq!(j.job_id.as_deref(), Some("4010a32d535527910153552b492c0002"));
+        assert_eq!(
+            j.job_id.as_deref(),
+            Some("4010a32d535527910153552b492c0002")
+        );
         assert_eq!(j.begin, Some(1_457_422_813.219));
         assert_eq!(j.end, None);
         assert!(!j.is_terminal());
@@ -247,7 +247,10 @@ mod tests {
         let j = decode_job(&example("evs_02.json")).expect("decodes");
         assert!(j.is_terminal());
         assert_eq!(j.sub_jobs.len(), 2);
-        assert_eq!(j.sub_jobs[1].job_id.as_deref(), Some("21917a8d52a19b040152a9f2f2f60042"));
+        assert_eq!(
+            j.sub_jobs[1].job_id.as_deref(),
+            Some("21917a8d52a19b040152a9f2f2f60042")
+        );
         assert_eq!(j.sub_jobs[0].status.as_deref(), Some("SUCCESS"));
         assert_eq!(j.end.zip(j.begin).map(|(e, b)| (e - b).round()), Some(31.0));
     }
@@ -259,7 +262,10 @@ mod tests {
         assert_eq!(j.entities[0].0, "server_group_id");
         let j = decode_job(&example("sdrs_02.json")).expect("decodes");
         assert_eq!(j.sub_jobs.len(), 2);
-        assert_eq!(j.sub_jobs[0].job_type.as_deref(), Some("stopProtectionGroupRepNoCG"));
+        assert_eq!(
+            j.sub_jobs[0].job_type.as_deref(),
+            Some("stopProtectionGroupRepNoCG")
+        );
     }
 
     #[test]
@@ -271,7 +277,10 @@ mod tests {
         ] {
             let j = decode_job(&example(file)).expect(file);
             assert_eq!(j.status.as_deref(), Some("SUCCESS"), "{file}");
-            assert_eq!(j.sub_jobs.first().and_then(|s| s.job_type.as_deref()), sub_type);
+            assert_eq!(
+                j.sub_jobs.first().and_then(|s| s.job_type.as_deref()),
+                sub_type
+            );
         }
         let ecs = decode_job(&example("ecs_01.json")).expect("ecs");
         assert_eq!(ecs.sub_jobs[0].entities[0].0, "server_id");
@@ -281,13 +290,22 @@ mod tests {
     fn ims_time_format() {
         let j = decode_job(&example("ims_01.json")).expect("decodes");
         assert_eq!(j.begin, Some(1_433_441_466.586));
-        assert_eq!(j.entities[0], ("image_id".into(), "e9e91bff-14b6-4a0b-8377-4ed0813e3360".into()));
+        assert_eq!(
+            j.entities[0],
+            (
+                "image_id".into(),
+                "e9e91bff-14b6-4a0b-8377-4ed0813e3360".into()
+            )
+        );
     }
 
     #[test]
     fn task_submit_body_is_a_job_with_only_an_id() {
         let j = decode_job(&example("ecs_task_submit_01.json")).expect("decodes");
-        assert_eq!(j.job_id.as_deref(), Some("ff80808288d41e1b018990260955686a"));
+        assert_eq!(
+            j.job_id.as_deref(),
+            Some("ff80808288d41e1b018990260955686a")
+        );
         assert_eq!(j.status, None);
     }
 
@@ -305,9 +323,21 @@ mod tests {
             ("evs_03.json", "XXX", "XXXX"),
             ("sdrs_03.json", "XXX", "XXXX"),
             ("ecs_task_submit_02.json", "xxxx", "xxxx"),
-            ("iam_token_password_03.json", "400", "The request body is invalid"),
-            ("iam_token_password_04.json", "401", "The username or password is wrong."),
-            ("apig_0308_observed_429.json", "APIG.0308", "The throttling threshold has been reached: policy ip over ratelimit,limit:5,time:1 minute"),
+            (
+                "iam_token_password_03.json",
+                "400",
+                "The request body is invalid",
+            ),
+            (
+                "iam_token_password_04.json",
+                "401",
+                "The username or password is wrong.",
+            ),
+            (
+                "apig_0308_observed_429.json",
+                "APIG.0308",
+                "The throttling threshold has been reached: policy ip over ratelimit,limit:5,time:1 minute",
+            ),
         ] {
             let e = decode_error(&example(file));
             assert_eq!(e.code.as_deref(), Some(code), "{file}");
@@ -322,7 +352,10 @@ mod tests {
         assert_eq!(e.message.as_deref(), Some("job not found"));
         let e = decode_error(br#"{"errorCode":"SDRS.1201","errorMsg":"bad"}"#);
         assert_eq!(e.code.as_deref(), Some("SDRS.1201"));
-        assert_eq!(decode_error(b"<html><body>502 Bad Gateway</body></html>"), ApiError::default());
+        assert_eq!(
+            decode_error(b"<html><body>502 Bad Gateway</body></html>"),
+            ApiError::default()
+        );
         assert_eq!(decode_error(b""), ApiError::default());
         assert_eq!(decode_error(br#"{"a":1,"b":2}"#), ApiError::default());
     }
@@ -343,7 +376,9 @@ mod tests {
 
     #[test]
     fn sdrs_volume_ids_split_into_entities() {
-        let j = decode_job(br#"{"entities":{"replication_pair_id":"rp1","volume_ids":"v1, v2,,v1"}}"#).expect("decodes");
+        let j =
+            decode_job(br#"{"entities":{"replication_pair_id":"rp1","volume_ids":"v1, v2,,v1"}}"#)
+                .expect("decodes");
         assert_eq!(
             j.entities,
             vec![
@@ -359,7 +394,10 @@ mod tests {
         let base = 1_457_422_813.0;
         assert_eq!(parse_time("2016-03-08T07:40:13Z"), Some(base));
         assert_eq!(parse_time("2016-03-08T07:40:13.219Z"), Some(base + 0.219));
-        assert_eq!(parse_time("2016-03-08T15:40:13.219+08:00"), Some(base + 0.219));
+        assert_eq!(
+            parse_time("2016-03-08T15:40:13.219+08:00"),
+            Some(base + 0.219)
+        );
         assert_eq!(parse_time("2016-03-08T15:40:13+0800"), Some(base));
         assert_eq!(parse_time("2016-03-08T07:40:13"), Some(base));
         assert_eq!(parse_time("08-Mar-2016 07:40:13:219"), Some(base + 0.219));

@@ -214,7 +214,11 @@ mod tests {
                 body: body.as_bytes(),
             };
             let canonical = canonical_request(&req);
-            assert_eq!(canonical, v["canonical_request"].as_str().expect("cr"), "{name}");
+            assert_eq!(
+                canonical,
+                v["canonical_request"].as_str().expect("cr"),
+                "{name}"
+            );
             let date = inputs["x_sdk_date"].as_str().expect("date");
             let sts = string_to_sign(date, &canonical);
             assert_eq!(sts, v["string_to_sign"].as_str().expect("sts"), "{name}");

@@ -144,7 +144,7 @@ impl JobScript {
     pub fn render(&self, t: f64, start_unix: f64) -> Value {
         let phase = self.phase(t);
         let begin = start_unix + self.start_secs;
-        let end = (phase == Phase::Done).then(|| begin + self.init_secs + self.run_secs);
+        let end = (phase == Phase::Done).then_some(begin + self.init_secs + self.run_secs);
         let mut entities = self.entities.clone();
         if !self.sub_jobs.is_empty() {
             let subs: Vec<Value> = self
@@ -159,9 +159,8 @@ impl JobScript {
                         _ => Phase::Done,
                     };
                     let sub_begin = begin + self.init_secs + s.delay_secs;
-                    let sub_end = (sub_phase == Phase::Done).then(|| {
-                        (sub_begin + s.run_secs).min(end.unwrap_or(f64::INFINITY))
-                    });
+                    let sub_end = (sub_phase == Phase::Done)
+                        .then(|| (sub_begin + s.run_secs).min(end.unwrap_or(f64::INFINITY)));
                     let status = status_of(sub_phase, &s.outcome);
                     let mut v = body(
                         status,
@@ -223,7 +222,12 @@ impl Default for FleetShape {
     }
 }
 
-const EVS_TYPES: [&str; 4] = ["createVolume", "extendVolume", "retypeVolume", "deleteVolume"];
+const EVS_TYPES: [&str; 4] = [
+    "createVolume",
+    "extendVolume",
+    "retypeVolume",
+    "deleteVolume",
+];
 const SDRS_TYPES: [&str; 6] = [
     "createProtectionGroupNoCG",
     "failoverProtectionGroupNoCG",
@@ -234,11 +238,27 @@ const SDRS_TYPES: [&str; 6] = [
 ];
 const FAILURES: [(&str, &str, &str); 6] = [
     ("evs", "EVS.2024", "The disk quota is insufficient."),
-    ("evs", "EVS.5400", "Failed to extend the disk: the storage pool has no free capacity."),
-    ("sdrs", "SDRS.1201", "The protection group is not in a state that allows this operation."),
-    ("sdrs", "SDRS.0312", "Replication pair \"rp-1\" failed: the\ndisaster recovery site is unreachable."),
+    (
+        "evs",
+        "EVS.5400",
+        "Failed to extend the disk: the storage pool has no free capacity.",
+    ),
+    (
+        "sdrs",
+        "SDRS.1201",
+        "The protection group is not in a state that allows this operation.",
+    ),
+    (
+        "sdrs",
+        "SDRS.0312",
+        "Replication pair \"rp-1\" failed: the\ndisaster recovery site is unreachable.",
+    ),
     ("ecs", "Ecs.0013", "Insufficient EIP quota."),
-    ("ecs", "Ecs.0211", "云服务器创建失败：规格已售罄 (flavor sold out)."),
+    (
+        "ecs",
+        "Ecs.0211",
+        "云服务器创建失败：规格已售罄 (flavor sold out).",
+    ),
 ];
 
 /// Generates `n` jobs for `project_id` from `seed`: EVS, SDRS and ECS in turn, each with the
@@ -248,7 +268,14 @@ pub fn generate(n: usize, seed: u64, project_id: &str, shape: &FleetShape) -> Ve
     let uuid = |rng: &mut fastrand::Rng| {
         let v = rng.u128(..);
         let h = format!("{v:032x}");
-        format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
     };
     (0..n)
         .map(|i| {
@@ -321,7 +348,10 @@ pub fn generate(n: usize, seed: u64, project_id: &str, shape: &FleetShape) -> Ve
                                     e.insert("server_group_id".into(), json!(group));
                                     sub_jobs.push(SubJobScript {
                                         job_id: format!("{:032x}", rng.u128(..)),
-                                        job_type: format!("{}Rep", job_type.trim_end_matches("NoCG")) + "NoCG",
+                                        job_type: format!(
+                                            "{}Rep",
+                                            job_type.trim_end_matches("NoCG")
+                                        ) + "NoCG",
                                         delay_secs: 1.0,
                                         run_secs: (total - init_secs) * 0.7,
                                         outcome: outcome(&mut rng, fails && s == 1),
@@ -408,14 +438,21 @@ mod tests {
         assert_eq!(running["entities"]["sub_jobs_total"], 1);
         let sub_done = s.render(10.0, start);
         assert_eq!(sub_done["entities"]["sub_jobs"][0]["status"], "FAIL");
-        assert_eq!(sub_done["entities"]["sub_jobs"][0]["errorcode_message"], "quota");
+        assert_eq!(
+            sub_done["entities"]["sub_jobs"][0]["errorcode_message"],
+            "quota"
+        );
         let done = s.render(20.0, start);
         assert_eq!(done["status"], "FAIL");
         assert_eq!(done["error_code"], "Ecs.0013");
         assert_eq!(done["begin_time"], "2023-11-14T22:13:20.000Z");
         assert_eq!(done["end_time"], "2023-11-14T22:13:35.000Z");
-        let decoded = crate::cloud::model::decode_job(done.to_string().as_bytes()).expect("decodes");
-        assert_eq!(decoded.end.zip(decoded.begin).map(|(e, b)| e - b), Some(15.0));
+        let decoded =
+            crate::cloud::model::decode_job(done.to_string().as_bytes()).expect("decodes");
+        assert_eq!(
+            decoded.end.zip(decoded.begin).map(|(e, b)| e - b),
+            Some(15.0)
+        );
     }
 
     #[test]

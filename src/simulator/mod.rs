@@ -263,14 +263,20 @@ impl Simulator {
     pub fn body_of(&self, job_id: &str) -> Option<serde_json::Value> {
         let t = self.now_secs();
         let start = self.start_unix;
-        self.lock().jobs.get(job_id).map(|j| j.script.render(t, start))
+        self.lock()
+            .jobs
+            .get(job_id)
+            .map(|j| j.script.render(t, start))
     }
 
     /// The axum router of the job API and the control API.
     fn router(&self) -> axum::Router {
         axum::Router::new()
             .route("/v1/{project_id}/jobs/{job_id}", get(job_handler))
-            .route("/{service}/v1/{project_id}/jobs/{job_id}", get(prefixed_job_handler))
+            .route(
+                "/{service}/v1/{project_id}/jobs/{job_id}",
+                get(prefixed_job_handler),
+            )
             .route("/_sim/jobs", get(list_jobs).post(add_jobs))
             .route("/_sim/jobs/{job_id}", get(show_job))
             .route("/_sim/jobs/{job_id}/fault", put(put_job_fault))
@@ -345,7 +351,12 @@ impl Simulator {
         Ok(local)
     }
 
-    fn authenticate(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Response<Body>> {
+    fn authenticate(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Option<Response<Body>> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let Some(auth) = header("authorization").and_then(signer::parse_authorization) else {
             return Some(apig_error(
@@ -410,7 +421,11 @@ impl Simulator {
             .filter(|p| !p.is_empty())
             .map(|p| {
                 let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                let d = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+                let d = |s: &str| {
+                    percent_encoding::percent_decode_str(s)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                };
                 (d(k), d(v))
             })
             .collect();
@@ -593,7 +608,8 @@ async fn job_handler(
     headers: HeaderMap,
     Path((project_id, job_id)): Path<(String, String)>,
 ) -> Response<Body> {
-    sim.serve_job(method, uri, headers, project_id, job_id).await
+    sim.serve_job(method, uri, headers, project_id, job_id)
+        .await
 }
 
 async fn prefixed_job_handler(
@@ -603,7 +619,8 @@ async fn prefixed_job_handler(
     headers: HeaderMap,
     Path((_service, project_id, job_id)): Path<(String, String, String)>,
 ) -> Response<Body> {
-    sim.serve_job(method, uri, headers, project_id, job_id).await
+    sim.serve_job(method, uri, headers, project_id, job_id)
+        .await
 }
 
 #[derive(Serialize)]
@@ -632,7 +649,9 @@ async fn list_jobs(State(sim): State<Simulator>) -> impl IntoResponse {
         })
         .collect();
     jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
-    Json(json!({"jobs": jobs, "requests_total": st.requests_total, "rejected_total": st.rejected_total}))
+    Json(
+        json!({"jobs": jobs, "requests_total": st.requests_total, "rejected_total": st.rejected_total}),
+    )
 }
 
 async fn show_job(State(sim): State<Simulator>, Path(job_id): Path<String>) -> Response<Body> {
