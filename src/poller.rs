@@ -495,12 +495,14 @@ impl Poller {
                 entry.fetch_ok = true;
                 entry.last_success = Some(now);
                 let agg = &mut state.agg;
-                for sub in job
+                let failed_subs = job
                     .sub_jobs
                     .iter()
-                    .filter(|s| s.status.as_deref() == Some("FAIL"))
-                {
-                    let id = sub.job_id.clone().unwrap_or_default();
+                    .enumerate()
+                    .filter(|(_, s)| s.status.as_deref() == Some("FAIL"));
+                for (i, sub) in failed_subs {
+                    // Same fallback id as the subjob_id label, so id-less sub-jobs count once each.
+                    let id = sub.job_id.clone().unwrap_or_else(|| format!("#{i}"));
                     if entry.counted_subjob_failures.contains(&id) {
                         continue;
                     }

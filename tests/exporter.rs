@@ -10,7 +10,14 @@ use serde_json::json;
 
 /// A small scenario whose every value is known: see `GOLDEN`.
 fn scenario() -> Vec<huaweicloud_job_exporter::simulator::JobScript> {
-    let mut ok = script("evs-ok", "evs", "createVolume", 0.0, 120.0, Outcome::Success);
+    let mut ok = script(
+        "evs-ok",
+        "evs",
+        "createVolume",
+        0.0,
+        120.0,
+        Outcome::Success,
+    );
     ok.entities = volume("vol-1");
     let mut failed = script(
         "evs-failed",
@@ -21,12 +28,38 @@ fn scenario() -> Vec<huaweicloud_job_exporter::simulator::JobScript> {
         fail("EVS.2024", "quota \"gold\" exceeded\\\nsee 配额"),
     );
     failed.entities = volume("vol-2");
-    let mut running = script("running-ecs", "ecs", "createServer", 50.0, 1e12, Outcome::Success);
+    let mut running = script(
+        "running-ecs",
+        "ecs",
+        "createServer",
+        50.0,
+        1e12,
+        Outcome::Success,
+    );
     running.sub_jobs = vec![
-        sub("s1", "createSingleServer", 10.0, Outcome::Success, json_entities(json!({"server_id": "srv-1"}))),
-        sub("s2", "createSingleServer", 10.0, fail("Ecs.0013", "no EIP"), json_entities(json!({"server_id": "srv-2"}))),
+        sub(
+            "s1",
+            "createSingleServer",
+            10.0,
+            Outcome::Success,
+            json_entities(json!({"server_id": "srv-1"})),
+        ),
+        sub(
+            "s2",
+            "createSingleServer",
+            10.0,
+            fail("Ecs.0013", "no EIP"),
+            json_entities(json!({"server_id": "srv-2"})),
+        ),
     ];
-    let mut pair = script("sdrs-pair", "sdrs", "createReplicationPairNoCG", 0.0, 30.0, Outcome::Success);
+    let mut pair = script(
+        "sdrs-pair",
+        "sdrs",
+        "createReplicationPairNoCG",
+        0.0,
+        30.0,
+        Outcome::Success,
+    );
     pair.entities = json_entities(json!({"replication_pair_id": "rp-1", "volume_ids": "v-a,v-b"}));
     vec![ok, failed, running, pair]
 }
@@ -151,7 +184,11 @@ async fn on_demand_honours_the_scrape_timeout_header_and_shares_collections() {
     // 1 s from Prometheus leaves 0.5 s: the slow job misses it and is exported with
     // fetch_success 0, the others are fetched.
     let ((a, _), (b, _)) = tokio::join!(scrape("1"), scrape("1"));
-    assert_eq!(sim.requests_for("evs-ok"), 1, "two concurrent scrapes, one collection");
+    assert_eq!(
+        sim.requests_for("evs-ok"),
+        1,
+        "two concurrent scrapes, one collection"
+    );
     for body in [&a, &b] {
         let slow = "huaweicloud_job_fetch_success{cloud_service=\"ecs\",cloud_region=\"cn-north-4\",project_id=\"0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e\",job_id=\"running-ecs\"}";
         assert_eq!(value(body, slow), Some(0.0));
@@ -171,7 +208,13 @@ async fn faults_map_to_reasons_keep_last_values_and_recover() {
     let faults = [
         ("f-503", Fault::Status { status: 503 }, "server_error"),
         ("f-500", Fault::Status { status: 500 }, "server_error"),
-        ("f-429", Fault::Throttle { retry_after: Some(1) }, "throttled"),
+        (
+            "f-429",
+            Fault::Throttle {
+                retry_after: Some(1),
+            },
+            "throttled",
+        ),
         ("f-bad-json", Fault::MalformedJson, "decode"),
         ("f-truncated", Fault::TruncatedJson, "decode"),
         ("f-html", Fault::HtmlError, "server_error"),
@@ -196,7 +239,9 @@ async fn faults_map_to_reasons_keep_last_values_and_recover() {
     // First scrape: all healthy, values known.
     let healthy = exp.metrics().await;
     for id in &ids {
-        let line = format!("huaweicloud_job_status{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_id=\"{id}\",job_type=\"createVolume\",status=\"RUNNING\"}}");
+        let line = format!(
+            "huaweicloud_job_status{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_id=\"{id}\",job_type=\"createVolume\",status=\"RUNNING\"}}"
+        );
         assert_eq!(value(&healthy, &line), Some(1.0), "{id}");
     }
     for (id, fault, _) in &faults {
@@ -204,27 +249,42 @@ async fn faults_map_to_reasons_keep_last_values_and_recover() {
     }
     let broken = exp.metrics().await;
     for (id, _, _) in &faults {
-        let ok = format!("huaweicloud_job_fetch_success{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_id=\"{id}\"}}");
+        let ok = format!(
+            "huaweicloud_job_fetch_success{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_id=\"{id}\"}}"
+        );
         assert_eq!(value(&broken, &ok), Some(0.0), "{id}");
-        let status = format!("huaweicloud_job_status{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_id=\"{id}\",job_type=\"createVolume\",status=\"RUNNING\"}}");
-        assert_eq!(value(&broken, &status), Some(1.0), "{id} keeps its last value");
+        let status = format!(
+            "huaweicloud_job_status{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_id=\"{id}\",job_type=\"createVolume\",status=\"RUNNING\"}}"
+        );
+        assert_eq!(
+            value(&broken, &status),
+            Some(1.0),
+            "{id} keeps its last value"
+        );
     }
     let mut expected: std::collections::BTreeMap<&str, f64> = Default::default();
     for (_, _, reason) in &faults {
         *expected.entry(reason).or_default() += 1.0;
     }
     for (reason, n) in &expected {
-        let series = format!("huaweicloud_job_fetch_errors_total{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",reason=\"{reason}\"}}");
+        let series = format!(
+            "huaweicloud_job_fetch_errors_total{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",reason=\"{reason}\"}}"
+        );
         assert_eq!(value(&broken, &series), Some(*n), "{reason}");
     }
     let landing = exp.get("/").await.1;
-    assert!(landing.contains("f-reset") && landing.contains("connect"), "{landing}");
+    assert!(
+        landing.contains("f-reset") && landing.contains("connect"),
+        "{landing}"
+    );
     for (id, _, _) in &faults {
         sim.set_job_fault(id, None);
     }
     let recovered = exp.metrics().await;
     for (id, _, _) in &faults {
-        let ok = format!("huaweicloud_job_fetch_success{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_id=\"{id}\"}}");
+        let ok = format!(
+            "huaweicloud_job_fetch_success{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_id=\"{id}\"}}"
+        );
         assert_eq!(value(&recovered, &ok), Some(1.0), "{id} recovers");
     }
     exp.shutdown().await;
@@ -234,8 +294,22 @@ async fn faults_map_to_reasons_keep_last_values_and_recover() {
 #[tokio::test]
 async fn a_wrong_secret_key_fails_only_its_own_account() {
     let jobs = vec![
-        script("good-job", "evs", "createVolume", 0.0, 10.0, Outcome::Success),
-        script("bad-job", "evs", "createVolume", 0.0, 10.0, Outcome::Success),
+        script(
+            "good-job",
+            "evs",
+            "createVolume",
+            0.0,
+            10.0,
+            Outcome::Success,
+        ),
+        script(
+            "bad-job",
+            "evs",
+            "createVolume",
+            0.0,
+            10.0,
+            Outcome::Success,
+        ),
     ];
     let (sim, base, sim_stop) = simulator(jobs).await;
     let yaml = format!(
@@ -253,11 +327,47 @@ targets:
     );
     let exp = exporter(config(&yaml)).await;
     let text = exp.metrics().await;
-    assert_eq!(value(&text, &format!("huaweicloud_job_fetch_success{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_id=\"good-job\"}}")), Some(1.0));
-    assert_eq!(value(&text, &format!("huaweicloud_job_fetch_success{{cloud_service=\"evs\",cloud_region=\"r2\",project_id=\"{PROJECT}\",job_id=\"bad-job\"}}")), Some(0.0));
-    assert_eq!(value(&text, &format!("huaweicloud_job_fetch_errors_total{{cloud_service=\"evs\",cloud_region=\"r2\",project_id=\"{PROJECT}\",reason=\"unauthorized\"}}")), Some(1.0));
-    assert_eq!(value(&text, "huaweicloud_job_exporter_auth_failures_total{account=\"bad\"}"), Some(1.0));
-    assert_eq!(value(&text, "huaweicloud_job_exporter_auth_failures_total{account=\"good\"}"), Some(0.0));
+    assert_eq!(
+        value(
+            &text,
+            &format!(
+                "huaweicloud_job_fetch_success{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_id=\"good-job\"}}"
+            )
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!(
+                "huaweicloud_job_fetch_success{{cloud_service=\"evs\",cloud_region=\"r2\",project_id=\"{PROJECT}\",job_id=\"bad-job\"}}"
+            )
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!(
+                "huaweicloud_job_fetch_errors_total{{cloud_service=\"evs\",cloud_region=\"r2\",project_id=\"{PROJECT}\",reason=\"unauthorized\"}}"
+            )
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "huaweicloud_job_exporter_auth_failures_total{account=\"bad\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "huaweicloud_job_exporter_auth_failures_total{account=\"good\"}"
+        ),
+        Some(0.0)
+    );
     assert_eq!(sim.rejected_total(), 1);
     assert!(!text.contains("not-the-secret"));
     exp.shutdown().await;
@@ -267,8 +377,15 @@ targets:
 #[tokio::test]
 async fn simulator_rejects_skewed_and_unsigned_requests() {
     use huaweicloud_job_exporter::cloud::signer;
-    let (_sim, base, sim_stop) =
-        simulator(vec![script("j", "evs", "createVolume", 0.0, 10.0, Outcome::Success)]).await;
+    let (_sim, base, sim_stop) = simulator(vec![script(
+        "j",
+        "evs",
+        "createVolume",
+        0.0,
+        10.0,
+        Outcome::Success,
+    )])
+    .await;
     let host = base.trim_start_matches("http://").to_string();
     let path = format!("/v1/{PROJECT}/jobs/j");
     let signed = |date: String, sk: &str| {
@@ -307,21 +424,34 @@ async fn simulator_rejects_skewed_and_unsigned_requests() {
     let (d, a) = signed(skewed.format(signer::DATE_FORMAT).to_string(), sk);
     let r = send(d, a).await.expect("send");
     assert_eq!(r.status(), 401);
-    let body: serde_json::Value = serde_json::from_str(&r.text().await.expect("body")).expect("json");
+    let body: serde_json::Value =
+        serde_json::from_str(&r.text().await.expect("body")).expect("json");
     assert_eq!(body["error_code"], "APIGW.0303");
     let (d, a) = signed(now.format(signer::DATE_FORMAT).to_string(), "wrong");
     let r = send(d, a).await.expect("send");
     assert_eq!(r.status(), 401);
-    let body: serde_json::Value = serde_json::from_str(&r.text().await.expect("body")).expect("json");
+    let body: serde_json::Value =
+        serde_json::from_str(&r.text().await.expect("body")).expect("json");
     assert_eq!(body["error_code"], "APIGW.0301");
-    let r = client.get(format!("{base}{path}")).send().await.expect("send");
+    let r = client
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), 401);
     sim_stop.cancel();
 }
 
 #[tokio::test]
 async fn http_endpoints_gzip_readiness_and_graceful_stop() {
-    let jobs = vec![script("slow", "evs", "createVolume", 0.0, 10.0, Outcome::Success)];
+    let jobs = vec![script(
+        "slow",
+        "evs",
+        "createVolume",
+        0.0,
+        10.0,
+        Outcome::Success,
+    )];
     let (sim, base, sim_stop) = simulator(jobs).await;
     sim.set_job_fault("slow", Some(Fault::Latency { ms: 800 }));
     let yaml = format!(
@@ -341,7 +471,12 @@ async fn http_endpoints_gzip_readiness_and_graceful_stop() {
         .await
         .expect("scrape");
     assert_eq!(r.headers()["content-encoding"], "gzip");
-    assert!(r.headers()["content-type"].to_str().expect("ct").starts_with("text/plain; version=0.0.4"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/plain; version=0.0.4")
+    );
     let bytes = r.bytes().await.expect("body");
     assert_eq!(&bytes[..2], &[0x1f, 0x8b], "gzip magic");
     let (status, landing) = exp.get("/").await;
@@ -369,7 +504,10 @@ async fn demo_serves_its_fleet() {
         .count();
     assert_eq!(fetched, jobs.len());
     for svc in ["evs", "sdrs", "ecs"] {
-        assert!(text.contains(&format!("huaweicloud_jobs{{cloud_service=\"{svc}\"")), "{svc}");
+        assert!(
+            text.contains(&format!("huaweicloud_jobs{{cloud_service=\"{svc}\"")),
+            "{svc}"
+        );
     }
     exp.shutdown().await;
     sim_stop.cancel();

@@ -7,9 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use huaweicloud_job_exporter::config::Config;
-use huaweicloud_job_exporter::simulator::{
-    self, JobScript, Outcome, Simulator, SubJobScript,
-};
+use huaweicloud_job_exporter::simulator::{self, JobScript, Outcome, Simulator, SubJobScript};
 use huaweicloud_job_exporter::{Exporter, WebOptions};
 use serde_json::{Map, Value, json};
 use tokio::task::JoinHandle;
@@ -65,7 +63,10 @@ pub async fn simulator(jobs: Vec<JobScript>) -> (Simulator, String, Cancellation
     let sim = Simulator::with_start(1_700_000_000.0);
     sim.add_jobs(jobs);
     let stop = CancellationToken::new();
-    let addr = sim.spawn("127.0.0.1:0", stop.clone()).await.expect("simulator");
+    let addr = sim
+        .spawn("127.0.0.1:0", stop.clone())
+        .await
+        .expect("simulator");
     (sim, format!("http://{addr}"), stop)
 }
 
@@ -128,7 +129,13 @@ pub fn fail(code: &str, reason: &str) -> Outcome {
     }
 }
 
-pub fn sub(id: &str, job_type: &str, run_secs: f64, outcome: Outcome, ents: Map<String, Value>) -> SubJobScript {
+pub fn sub(
+    id: &str,
+    job_type: &str,
+    run_secs: f64,
+    outcome: Outcome,
+    ents: Map<String, Value>,
+) -> SubJobScript {
     SubJobScript {
         job_id: id.into(),
         job_type: job_type.into(),
@@ -155,7 +162,10 @@ pub fn volume(id: &str) -> Map<String, Value> {
 pub fn job_families(text: &str) -> String {
     let mut out = String::new();
     for line in text.lines() {
-        if line.contains("huaweicloud_job_exporter_") || line.contains(" process_") || line.starts_with("process_") {
+        if line.contains("huaweicloud_job_exporter_")
+            || line.contains(" process_")
+            || line.starts_with("process_")
+        {
             continue;
         }
         let clocked = line.starts_with("huaweicloud_job_last_fetch_success_timestamp_seconds{")
