@@ -1,0 +1,181 @@
+//! `cargo bench --bench render`: how long a cached-mode scrape takes to render N jobs.
+//!
+//! The fleet comes from the simulator's generator and goes through the real decoder and poller,
+//! so the text is what `/metrics` serves. For comparison, the same per-job series are rendered
+//! through the `prometheus` crate's GaugeVecs (metric objects kept between scrapes, as a
+//! long-running exporter would), which is the alternative the hand-written writer replaces.
+//! Prints medians and p99 over repeated runs; no timing is asserted anywhere.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use huaweicloud_job_exporter::cloud::{self, Job, model};
+use huaweicloud_job_exporter::config::{self, Credentials, Mode, Secret};
+use huaweicloud_job_exporter::poller::{JobSource, Poller, Settings};
+use huaweicloud_job_exporter::simulator::{self, FleetShape};
+use huaweicloud_job_exporter::telemetry::Telemetry;
+
+struct Fixed(HashMap<String, Job>);
+
+impl JobSource for Fixed {
+    fn fetch<'a>(&'a self, _: &'a cloud::Target, id: &'a str) -> BoxFuture<'a, cloud::Result<Job>> {
+        async move { self.0.get(id).cloned().ok_or(cloud::FetchError::Timeout) }.boxed()
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn fleet(n: usize) -> (HashMap<String, Job>, Vec<(Arc<cloud::Target>, Vec<String>)>) {
+    let scripts = simulator::fleet::generate(n, 7, simulator::DEMO_PROJECT_ID, &FleetShape::default());
+    let mut jobs = HashMap::new();
+    let mut by_service: HashMap<String, Vec<String>> = HashMap::new();
+    for s in &scripts {
+        let body = s.render(0.0, 1_700_000_000.0).to_string();
+        let job = model::decode_job(body.as_bytes()).expect("simulator bodies decode");
+        jobs.insert(s.job_id.clone(), job);
+        by_service.entry(s.service.clone()).or_default().push(s.job_id.clone());
+    }
+    let targets = by_service
+        .into_iter()
+        .map(|(svc, ids)| {
+            let t = cloud::Target::new(
+                &config::Target {
+                    account: "bench".into(),
+                    cloud_service: svc.clone(),
+                    cloud_region: "cn-north-4".into(),
+                    project_id: simulator::DEMO_PROJECT_ID.into(),
+                    endpoint: format!("http://127.0.0.1:1/{svc}"),
+                    jobs: vec![],
+                },
+                Credentials {
+                    access_key: Secret::new("a"),
+                    secret_key: Secret::new("b"),
+                    security_token: None,
+                },
+            );
+            (Arc::new(t), ids)
+        })
+        .collect();
+    (jobs, targets)
+}
+
+/// The per-job families through the `prometheus` crate, metric objects built once.
+fn prometheus_crate(jobs: &HashMap<String, Job>) -> prometheus::Registry {
+    use prometheus::{GaugeVec, Opts, Registry};
+    let reg = Registry::new();
+    let common = ["cloud_service", "cloud_region", "project_id", "job_id", "job_type"];
+    let status = GaugeVec::new(
+        Opts::new("huaweicloud_job_status", "status"),
+        &["cloud_service", "cloud_region", "project_id", "job_id", "job_type", "status"],
+    )
+    .expect("metric");
+    let begin = GaugeVec::new(Opts::new("huaweicloud_job_begin_timestamp_seconds", "b"), &common).expect("metric");
+    let duration = GaugeVec::new(Opts::new("huaweicloud_job_duration_seconds", "d"), &common).expect("metric");
+    let fetch = GaugeVec::new(
+        Opts::new("huaweicloud_job_fetch_success", "f"),
+        &["cloud_service", "cloud_region", "project_id", "job_id"],
+    )
+    .expect("metric");
+    let last = GaugeVec::new(
+        Opts::new("huaweicloud_job_last_fetch_success_timestamp_seconds", "l"),
+        &["cloud_service", "cloud_region", "project_id", "job_id"],
+    )
+    .expect("metric");
+    for (id, j) in jobs {
+        let jt = j.job_type.as_deref().unwrap_or("unknown");
+        let cur = j.status.as_deref().unwrap_or("UNKNOWN");
+        for s in ["INIT", "RUNNING", "SUCCESS", "FAIL"] {
+            status
+                .with_label_values(&["evs", "cn-north-4", simulator::DEMO_PROJECT_ID, id, jt, s])
+                .set(f64::from(u8::from(s == cur)));
+        }
+        let l = ["evs", "cn-north-4", simulator::DEMO_PROJECT_ID, id, jt];
+        begin.with_label_values(&l).set(j.begin.unwrap_or(0.0));
+        duration.with_label_values(&l).set(100.0);
+        fetch.with_label_values(&l[..4]).set(1.0);
+        last.with_label_values(&l[..4]).set(1.7e9);
+    }
+    for c in [status, begin, duration, fetch, last] {
+        reg.register(Box::new(c)).expect("register");
+    }
+    reg
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let sizes: Vec<usize> = std::env::var("BENCH_JOBS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 10_000, 100_000]);
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(41);
+    println!("| jobs | series | bytes | render p50 | render p99 | prometheus crate p50 | ratio |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for n in sizes {
+        let (jobs, targets) = fleet(n);
+        let poller = Poller::new(
+            Arc::new(Fixed(jobs.clone())),
+            targets,
+            Settings {
+                mode: Mode::Cached,
+                refresh_interval: Duration::from_secs(30),
+                scrape_timeout: Duration::from_secs(10),
+                max_concurrency: 256,
+                max_requests_per_second: 1e9,
+                terminal_retention: Duration::from_secs(86400),
+            },
+            Arc::new(Telemetry::new()),
+        );
+        rt.block_on(poller.collect(None));
+        let snapshot = poller.current();
+        let mut times = Vec::with_capacity(runs);
+        let mut bytes = 0;
+        let mut series = 0;
+        for i in 0..=runs {
+            let started = Instant::now();
+            let mut out = Vec::new();
+            snapshot.write(&mut out);
+            let took = started.elapsed();
+            if i == 0 {
+                bytes = out.len();
+                series = out.split(|b| *b == b'\n').filter(|l| !l.is_empty() && l[0] != b'#').count();
+                continue; // warm-up
+            }
+            std::hint::black_box(&out);
+            times.push(took);
+        }
+        times.sort();
+        let crate_p50 = if n <= 10_000 {
+            let reg = prometheus_crate(&jobs);
+            let mut t = Vec::new();
+            for _ in 0..5 {
+                let started = Instant::now();
+                let mut out = Vec::new();
+                prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &reg.gather(), &mut out)
+                    .expect("encode");
+                t.push(started.elapsed());
+                std::hint::black_box(&out);
+            }
+            t.sort();
+            Some(percentile(&t, 0.5))
+        } else {
+            None
+        };
+        let p50 = percentile(&times, 0.5);
+        println!(
+            "| {n} | {series} | {bytes} | {:.2} ms | {:.2} ms | {} | {} |",
+            p50.as_secs_f64() * 1e3,
+            percentile(&times, 0.99).as_secs_f64() * 1e3,
+            crate_p50.map_or("-".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3)),
+            crate_p50.map_or("-".into(), |d| format!("{:.0}x", d.as_secs_f64() / p50.as_secs_f64())),
+        );
+    }
+}
