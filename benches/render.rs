@@ -32,14 +32,18 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn fleet(n: usize) -> (HashMap<String, Job>, Vec<(Arc<cloud::Target>, Vec<String>)>) {
-    let scripts = simulator::fleet::generate(n, 7, simulator::DEMO_PROJECT_ID, &FleetShape::default());
+    let scripts =
+        simulator::fleet::generate(n, 7, simulator::DEMO_PROJECT_ID, &FleetShape::default());
     let mut jobs = HashMap::new();
     let mut by_service: HashMap<String, Vec<String>> = HashMap::new();
     for s in &scripts {
         let body = s.render(0.0, 1_700_000_000.0).to_string();
         let job = model::decode_job(body.as_bytes()).expect("simulator bodies decode");
         jobs.insert(s.job_id.clone(), job);
-        by_service.entry(s.service.clone()).or_default().push(s.job_id.clone());
+        by_service
+            .entry(s.service.clone())
+            .or_default()
+            .push(s.job_id.clone());
     }
     let targets = by_service
         .into_iter()
@@ -69,14 +73,32 @@ fn fleet(n: usize) -> (HashMap<String, Job>, Vec<(Arc<cloud::Target>, Vec<String
 fn prometheus_crate(jobs: &HashMap<String, Job>) -> prometheus::Registry {
     use prometheus::{GaugeVec, Opts, Registry};
     let reg = Registry::new();
-    let common = ["cloud_service", "cloud_region", "project_id", "job_id", "job_type"];
+    let common = [
+        "cloud_service",
+        "cloud_region",
+        "project_id",
+        "job_id",
+        "job_type",
+    ];
     let status = GaugeVec::new(
         Opts::new("huaweicloud_job_status", "status"),
-        &["cloud_service", "cloud_region", "project_id", "job_id", "job_type", "status"],
+        &[
+            "cloud_service",
+            "cloud_region",
+            "project_id",
+            "job_id",
+            "job_type",
+            "status",
+        ],
     )
     .expect("metric");
-    let begin = GaugeVec::new(Opts::new("huaweicloud_job_begin_timestamp_seconds", "b"), &common).expect("metric");
-    let duration = GaugeVec::new(Opts::new("huaweicloud_job_duration_seconds", "d"), &common).expect("metric");
+    let begin = GaugeVec::new(
+        Opts::new("huaweicloud_job_begin_timestamp_seconds", "b"),
+        &common,
+    )
+    .expect("metric");
+    let duration =
+        GaugeVec::new(Opts::new("huaweicloud_job_duration_seconds", "d"), &common).expect("metric");
     let fetch = GaugeVec::new(
         Opts::new("huaweicloud_job_fetch_success", "f"),
         &["cloud_service", "cloud_region", "project_id", "job_id"],
@@ -116,7 +138,10 @@ fn main() {
         .ok()
         .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1_000, 10_000, 100_000]);
-    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(41);
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(41);
     println!("| jobs | series | bytes | render p50 | render p99 | prometheus crate p50 | ratio |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for n in sizes {
@@ -146,7 +171,10 @@ fn main() {
             let took = started.elapsed();
             if i == 0 {
                 bytes = out.len();
-                series = out.split(|b| *b == b'\n').filter(|l| !l.is_empty() && l[0] != b'#').count();
+                series = out
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty() && l[0] != b'#')
+                    .count();
                 continue; // warm-up
             }
             std::hint::black_box(&out);
@@ -159,8 +187,12 @@ fn main() {
             for _ in 0..5 {
                 let started = Instant::now();
                 let mut out = Vec::new();
-                prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &reg.gather(), &mut out)
-                    .expect("encode");
+                prometheus::Encoder::encode(
+                    &prometheus::TextEncoder::new(),
+                    &reg.gather(),
+                    &mut out,
+                )
+                .expect("encode");
                 t.push(started.elapsed());
                 std::hint::black_box(&out);
             }
@@ -175,7 +207,10 @@ fn main() {
             p50.as_secs_f64() * 1e3,
             percentile(&times, 0.99).as_secs_f64() * 1e3,
             crate_p50.map_or("-".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3)),
-            crate_p50.map_or("-".into(), |d| format!("{:.0}x", d.as_secs_f64() / p50.as_secs_f64())),
+            crate_p50.map_or("-".into(), |d| format!(
+                "{:.0}x",
+                d.as_secs_f64() / p50.as_secs_f64()
+            )),
         );
     }
 }

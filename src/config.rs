@@ -312,6 +312,26 @@ impl Config {
             );
         }
         v.problems.splice(0..0, problems_before_files);
+        // Two accounts tracking the same job would export the same series twice.
+        let mut owners: BTreeMap<(&str, &str, &str, &str), &str> = BTreeMap::new();
+        let mut clashes = Vec::new();
+        for t in &targets {
+            for job in &t.jobs {
+                let key = (&*t.cloud_service, &*t.cloud_region, &*t.project_id, &**job);
+                match owners.get(&key) {
+                    Some(first) if *first != t.account => clashes.push(format!(
+                        "job {job:?} of {}/{}/{} is listed under accounts {first:?} and {:?}; keep one",
+                        t.cloud_service, t.cloud_region, t.project_id, t.account
+                    )),
+                    _ => {
+                        owners.insert(key, &t.account);
+                    }
+                }
+            }
+        }
+        for c in clashes {
+            v.problem("targets", c);
+        }
         cfg.targets = targets;
 
         if v.problems.is_empty() {
@@ -885,6 +905,25 @@ targets:
         let cfg = Config::parse(text, "main.yml", dir.path(), &no_env).expect("valid");
         assert_eq!(cfg.targets.len(), 1);
         assert_eq!(cfg.targets[0].jobs, vec!["j1", "j2"]);
+    }
+
+    #[test]
+    fn the_same_job_under_two_accounts_is_rejected() {
+        let p = problems(
+            r#"
+accounts: [{name: a, access_key: x, secret_key: y}, {name: b, access_key: x, secret_key: y}]
+targets:
+  - {account: a, cloud_service: evs, cloud_region: r, project_id: p, jobs: [j1, j2]}
+  - {account: b, cloud_service: evs, cloud_region: r, project_id: p, jobs: [j2]}
+"#,
+        );
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].path, "targets");
+        assert!(
+            p[0].message.contains("\"j2\" of evs/r/p"),
+            "{}",
+            p[0].message
+        );
     }
 
     #[test]

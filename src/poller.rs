@@ -452,7 +452,9 @@ impl Poller {
                 .map(|(k, e)| (k.clone(), Arc::clone(&e.tracked)))
                 .collect()
         };
+        let total = active.len();
         let mut pending: HashSet<JobKey> = active.iter().map(|(k, _)| k.clone()).collect();
+        let mut failures: BTreeMap<Reason, usize> = BTreeMap::new();
         let fetches = stream::iter(active)
             .map(|(key, tracked)| async move {
                 if let Some(l) = self.inner.limiters.get(tracked.target.endpoint_key()) {
@@ -464,7 +466,9 @@ impl Poller {
             .buffer_unordered(self.inner.settings.max_concurrency);
         let apply_all = fetches.for_each(|(key, result)| {
             pending.remove(&key);
-            self.apply(&key, result);
+            if let Some(reason) = self.apply(&key, result) {
+                *failures.entry(reason).or_default() += 1;
+            }
             futures_util::future::ready(())
         });
         match deadline {
@@ -474,21 +478,36 @@ impl Poller {
                     tracing::debug!(jobs = left.len(), "scrape deadline reached");
                     for key in left {
                         self.apply(&key, Err(FetchError::Timeout));
+                        *failures.entry(Reason::Timeout).or_default() += 1;
                     }
                 }
             }
             None => apply_all.await,
         }
+        if !failures.is_empty() {
+            let by_reason: Vec<String> = failures
+                .iter()
+                .map(|(r, n)| format!("{}={n}", r.as_str()))
+                .collect();
+            tracing::warn!(
+                failed = failures.values().sum::<usize>(),
+                active = total,
+                reasons = %by_reason.join(","),
+                "some job fetches failed; see the landing page or --log.level=debug"
+            );
+        }
         self.publish();
     }
 
-    fn apply(&self, key: &JobKey, result: cloud::Result<Job>) {
+    /// Applies one fetch result; returns the failure reason, if any.
+    fn apply(&self, key: &JobKey, result: cloud::Result<Job>) -> Option<Reason> {
         let now = self.inner.clock.now();
         let mut guard = self.state();
         let state = &mut *guard;
         let Some(entry) = state.jobs.get_mut(key) else {
-            return;
+            return None;
         };
+        let mut failed = None;
         let labels = Arc::clone(&entry.tracked.labels);
         match result {
             Ok(job) => {
@@ -545,6 +564,7 @@ impl Poller {
             }
             Err(e) => {
                 let reason = e.reason();
+                failed = Some(reason);
                 entry.fetch_ok = false;
                 *state
                     .agg
@@ -556,7 +576,9 @@ impl Poller {
                     self.inner.telemetry.auth_failure(&t.account);
                 }
                 let target = format!("{}/{}/{}", t.cloud_service, t.cloud_region, t.project_id);
-                tracing::warn!(target_id = %target, job_id = %key.1, reason = reason.as_str(), error = %e, "fetch failed");
+                // Per job at debug: a broken endpoint fails thousands of jobs at once, and
+                // collect() logs one summary per round at warn.
+                tracing::debug!(target_id = %target, job_id = %key.1, reason = reason.as_str(), error = %e, "fetch failed");
                 if state.recent_errors.len() == RECENT_ERRORS {
                     state.recent_errors.pop_front();
                 }
@@ -570,6 +592,7 @@ impl Poller {
             }
         }
         entry.render();
+        failed
     }
 
     /// Builds and installs a snapshot of the current state.

@@ -512,3 +512,45 @@ async fn demo_serves_its_fleet() {
     exp.shutdown().await;
     sim_stop.cancel();
 }
+
+#[tokio::test]
+async fn global_faults_hit_every_job_and_clear() {
+    use huaweicloud_job_exporter::simulator::GlobalFault;
+    let jobs: Vec<_> = (0..4)
+        .map(|i| {
+            script(
+                &format!("g{i}"),
+                "evs",
+                "createVolume",
+                0.0,
+                10.0,
+                fail("EVS.2024", "磁盘配额不足 (quota)"),
+            )
+        })
+        .collect();
+    let (sim, base, sim_stop) = simulator(jobs).await;
+    sim.set_global_faults(vec![GlobalFault {
+        fault: Fault::TruncatedJson,
+        probability: 1.0,
+    }]);
+    let yaml = format!(
+        "mode: on_demand\nmax_requests_per_second: 1000\naccounts: [{{name: a, access_key: {}, secret_key: {}}}]\ntargets: [{{account: a, cloud_service: evs, cloud_region: r, project_id: {PROJECT}, endpoint: \"{base}\", jobs: [g0, g1, g2, g3]}}]\n",
+        huaweicloud_job_exporter::simulator::DEMO_ACCESS_KEY,
+        huaweicloud_job_exporter::simulator::DEMO_SECRET_KEY,
+    );
+    let exp = exporter(config(&yaml)).await;
+    let broken = exp.metrics().await;
+    let decode = format!(
+        "huaweicloud_job_fetch_errors_total{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",reason=\"decode\"}}"
+    );
+    assert_eq!(value(&broken, &decode), Some(4.0));
+    sim.set_global_faults(vec![]);
+    let fixed = exp.metrics().await;
+    let failures = format!(
+        "huaweicloud_job_failures_total{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_type=\"createVolume\",error_code=\"EVS.2024\"}}"
+    );
+    assert_eq!(value(&fixed, &failures), Some(4.0));
+    assert!(fixed.contains("fail_reason=\"磁盘配额不足 (quota)\"} 1"));
+    exp.shutdown().await;
+    sim_stop.cancel();
+}

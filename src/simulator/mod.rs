@@ -508,8 +508,12 @@ impl Simulator {
             }
             Some(Fault::MalformedJson) => json_response(StatusCode::OK, "{\"status\": SUCCESS,}".into()),
             Some(Fault::TruncatedJson) => {
-                let cut = json.len() / 2;
-                json_response(StatusCode::OK, json[..cut].to_string())
+                // Cut by bytes, as a broken connection would, even inside a UTF-8 character.
+                let mut bytes = json.into_bytes();
+                bytes.truncate(bytes.len() / 2);
+                let mut r = json_response(StatusCode::OK, String::new());
+                *r.body_mut() = Body::from(bytes);
+                r
             }
             Some(Fault::HtmlError) => Response::builder()
                 .status(StatusCode::BAD_GATEWAY)
