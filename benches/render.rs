@@ -14,7 +14,7 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use huaweicloud_job_exporter::cloud::{self, Job, model};
 use huaweicloud_job_exporter::config::{self, Credentials, Mode, Secret};
-use huaweicloud_job_exporter::poller::{JobSource, Poller, Settings};
+use huaweicloud_job_exporter::poller::{JobSource, Poller, Settings, TargetJobs};
 use huaweicloud_job_exporter::simulator::{self, FleetShape};
 use huaweicloud_job_exporter::telemetry::Telemetry;
 
@@ -31,7 +31,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-fn fleet(n: usize) -> (HashMap<String, Job>, Vec<(Arc<cloud::Target>, Vec<String>)>) {
+fn fleet(n: usize) -> (HashMap<String, Job>, TargetJobs) {
     let scripts =
         simulator::fleet::generate(n, 7, simulator::DEMO_PROJECT_ID, &FleetShape::default());
     let mut jobs = HashMap::new();

@@ -63,6 +63,9 @@ impl JobSource for cloud::Client {
     }
 }
 
+/// Targets and the job ids tracked in each.
+pub type TargetJobs = Vec<(Arc<cloud::Target>, Vec<String>)>;
+
 /// Poller settings, taken from the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -269,7 +272,7 @@ impl Poller {
     /// A poller over `targets`, each with its job ids.
     pub fn new(
         source: Arc<dyn JobSource>,
-        targets: Vec<(Arc<cloud::Target>, Vec<String>)>,
+        targets: TargetJobs,
         settings: Settings,
         telemetry: Arc<Telemetry>,
     ) -> Self {
@@ -504,9 +507,7 @@ impl Poller {
         let now = self.inner.clock.now();
         let mut guard = self.state();
         let state = &mut *guard;
-        let Some(entry) = state.jobs.get_mut(key) else {
-            return None;
-        };
+        let entry = state.jobs.get_mut(key)?;
         let mut failed = None;
         let labels = Arc::clone(&entry.tracked.labels);
         match result {
