@@ -82,6 +82,12 @@ pub struct SimulateArgs {
     /// Seed of the generated fleet.
     #[arg(long = "seed", default_value_t = 1)]
     pub seed: u64,
+    /// Also accept this key pair, as ACCESS_KEY:SECRET_KEY (repeatable).
+    #[arg(long = "credential", value_name = "AK:SK")]
+    pub credentials: Vec<String>,
+    /// Add an IAM user, as DOMAIN:USER:PASSWORD (repeatable).
+    #[arg(long = "iam-user", value_name = "DOMAIN:USER:PASSWORD")]
+    pub iam_users: Vec<String>,
     /// Project id of the generated jobs.
     #[arg(long = "project-id", default_value = crate::simulator::DEMO_PROJECT_ID)]
     pub project_id: String,

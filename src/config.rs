@@ -102,13 +102,37 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Where an account's credentials come from, when the config names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum SourceName {
+    Config,
+    Env,
+    Profile,
+    Metadata,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIam {
+    endpoint: String,
+    domain: String,
+    user: String,
+    password: SecretSource,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAccount {
     name: String,
+    source: Option<SourceName>,
     access_key: Option<SecretSource>,
     secret_key: Option<SecretSource>,
     security_token: Option<SecretSource>,
+    iam: Option<RawIam>,
+    profile_file: Option<PathBuf>,
+    metadata_url: Option<String>,
+    token_refresh_margin: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -117,7 +141,7 @@ struct RawTarget {
     account: String,
     cloud_service: String,
     cloud_region: String,
-    project_id: String,
+    project_id: Option<String>,
     endpoint: Option<String>,
     #[serde(default)]
     jobs: Vec<String>,
@@ -149,7 +173,7 @@ struct RawJobsFile {
     targets: Vec<RawTarget>,
 }
 
-/// AK/SK credentials of one account.
+/// AK/SK credentials, as used for one signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
     /// Access key id; not secret, but kept out of logs all the same.
@@ -160,14 +184,102 @@ pub struct Credentials {
     pub security_token: Option<Secret>,
 }
 
+/// A secret as configured: its value at load time and, for `{file: PATH}`, the file to re-read
+/// when it changes (a rotated Kubernetes Secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    /// The value read at load time.
+    pub value: Secret,
+    /// The file it came from, if any.
+    pub file: Option<PathBuf>,
+}
+
+impl SecretRef {
+    /// A fixed value.
+    pub fn value(value: impl Into<String>) -> Self {
+        Self {
+            value: Secret::new(value),
+            file: None,
+        }
+    }
+}
+
+/// How an account authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountAuth {
+    /// AK/SK signing (permanent or temporary keys).
+    AkSk {
+        /// Access key.
+        access_key: SecretRef,
+        /// Secret key.
+        secret_key: SecretRef,
+        /// Security token, for temporary keys.
+        security_token: Option<SecretRef>,
+        /// Where the keys came from: `config`, `env` or `profile`.
+        source: &'static str,
+    },
+    /// An IAM user's password, exchanged for project-scoped tokens.
+    Iam {
+        /// IAM endpoint, e.g. `https://iam.myhuaweicloud.com`.
+        endpoint: String,
+        /// Account (domain) name.
+        domain: String,
+        /// IAM user name.
+        user: String,
+        /// The user's password.
+        password: SecretRef,
+        /// Refresh this long before the token expires.
+        refresh_margin: Duration,
+    },
+    /// Temporary keys from the ECS metadata service.
+    Metadata {
+        /// Base URL of the metadata service.
+        url: String,
+        /// Refresh this long before the keys expire.
+        refresh_margin: Duration,
+    },
+}
+
+impl AccountAuth {
+    /// A short name of the credential source, for logs and the landing page.
+    pub fn source(&self) -> &'static str {
+        match self {
+            AccountAuth::AkSk { source, .. } => source,
+            AccountAuth::Iam { .. } => "iam",
+            AccountAuth::Metadata { .. } => "metadata",
+        }
+    }
+}
+
 /// A named account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     /// The name targets refer to.
     pub name: String,
-    /// How requests of this account are signed.
-    pub credentials: Credentials,
+    /// How requests of this account are authenticated.
+    pub auth: AccountAuth,
 }
+
+impl Account {
+    /// An account with fixed AK/SK keys.
+    pub fn aksk(name: &str, access_key: &str, secret_key: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            auth: AccountAuth::AkSk {
+                access_key: SecretRef::value(access_key),
+                secret_key: SecretRef::value(secret_key),
+                security_token: None,
+                source: "config",
+            },
+        }
+    }
+}
+
+/// Default base URL of the ECS metadata service.
+pub const METADATA_URL: &str = "http://169.254.169.254";
+
+/// Default time before expiry at which tokens and temporary keys are refreshed.
+pub const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(3600);
 
 /// A (account, service, region, project) and the jobs tracked in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +356,7 @@ impl Config {
             file: file.to_string(),
             problems: Vec::new(),
             env,
+            default_projects: BTreeMap::new(),
         };
         let defaults = Config::default();
         let mut cfg = Config {
@@ -285,13 +398,16 @@ impl Config {
 
         for (i, acc) in raw.accounts.into_iter().enumerate() {
             let path = format!("accounts[{i}]");
-            if let Some(account) = v.account(&path, acc) {
+            if let Some((account, project)) = v.account(&path, acc) {
                 if cfg.accounts.contains_key(&account.name) {
                     v.problem(
                         &format!("{path}.name"),
                         format!("duplicate account name {:?}", account.name),
                     );
                 } else {
+                    if let Some(p) = project {
+                        v.default_projects.insert(account.name.clone(), p);
+                    }
                     cfg.accounts.insert(account.name.clone(), account);
                 }
             }
@@ -364,6 +480,8 @@ struct Validator<'a> {
     file: String,
     problems: Vec<Problem>,
     env: EnvLookup<'a>,
+    /// Project ids that accounts' credential sources give (SDK variable or profile).
+    default_projects: BTreeMap<String, String>,
 }
 
 impl Validator<'_> {
@@ -390,15 +508,15 @@ impl Validator<'_> {
         }
     }
 
-    fn secret(&mut self, path: &str, source: &SecretSource) -> Option<Secret> {
+    fn secret(&mut self, path: &str, source: &SecretSource) -> Option<SecretRef> {
         match source {
             SecretSource::Inline(s) if s.is_empty() => {
                 self.problem(path, "is empty".into());
                 None
             }
-            SecretSource::Inline(s) => Some(Secret(s.clone())),
+            SecretSource::Inline(s) => Some(SecretRef::value(s.clone())),
             SecretSource::Env { env } => match (self.env)(env) {
-                Some(v) if !v.is_empty() => Some(Secret(v)),
+                Some(v) if !v.is_empty() => Some(SecretRef::value(v)),
                 _ => {
                     self.problem(
                         path,
@@ -407,47 +525,38 @@ impl Validator<'_> {
                     None
                 }
             },
-            SecretSource::File { file } => match std::fs::read_to_string(file) {
-                // Kubernetes Secrets and `echo > file` leave a trailing newline.
-                Ok(v) if !v.trim_end_matches(['\r', '\n']).is_empty() => {
-                    Some(Secret(v.trim_end_matches(['\r', '\n']).to_string()))
-                }
-                Ok(_) => {
-                    self.problem(path, format!("secret file {} is empty", file.display()));
-                    None
-                }
+            SecretSource::File { file } => match read_secret_file(file) {
+                Ok(v) => Some(SecretRef {
+                    value: v,
+                    file: Some(file.clone()),
+                }),
                 Err(e) => {
-                    self.problem(
-                        path,
-                        format!("cannot read secret file {}: {e}", file.display()),
-                    );
+                    self.problem(path, e);
                     None
                 }
             },
         }
     }
 
-    /// An explicit value, else the official SDK's environment variable.
-    fn secret_or_sdk_env(
-        &mut self,
-        path: &str,
-        source: Option<&SecretSource>,
-        sdk_var: &str,
-    ) -> Option<Secret> {
-        if let Some(s) = source {
-            return self.secret(path, s);
-        }
-        let found = (self.env)(sdk_var).filter(|v| !v.is_empty()).map(Secret);
-        if found.is_none() {
-            self.problem(
-                path,
-                format!("is missing, and the fallback {sdk_var} is not set"),
-            );
-        }
-        found
+    fn sdk_env(&self, name: &str) -> Option<String> {
+        (self.env)(name).filter(|v| !v.is_empty())
     }
 
-    fn account(&mut self, path: &str, acc: RawAccount) -> Option<Account> {
+    /// The profile file: explicit, `HUAWEICLOUD_SDK_CREDENTIALS_FILE`, or
+    /// `~/.huaweicloud/credentials`.
+    fn profile_path(&self, explicit: Option<&PathBuf>) -> Option<PathBuf> {
+        if let Some(p) = explicit {
+            return Some(p.clone());
+        }
+        if let Some(p) = self.sdk_env("HUAWEICLOUD_SDK_CREDENTIALS_FILE") {
+            return Some(PathBuf::from(p));
+        }
+        self.sdk_env("HOME")
+            .map(|h| Path::new(&h).join(".huaweicloud").join("credentials"))
+    }
+
+    /// Resolves an account and the default project id its source gives, if any.
+    fn account(&mut self, path: &str, acc: RawAccount) -> Option<(Account, Option<String>)> {
         if !is_name(&acc.name) {
             self.problem(
                 &format!("{path}.name"),
@@ -457,30 +566,161 @@ impl Validator<'_> {
                 ),
             );
         }
-        let ak = self.secret_or_sdk_env(
-            &format!("{path}.access_key"),
-            acc.access_key.as_ref(),
-            "HUAWEICLOUD_SDK_AK",
-        );
-        let sk = self.secret_or_sdk_env(
-            &format!("{path}.secret_key"),
-            acc.secret_key.as_ref(),
-            "HUAWEICLOUD_SDK_SK",
-        );
-        let token = match acc.security_token.as_ref() {
-            Some(s) => self.secret(&format!("{path}.security_token"), s),
-            None => (self.env)("HUAWEICLOUD_SDK_SECURITY_TOKEN")
-                .filter(|v| !v.is_empty())
-                .map(Secret),
+        let margin = self
+            .duration(
+                &format!("{path}.token_refresh_margin"),
+                acc.token_refresh_margin.as_deref(),
+            )
+            .unwrap_or(TOKEN_REFRESH_MARGIN);
+        let explicit_keys = acc.access_key.is_some() || acc.secret_key.is_some();
+        let source = match (acc.source, &acc.iam, explicit_keys) {
+            (Some(s), None, false) => Some(s),
+            (Some(SourceName::Config), None, true) | (None, None, true) => Some(SourceName::Config),
+            (None, Some(_), false) => None,
+            (None, None, false) => {
+                // The SDK's chain: environment, profile file, then the metadata service.
+                let env_set = self.sdk_env("HUAWEICLOUD_SDK_AK").is_some()
+                    && self.sdk_env("HUAWEICLOUD_SDK_SK").is_some();
+                let profile = self.profile_path(acc.profile_file.as_ref());
+                if env_set {
+                    Some(SourceName::Env)
+                } else if profile.is_some_and(|p| p.is_file()) {
+                    Some(SourceName::Profile)
+                } else {
+                    Some(SourceName::Metadata)
+                }
+            }
+            _ => {
+                self.problem(
+                    path,
+                    "give one of: access_key and secret_key, iam, or source (env, profile, metadata)"
+                        .into(),
+                );
+                return None;
+            }
         };
-        Some(Account {
-            name: acc.name,
-            credentials: Credentials {
-                access_key: ak?,
-                secret_key: sk?,
-                security_token: token,
+        let (auth, project) = match (source, acc.iam) {
+            (None, Some(iam)) => {
+                let endpoint = match validate_endpoint(&iam.endpoint) {
+                    Ok(e) => e,
+                    Err(m) => {
+                        self.problem(&format!("{path}.iam.endpoint"), m);
+                        return None;
+                    }
+                };
+                let password = self.secret(&format!("{path}.iam.password"), &iam.password)?;
+                (
+                    AccountAuth::Iam {
+                        endpoint,
+                        domain: iam.domain,
+                        user: iam.user,
+                        password,
+                        refresh_margin: margin,
+                    },
+                    None,
+                )
+            }
+            (Some(SourceName::Config), _) => {
+                let missing = |field: &str| format!("{path}.{field}");
+                let ak = match &acc.access_key {
+                    Some(s) => self.secret(&format!("{path}.access_key"), s),
+                    None => {
+                        self.problem(&missing("access_key"), "is missing".into());
+                        None
+                    }
+                };
+                let sk = match &acc.secret_key {
+                    Some(s) => self.secret(&format!("{path}.secret_key"), s),
+                    None => {
+                        self.problem(&missing("secret_key"), "is missing".into());
+                        None
+                    }
+                };
+                let token = match &acc.security_token {
+                    Some(s) => Some(self.secret(&format!("{path}.security_token"), s)?),
+                    None => None,
+                };
+                (
+                    AccountAuth::AkSk {
+                        access_key: ak?,
+                        secret_key: sk?,
+                        security_token: token,
+                        source: "config",
+                    },
+                    self.sdk_env("HUAWEICLOUD_SDK_PROJECT_ID"),
+                )
+            }
+            (Some(SourceName::Env), _) => {
+                let get = |v: &mut Self, var: &str| {
+                    let found = v.sdk_env(var);
+                    if found.is_none() {
+                        v.problem(&format!("{path}.source"), format!("env: {var} is not set"));
+                    }
+                    found
+                };
+                let ak = get(self, "HUAWEICLOUD_SDK_AK");
+                let sk = get(self, "HUAWEICLOUD_SDK_SK");
+                (
+                    AccountAuth::AkSk {
+                        access_key: SecretRef::value(ak?),
+                        secret_key: SecretRef::value(sk?),
+                        security_token: self
+                            .sdk_env("HUAWEICLOUD_SDK_SECURITY_TOKEN")
+                            .map(SecretRef::value),
+                        source: "env",
+                    },
+                    self.sdk_env("HUAWEICLOUD_SDK_PROJECT_ID"),
+                )
+            }
+            (Some(SourceName::Profile), _) => {
+                let Some(file) = self.profile_path(acc.profile_file.as_ref()) else {
+                    self.problem(
+                        &format!("{path}.source"),
+                        "profile: no profile_file, HUAWEICLOUD_SDK_CREDENTIALS_FILE or HOME".into(),
+                    );
+                    return None;
+                };
+                match read_profile(&file) {
+                    Ok(p) => (
+                        AccountAuth::AkSk {
+                            access_key: SecretRef::value(p.ak),
+                            secret_key: SecretRef::value(p.sk),
+                            security_token: p.security_token.map(SecretRef::value),
+                            source: "profile",
+                        },
+                        p.project_id,
+                    ),
+                    Err(e) => {
+                        self.problem(&format!("{path}.source"), e);
+                        return None;
+                    }
+                }
+            }
+            (Some(SourceName::Metadata), _) => {
+                let url = acc.metadata_url.as_deref().unwrap_or(METADATA_URL);
+                match validate_endpoint(url) {
+                    Ok(url) => (
+                        AccountAuth::Metadata {
+                            url,
+                            refresh_margin: margin,
+                        },
+                        None,
+                    ),
+                    Err(m) => {
+                        self.problem(&format!("{path}.metadata_url"), m);
+                        return None;
+                    }
+                }
+            }
+            (None, None) => return None,
+        };
+        Some((
+            Account {
+                name: acc.name,
+                auth,
             },
-        })
+            project,
+        ))
     }
 
     fn target(
@@ -508,10 +748,26 @@ impl Validator<'_> {
                 );
             }
         }
-        if !is_job_id(&t.project_id) {
+        let project_id = match t
+            .project_id
+            .or_else(|| self.default_projects.get(&t.account).cloned())
+        {
+            Some(p) => p,
+            None => {
+                self.problem(
+                    &format!("{path}.project_id"),
+                    format!(
+                        "is missing, and account {:?} gives none (HUAWEICLOUD_SDK_PROJECT_ID or the profile's project_id)",
+                        t.account
+                    ),
+                );
+                String::new()
+            }
+        };
+        if !project_id.is_empty() && !is_job_id(&project_id) {
             self.problem(
                 &format!("{path}.project_id"),
-                format!("{:?} must match [A-Za-z0-9-]{{1,64}}", t.project_id),
+                format!("{project_id:?} must match [A-Za-z0-9-]{{1,64}}"),
             );
         }
         let endpoint = match t.endpoint {
@@ -542,7 +798,7 @@ impl Validator<'_> {
             o.account == t.account
                 && o.cloud_service == t.cloud_service
                 && o.cloud_region == t.cloud_region
-                && o.project_id == t.project_id
+                && o.project_id == project_id
         });
         match existing {
             Some(o) => {
@@ -573,7 +829,7 @@ impl Validator<'_> {
                     account: t.account,
                     cloud_service: t.cloud_service,
                     cloud_region: t.cloud_region,
-                    project_id: t.project_id,
+                    project_id,
                     endpoint,
                     jobs,
                 });
@@ -629,6 +885,61 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// Reads a secret file, without its trailing newline (Kubernetes Secrets and `echo > file`
+/// leave one). The error names the file, never its content.
+pub fn read_secret_file(file: &Path) -> std::result::Result<Secret, String> {
+    match std::fs::read_to_string(file) {
+        Ok(v) => {
+            let v = v.trim_end_matches(['\r', '\n']);
+            if v.is_empty() {
+                Err(format!("secret file {} is empty", file.display()))
+            } else {
+                Ok(Secret(v.to_string()))
+            }
+        }
+        Err(e) => Err(format!("cannot read secret file {}: {e}", file.display())),
+    }
+}
+
+/// The `[basic]` section of the SDK's credentials file.
+struct Profile {
+    ak: String,
+    sk: String,
+    project_id: Option<String>,
+    security_token: Option<String>,
+}
+
+/// Reads the SDK's INI credentials file: `[basic]` with `ak`, `sk`, and optionally
+/// `project_id` and `security_token`.
+fn read_profile(file: &Path) -> std::result::Result<Profile, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read profile {}: {e}", file.display()))?;
+    let mut section = String::new();
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with(['#', ';']) {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().to_ascii_lowercase();
+            continue;
+        }
+        if section == "basic"
+            && let Some((k, v)) = line.split_once('=')
+        {
+            values.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let mut take = |k: &str| values.remove(k).filter(|v| !v.is_empty());
+    let missing = |k: &str| format!("profile {} has no {k} in [basic]", file.display());
+    Ok(Profile {
+        ak: take("ak").ok_or_else(|| missing("ak"))?,
+        sk: take("sk").ok_or_else(|| missing("sk"))?,
+        project_id: take("project_id"),
+        security_token: take("security_token"),
+    })
 }
 
 fn validate_endpoint(e: &str) -> std::result::Result<String, String> {
@@ -830,41 +1141,150 @@ targets:
         assert!(p[0].message.contains("/nonexistent/sk"));
     }
 
+    fn keys(a: &Account) -> (String, String, Option<String>, &'static str) {
+        match &a.auth {
+            AccountAuth::AkSk {
+                access_key,
+                secret_key,
+                security_token,
+                source,
+            } => (
+                access_key.value.expose().to_string(),
+                secret_key.value.expose().to_string(),
+                security_token
+                    .as_ref()
+                    .map(|t| t.value.expose().to_string()),
+                source,
+            ),
+            other => panic!("not AK/SK: {other:?}"),
+        }
+    }
+
     #[test]
-    fn secrets_come_from_env_and_files_and_sdk_fallback() {
+    fn secrets_come_from_env_and_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sk = dir.path().join("sk");
         std::fs::write(&sk, "file-secret\n").expect("write");
-        let env = |k: &str| match k {
-            "MY_AK" => Some("env-ak".to_string()),
-            "HUAWEICLOUD_SDK_SECURITY_TOKEN" => Some("tok".to_string()),
-            _ => None,
-        };
+        let env = |k: &str| (k == "MY_AK").then(|| "env-ak".to_string());
         let text = format!(
             "accounts: [{{name: a, access_key: {{env: MY_AK}}, secret_key: {{file: {}}}}}]\n",
             sk.display()
         );
         let cfg = Config::parse(&text, "t", Path::new("."), &env).expect("valid");
-        let c = &cfg.accounts["a"].credentials;
-        assert_eq!(c.access_key.expose(), "env-ak");
-        assert_eq!(c.secret_key.expose(), "file-secret");
-        assert_eq!(c.security_token.as_ref().map(Secret::expose), Some("tok"));
+        assert_eq!(
+            keys(&cfg.accounts["a"]),
+            ("env-ak".into(), "file-secret".into(), None, "config")
+        );
+        match &cfg.accounts["a"].auth {
+            AccountAuth::AkSk { secret_key, .. } => {
+                assert_eq!(secret_key.file.as_deref(), Some(sk.as_path()))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
-        let sdk = |k: &str| match k {
+    #[test]
+    fn the_sdk_chain_env_then_profile_then_metadata() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().to_path_buf();
+        let env_all = |k: &str| match k {
             "HUAWEICLOUD_SDK_AK" => Some("sdk-ak".to_string()),
             "HUAWEICLOUD_SDK_SK" => Some("sdk-sk".to_string()),
+            "HUAWEICLOUD_SDK_SECURITY_TOKEN" => Some("sdk-tok".to_string()),
+            "HUAWEICLOUD_SDK_PROJECT_ID" => Some("proj-from-env".to_string()),
             _ => None,
         };
-        let cfg =
-            Config::parse("accounts: [{name: a}]\n", "t", Path::new("."), &sdk).expect("valid");
-        assert_eq!(cfg.accounts["a"].credentials.secret_key.expose(), "sdk-sk");
+        let text = "accounts: [{name: a}]\ntargets: [{account: a, cloud_service: evs, cloud_region: r, jobs: [j]}]\n";
+        let cfg = Config::parse(text, "t", Path::new("."), &env_all).expect("valid");
+        assert_eq!(
+            keys(&cfg.accounts["a"]),
+            (
+                "sdk-ak".into(),
+                "sdk-sk".into(),
+                Some("sdk-tok".into()),
+                "env"
+            )
+        );
+        assert_eq!(cfg.targets[0].project_id, "proj-from-env");
 
-        let p = match Config::parse("accounts: [{name: a}]\n", "t", Path::new("."), &no_env) {
+        std::fs::create_dir_all(home.join(".huaweicloud")).expect("mkdir");
+        std::fs::write(
+            home.join(".huaweicloud/credentials"),
+            "[other]\nak = no\n[basic]\nak = prof-ak\nsk = prof-sk\nproject_id = proj-from-profile\n",
+        )
+        .expect("write");
+        let home_s = home.display().to_string();
+        let env_home = |k: &str| (k == "HOME").then(|| home_s.clone());
+        let cfg = Config::parse(text, "t", Path::new("."), &env_home).expect("valid");
+        assert_eq!(
+            keys(&cfg.accounts["a"]),
+            ("prof-ak".into(), "prof-sk".into(), None, "profile")
+        );
+        assert_eq!(cfg.targets[0].project_id, "proj-from-profile");
+
+        let nothing = |_: &str| None;
+        let text_p = "accounts: [{name: a}]\ntargets: [{account: a, cloud_service: evs, cloud_region: r, project_id: p, jobs: [j]}]\n";
+        let cfg = Config::parse(text_p, "t", Path::new("."), &nothing).expect("valid");
+        assert_eq!(
+            cfg.accounts["a"].auth,
+            AccountAuth::Metadata {
+                url: METADATA_URL.into(),
+                refresh_margin: TOKEN_REFRESH_MARGIN
+            }
+        );
+        // Without a project id anywhere, the target says so.
+        let p = match Config::parse(text, "t", Path::new("."), &nothing) {
             Err(Error::Invalid(p)) => p,
             other => panic!("{other:?}"),
         };
-        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].path, "targets[0].project_id");
+    }
+
+    #[test]
+    fn named_sources_and_iam() {
+        let nothing = |_: &str| None;
+        let p = match Config::parse(
+            "accounts: [{name: a, source: env}]\n",
+            "t",
+            Path::new("."),
+            &nothing,
+        ) {
+            Err(Error::Invalid(p)) => p,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(p[0].path, "accounts[0].source");
         assert!(p[0].message.contains("HUAWEICLOUD_SDK_AK"));
+
+        let cfg = parse(
+            "accounts:\n  - name: ops\n    token_refresh_margin: 30m\n    iam: {endpoint: \"https://iam.example.com/\", domain: d, user: u, password: pw}\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            cfg.accounts["ops"].auth,
+            AccountAuth::Iam {
+                endpoint: "https://iam.example.com".into(),
+                domain: "d".into(),
+                user: "u".into(),
+                password: SecretRef::value("pw"),
+                refresh_margin: Duration::from_secs(1800),
+            }
+        );
+        let cfg = parse(
+            "accounts: [{name: m, source: metadata, metadata_url: \"http://127.0.0.1:9\"}]\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.accounts["m"].auth.source(), "metadata");
+
+        for conflicting in [
+            "accounts: [{name: a, access_key: x, secret_key: y, iam: {endpoint: \"https://i\", domain: d, user: u, password: p}}]\n",
+            "accounts: [{name: a, source: env, access_key: x}]\n",
+            "accounts: [{name: a, source: metadata, iam: {endpoint: \"https://i\", domain: d, user: u, password: p}}]\n",
+        ] {
+            let p = problems(conflicting);
+            assert_eq!(p[0].path, "accounts[0]", "{conflicting}");
+        }
+        let p = problems("accounts: [{name: a, access_key: x}]\n");
+        assert_eq!(p[0].path, "accounts[0].secret_key");
     }
 
     #[test]

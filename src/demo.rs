@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Account, Config, Credentials, Secret, Target};
+use crate::config::{Account, Config, Target};
 use crate::simulator::{self, FleetShape, JobScript, Simulator};
 use crate::{Exporter, Result, WebOptions};
 
@@ -52,14 +52,11 @@ pub fn config(simulator_base: &str, jobs: &[JobScript], refresh_interval: Durati
     let mut accounts = BTreeMap::new();
     accounts.insert(
         "demo".to_string(),
-        Account {
-            name: "demo".into(),
-            credentials: Credentials {
-                access_key: Secret::new(simulator::DEMO_ACCESS_KEY),
-                secret_key: Secret::new(simulator::DEMO_SECRET_KEY),
-                security_token: None,
-            },
-        },
+        Account::aksk(
+            "demo",
+            simulator::DEMO_ACCESS_KEY,
+            simulator::DEMO_SECRET_KEY,
+        ),
     );
     Config {
         refresh_interval,

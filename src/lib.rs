@@ -114,13 +114,21 @@ impl Exporter {
     pub async fn bind(config: Config, web: WebOptions) -> Result<Self> {
         let telemetry = Arc::new(Telemetry::new());
         let client = cloud::Client::new(config.request_timeout, Arc::clone(&telemetry))?;
+        let providers: std::collections::BTreeMap<&str, Arc<cloud::auth::Provider>> = config
+            .accounts
+            .values()
+            .map(|a| {
+                tracing::info!(account = %a.name, source = a.auth.source(), "credentials");
+                (a.name.as_str(), Arc::new(client.provider(a)))
+            })
+            .collect();
         let targets = config
             .targets
             .iter()
             .filter_map(|t| {
-                let account = config.accounts.get(&t.account)?;
+                let provider = providers.get(t.account.as_str())?;
                 Some((
-                    Arc::new(cloud::Target::new(t, account.credentials.clone())),
+                    Arc::new(cloud::Target::with_provider(t, Arc::clone(provider))),
                     t.jobs.clone(),
                 ))
             })

@@ -126,6 +126,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let count = jobs.len();
             sim.add_jobs(jobs);
+            for c in &args.credentials {
+                let (ak, sk) = c
+                    .split_once(':')
+                    .context("--credential takes ACCESS_KEY:SECRET_KEY")?;
+                sim.add_credential(ak, sk, None);
+            }
+            for u in &args.iam_users {
+                let mut parts = u.splitn(3, ':');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(d), Some(n), Some(p)) => sim.set_iam_user(d, n, p),
+                    _ => anyhow::bail!("--iam-user takes DOMAIN:USER:PASSWORD"),
+                }
+            }
             let stop = CancellationToken::new();
             let addr = sim
                 .spawn(&args.listen_address, stop.clone())

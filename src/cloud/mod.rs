@@ -1,6 +1,7 @@
 //! The Huawei Cloud client: one shared HTTPS client, AK/SK signing, job fetches, and the
 //! mapping of every failure onto the bounded `reason` label set of SPEC §4.
 
+pub mod auth;
 pub mod model;
 pub mod signer;
 
@@ -11,6 +12,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{self, Credentials};
 use crate::telemetry::Telemetry;
+use auth::{Material, Provider};
 pub use model::Job;
 
 /// Bounded reasons a fetch fails, the `reason` label of `huaweicloud_job_fetch_errors_total`.
@@ -145,12 +147,40 @@ pub struct Target {
     pub endpoint: String,
     host: String,
     path_prefix: String,
-    credentials: Credentials,
+    auth: Arc<Provider>,
 }
 
 impl Target {
-    /// Builds a target from its configuration and its account's credentials.
+    /// A target whose account signs with fixed keys (tests, benchmarks).
     pub fn new(t: &config::Target, credentials: Credentials) -> Self {
+        let account = config::Account {
+            name: t.account.clone(),
+            auth: config::AccountAuth::AkSk {
+                access_key: config::SecretRef {
+                    value: credentials.access_key,
+                    file: None,
+                },
+                secret_key: config::SecretRef {
+                    value: credentials.secret_key,
+                    file: None,
+                },
+                security_token: credentials.security_token.map(|t| config::SecretRef {
+                    value: t,
+                    file: None,
+                }),
+                source: "config",
+            },
+        };
+        // Fixed keys never call out, so this client only satisfies the type.
+        crate::install_crypto_provider();
+        Self::with_provider(
+            t,
+            Arc::new(Provider::new(&account, reqwest::Client::new(), None)),
+        )
+    }
+
+    /// Builds a target from its configuration and its account's credential provider.
+    pub fn with_provider(t: &config::Target, auth: Arc<Provider>) -> Self {
         let after_scheme = t.endpoint.split_once("://").map_or("", |(_, r)| r);
         let (host, path_prefix) = match after_scheme.find('/') {
             Some(i) => (&after_scheme[..i], &after_scheme[i..]),
@@ -164,7 +194,7 @@ impl Target {
             endpoint: t.endpoint.clone(),
             host: host.to_string(),
             path_prefix: path_prefix.to_string(),
-            credentials,
+            auth,
         }
     }
 
@@ -212,13 +242,52 @@ impl Client {
         self.timeout
     }
 
-    /// `GET {endpoint}/v1/{project_id}/jobs/{job_id}`, signed with the target's AK/SK.
+    /// A credential provider for `account` that shares this client's connections.
+    pub fn provider(&self, account: &config::Account) -> Provider {
+        Provider::new(
+            account,
+            self.http.clone(),
+            Some(Arc::clone(&self.telemetry)),
+        )
+    }
+
+    /// `GET {endpoint}/v1/{project_id}/jobs/{job_id}`, authenticated with the target's account.
+    /// A 401 with a token or temporary keys is retried once with fresh ones.
     pub async fn get_job(&self, target: &Target, job_id: &str) -> Result<Job> {
+        let material = self.material(target).await?;
+        match self.get_job_with(target, job_id, &material).await {
+            Err(FetchError::Api { status: 401, .. })
+                if target.auth.invalidate(&target.project_id, &material).await =>
+            {
+                let fresh = self.material(target).await?;
+                self.get_job_with(target, job_id, &fresh).await
+            }
+            other => other,
+        }
+    }
+
+    async fn material(&self, target: &Target) -> Result<Material> {
+        target
+            .auth
+            .material(&target.project_id)
+            .await
+            .map_err(|e| FetchError::Auth(e.to_string()))
+    }
+
+    async fn get_job_with(
+        &self,
+        target: &Target,
+        job_id: &str,
+        material: &Material,
+    ) -> Result<Job> {
         let path = format!(
             "{}/v1/{}/jobs/{}",
             target.path_prefix, target.project_id, job_id
         );
-        let headers = sign(target, &path, chrono::Utc::now())?;
+        let headers = match material {
+            Material::Keys(creds) => sign(target, creds, &path, chrono::Utc::now())?,
+            Material::Token(token) => token_headers(target, token)?,
+        };
         let url = format!(
             "{}/v1/{}/jobs/{}",
             target.endpoint, target.project_id, job_id
@@ -246,6 +315,15 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
+        if err.code.as_deref() == Some("APIGW.0303") {
+            let offset = header("date").and_then(|d| clock_offset(&d, chrono::Utc::now()));
+            tracing::warn!(
+                account = %target.account,
+                endpoint = %target.endpoint,
+                offset_seconds = offset.map(|o| format!("{o:+}")).unwrap_or_else(|| "unknown".into()),
+                "the cloud rejected the request time (APIGW.0303): this host's clock is off by more than 15 minutes"
+            );
+        }
         Err(FetchError::Api {
             status: status.as_u16(),
             code: err.code,
@@ -308,9 +386,41 @@ fn transport(e: reqwest::Error) -> FetchError {
     FetchError::Connect(msg)
 }
 
+/// Server time minus local time, in whole seconds, from an HTTP `Date` header.
+fn clock_offset(date: &str, now: chrono::DateTime<chrono::Utc>) -> Option<i64> {
+    let server = chrono::DateTime::parse_from_rfc2822(date).ok()?;
+    Some(server.timestamp() - now.timestamp())
+}
+
+fn header_map(pairs: Vec<(String, String)>) -> Result<HeaderMap> {
+    let mut map = HeaderMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| FetchError::Auth(format!("invalid header name {name}")))?;
+        // Never echo the value: it may be a credential.
+        let value = HeaderValue::from_str(&value)
+            .map_err(|_| FetchError::Auth(format!("{name} is not a valid header value")))?;
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
+/// The headers of a token-authenticated GET.
+fn token_headers(target: &Target, token: &config::Secret) -> Result<HeaderMap> {
+    header_map(vec![
+        ("Content-Type".into(), "application/json".into()),
+        ("X-Project-Id".into(), target.project_id.clone()),
+        ("X-Auth-Token".into(), token.expose().to_string()),
+    ])
+}
+
 /// The headers of a signed GET, Authorization included.
-fn sign(target: &Target, path: &str, now: chrono::DateTime<chrono::Utc>) -> Result<HeaderMap> {
-    let creds = &target.credentials;
+fn sign(
+    target: &Target,
+    creds: &Credentials,
+    path: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<HeaderMap> {
     let date = now.format(signer::DATE_FORMAT).to_string();
     let mut pairs: Vec<(String, String)> = vec![
         ("Content-Type".into(), "application/json".into()),
@@ -336,16 +446,7 @@ fn sign(target: &Target, path: &str, now: chrono::DateTime<chrono::Utc>) -> Resu
         &signature,
     );
     pairs.push(("Authorization".into(), auth));
-    let mut map = HeaderMap::with_capacity(pairs.len());
-    for (name, value) in pairs {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| FetchError::Auth(format!("invalid header name {name}")))?;
-        // Never echo the value: it may be a credential.
-        let value = HeaderValue::from_str(&value)
-            .map_err(|_| FetchError::Auth(format!("{name} is not a valid header value")))?;
-        map.insert(name, value);
-    }
-    Ok(map)
+    header_map(pairs)
 }
 
 #[cfg(test)]
@@ -407,12 +508,13 @@ mod tests {
                 "gQpjbi1ub3J0aC00EXAMPLE-temporary-security-token+/==",
             )),
         };
-        let t = Target::new(&cfg, creds);
+        let t = Target::new(&cfg, creds.clone());
         let now = chrono::DateTime::parse_from_rfc3339("2024-03-15T08:15:30Z")
             .expect("date")
             .with_timezone(&chrono::Utc);
         let h = sign(
             &t,
+            &creds,
             "/v1/0a1b2c3d4e5f60718293a4b5c6d7e8f9/jobs/0000000062db92d70162db9d200f000a",
             now,
         )
@@ -436,5 +538,17 @@ mod tests {
         assert_eq!(prefixed.host, "127.0.0.1:9000");
         assert_eq!(prefixed.path_prefix, "/sdrs");
         assert_eq!(prefixed.endpoint_key(), "127.0.0.1:9000");
+    }
+
+    #[test]
+    fn clock_offset_from_the_date_header() {
+        let now = chrono::DateTime::parse_from_rfc3339("2024-03-15T08:15:30Z")
+            .expect("date")
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            clock_offset("Fri, 15 Mar 2024 08:35:30 GMT", now),
+            Some(1200)
+        );
+        assert_eq!(clock_offset("yesterday", now), None);
     }
 }

@@ -12,6 +12,7 @@
 //! a TCP RST, as a crashing load balancer does.
 
 pub mod fleet;
+mod iam;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -119,6 +120,8 @@ fn one() -> f64 {
 struct Credential {
     secret_key: String,
     security_token: Option<String>,
+    /// Temporary keys stop working at this Unix time.
+    expires_at: Option<f64>,
 }
 
 struct Job {
@@ -135,6 +138,9 @@ struct SimState {
     requests_total: u64,
     rejected_total: u64,
     rng: fastrand::Rng,
+    /// Seconds added to the real clock when checking `X-Sdk-Date` and sending `Date`.
+    clock_skew_secs: f64,
+    iam: iam::IamState,
 }
 
 /// The simulator. Cheap to clone; clones share state.
@@ -174,6 +180,8 @@ impl Simulator {
                 requests_total: 0,
                 rejected_total: 0,
                 rng: fastrand::Rng::with_seed(1),
+                clock_skew_secs: 0.0,
+                iam: iam::IamState::default(),
             })),
             start_unix,
         };
@@ -192,8 +200,20 @@ impl Simulator {
             Credential {
                 secret_key: secret_key.to_string(),
                 security_token: security_token.map(str::to_string),
+                expires_at: None,
             },
         );
+    }
+
+    /// Stops accepting an access key.
+    pub fn remove_credential(&self, access_key: &str) {
+        self.lock().credentials.remove(access_key);
+    }
+
+    /// Makes the simulator's clock run `seconds` ahead of the real one (negative: behind), for
+    /// the `X-Sdk-Date` check and the `Date` header, as a cloud seen from a skewed host.
+    pub fn set_clock_skew(&self, seconds: f64) {
+        self.lock().clock_skew_secs = seconds;
     }
 
     /// Adds or replaces jobs.
@@ -282,6 +302,7 @@ impl Simulator {
             .route("/_sim/jobs/{job_id}/fault", put(put_job_fault))
             .route("/_sim/faults", put(put_global_faults))
             .route("/_sim/advance", post(advance))
+            .merge(iam::routes())
             .with_state(self.clone())
     }
 
@@ -356,8 +377,20 @@ impl Simulator {
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
+        project_id: &str,
     ) -> Option<Response<Body>> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if let Some(token) = header("x-auth-token") {
+            let now = unix_now();
+            return match self.lock().iam.check_token(token, project_id, now) {
+                Ok(()) => None,
+                Err(msg) => Some(apig_error(
+                    StatusCode::UNAUTHORIZED,
+                    "APIGW.0301",
+                    &format!("Incorrect IAM authentication information: {msg}"),
+                )),
+            };
+        }
         let Some(auth) = header("authorization").and_then(signer::parse_authorization) else {
             return Some(apig_error(
                 StatusCode::UNAUTHORIZED,
@@ -378,7 +411,8 @@ impl Simulator {
         let Ok(when) = chrono::NaiveDateTime::parse_from_str(date, signer::DATE_FORMAT) else {
             return deny("x-sdk-date is not in the format YYYYMMDDTHHMMSSZ");
         };
-        let skew = (when.and_utc().timestamp() as f64 - unix_now()).abs();
+        let server_now = unix_now() + self.lock().clock_skew_secs;
+        let skew = (when.and_utc().timestamp() as f64 - server_now).abs();
         if skew > MAX_CLOCK_SKEW.as_secs_f64() {
             return Some(apig_error(
                 StatusCode::UNAUTHORIZED,
@@ -390,6 +424,9 @@ impl Simulator {
         let Some(cred) = cred else {
             return deny("the access key does not exist");
         };
+        if cred.expires_at.is_some_and(|t| t <= unix_now()) {
+            return deny("the temporary access key has expired");
+        }
         for required in ["host", "x-sdk-date"] {
             if !auth.signed_headers.contains(&required) {
                 return deny(&format!("{required} must be signed"));
@@ -452,8 +489,23 @@ impl Simulator {
         project_id: String,
         job_id: String,
     ) -> Response<Body> {
-        if let Some(denied) = self.authenticate(&method, &uri, &headers) {
-            self.lock().rejected_total += 1;
+        if let Some(mut denied) = self.authenticate(&method, &uri, &headers, &project_id) {
+            let skew = {
+                let mut st = self.lock();
+                st.rejected_total += 1;
+                st.clock_skew_secs
+            };
+            if skew != 0.0 {
+                let server =
+                    chrono::Utc::now() + chrono::Duration::milliseconds((skew * 1000.0) as i64);
+                if let Ok(v) = server
+                    .format("%a, %d %b %Y %H:%M:%S GMT")
+                    .to_string()
+                    .parse()
+                {
+                    denied.headers_mut().insert(header::DATE, v);
+                }
+            }
             return denied;
         }
         let t = self.now_secs();
