@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Account, Config, Target};
-use crate::simulator::{self, FleetShape, JobScript, Simulator};
+use crate::config::{Account, AccountAuth, Config, SecretRef, Target};
+use crate::simulator::{self, Fault, FleetShape, GlobalFault, JobScript, Simulator};
 use crate::{Exporter, Result, WebOptions};
 
 /// Region the demo's targets claim.
@@ -32,12 +32,53 @@ pub fn fleet() -> Vec<JobScript> {
     )
 }
 
-/// The configuration the demo runs with: one target per service, all on the simulator.
+/// IAM user the demo's SDRS target signs in as (simulator only).
+pub const DEMO_IAM_USER: (&str, &str, &str) = (
+    "demo-domain",
+    "job-exporter",
+    "demo-password-for-the-simulator-only",
+);
+
+/// Loads the demo fleet and IAM user into `sim`; returns the jobs.
+pub fn setup(sim: &Simulator) -> Vec<JobScript> {
+    let jobs = fleet();
+    sim.add_jobs(jobs.clone());
+    let (domain, user, password) = DEMO_IAM_USER;
+    sim.set_iam_user(domain, user, password);
+    jobs
+}
+
+/// The upstream trouble the demo shows: a little throttling, a few 5xx and a rare request that
+/// outlasts the timeout, so the health panels and alerts have something to show.
+pub fn faults() -> Vec<GlobalFault> {
+    vec![
+        GlobalFault {
+            fault: Fault::Throttle { retry_after: None },
+            probability: 0.03,
+        },
+        GlobalFault {
+            fault: Fault::Status { status: 503 },
+            probability: 0.02,
+        },
+        GlobalFault {
+            fault: Fault::Latency { ms: 6_000 },
+            probability: 0.01,
+        },
+    ]
+}
+
+/// The configuration the demo runs with: one target per service, all on the simulator; EVS and
+/// ECS sign with AK/SK, SDRS uses an IAM password token.
 pub fn config(simulator_base: &str, jobs: &[JobScript], refresh_interval: Duration) -> Config {
     let mut targets: Vec<Target> = Vec::new();
     for service in ["evs", "sdrs", "ecs"] {
         targets.push(Target {
-            account: "demo".into(),
+            account: if service == "sdrs" {
+                "demo-iam"
+            } else {
+                "demo"
+            }
+            .into(),
             cloud_service: service.into(),
             cloud_region: DEMO_REGION.into(),
             project_id: simulator::DEMO_PROJECT_ID.into(),
@@ -58,6 +99,20 @@ pub fn config(simulator_base: &str, jobs: &[JobScript], refresh_interval: Durati
             simulator::DEMO_SECRET_KEY,
         ),
     );
+    let (domain, user, password) = DEMO_IAM_USER;
+    accounts.insert(
+        "demo-iam".to_string(),
+        Account {
+            name: "demo-iam".into(),
+            auth: AccountAuth::Iam {
+                endpoint: simulator_base.to_string(),
+                domain: domain.into(),
+                user: user.into(),
+                password: SecretRef::value(password),
+                refresh_margin: crate::config::TOKEN_REFRESH_MARGIN,
+            },
+        },
+    );
     Config {
         refresh_interval,
         accounts,
@@ -74,8 +129,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let sim = Simulator::new();
-    let jobs = fleet();
-    sim.add_jobs(jobs.clone());
+    let jobs = setup(&sim);
+    sim.set_global_faults(faults());
     let stop_sim = CancellationToken::new();
     let sim_addr = sim.spawn(simulator_address, stop_sim.clone()).await?;
     let config = config(&format!("http://{sim_addr}"), &jobs, refresh_interval);
@@ -92,7 +147,7 @@ pub async fn run(
     );
     println!("  exporter:  http://{host}/");
     println!("  metrics:   http://{host}{}", web.telemetry_path);
-    println!("  simulator: http://{sim_addr}/_sim/jobs");
+    println!("  simulator: http://{sim_addr}/_sim/jobs (injects a few 429s, 503s and timeouts)");
     println!("Press Ctrl-C to stop.");
     let result = exporter.run(shutdown).await;
     stop_sim.cancel();

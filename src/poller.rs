@@ -289,6 +289,13 @@ impl Poller {
                 ("project_id", &target.project_id),
             ])
             .into();
+            // Every reason from the start, so rate() and alerts see the first failure.
+            for reason in Reason::ALL {
+                state
+                    .agg
+                    .fetch_errors
+                    .insert((Arc::clone(&labels), reason), 0);
+            }
             let tracked = Arc::new(Tracked { target, labels });
             for job_id in jobs {
                 let mut entry = Entry {

@@ -491,8 +491,8 @@ async fn http_endpoints_gzip_readiness_and_graceful_stop() {
 
 #[tokio::test]
 async fn demo_serves_its_fleet() {
-    let jobs = huaweicloud_job_exporter::demo::fleet();
-    let (_sim, base, sim_stop) = simulator(jobs.clone()).await;
+    let (sim, base, sim_stop) = simulator(vec![]).await;
+    let jobs = huaweicloud_job_exporter::demo::setup(&sim);
     let mut cfg = huaweicloud_job_exporter::demo::config(&base, &jobs, Duration::from_secs(60));
     cfg.max_requests_per_second = 1000.0;
     let exp = exporter(cfg).await;
