@@ -46,7 +46,8 @@ class Process:
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, **kw)
 
     def output(self):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout=10):
@@ -103,13 +104,13 @@ class Simulator(Endpoint):
 
 @pytest.fixture
 def start_simulator(exporter_bin, tmp_path):
-    """start_simulator(scenario=None, fleet=None) -> Simulator; a scenario is a list of job
-    scripts (see src/simulator/fleet.rs)."""
+    """start_simulator(scenario=None, fleet=9, seed=1, extra_args=()) -> Simulator; a scenario is
+    a list of job scripts (see src/simulator/fleet.rs)."""
     started = []
 
-    def start(scenario=None, fleet=9, seed=1):
+    def start(scenario=None, fleet=9, seed=1, extra_args=()):
         port = free_port()
-        args = [exporter_bin, "simulate", "--listen-address", f"127.0.0.1:{port}"]
+        args = [exporter_bin, "simulate", "--listen-address", f"127.0.0.1:{port}", *extra_args]
         if scenario is not None:
             f = tmp_path / f"scenario-{port}.json"
             f.write_text(json.dumps(scenario))
