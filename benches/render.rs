@@ -156,6 +156,7 @@ fn main() {
                 max_concurrency: 256,
                 max_requests_per_second: 1e9,
                 terminal_retention: Duration::from_secs(86400),
+                shard: Default::default(),
             },
             Arc::new(Telemetry::new()),
         );

@@ -87,15 +87,52 @@ step() {
 render() {
   "$KUBECTL" kustomize deploy/kubernetes/base >"$OUT/base.yaml" &&
     "$KUBECTL" kustomize deploy/kubernetes/overlays/prometheus-operator >"$OUT/prometheus-operator.yaml" &&
-    printf '    rendered %s objects (base), %s (prometheus-operator)\n' \
-      "$(grep -c '^kind:' "$OUT/base.yaml")" "$(grep -c '^kind:' "$OUT/prometheus-operator.yaml")"
+    "$KUBECTL" kustomize deploy/kubernetes/overlays/sharded >"$OUT/sharded.yaml" &&
+    printf '    rendered %s objects (base), %s (prometheus-operator), %s (sharded)\n' \
+      "$(grep -c '^kind:' "$OUT/base.yaml")" "$(grep -c '^kind:' "$OUT/prometheus-operator.yaml")" \
+      "$(grep -c '^kind:' "$OUT/sharded.yaml")"
+}
+
+sharded_consistent() {
+  # The sharded overlay must replace the Deployment by a StatefulSet whose
+  # replicas, --total-shards, headless Service and --shard.url-template agree;
+  # a mismatch would silently leave jobs untracked or redirect to no pod.
+  "$PY" - "$OUT/sharded.yaml" <<'EOF'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+kinds = [d["kind"] for d in docs]
+assert "Deployment" not in kinds, "the sharded overlay still renders a Deployment"
+sts = [d for d in docs if d["kind"] == "StatefulSet"]
+assert len(sts) == 1, f"expected one StatefulSet, found {len(sts)}"
+sts = sts[0]
+ns, name, spec = sts["metadata"]["namespace"], sts["metadata"]["name"], sts["spec"]
+args = dict(a.split("=", 1) for a in spec["template"]["spec"]["containers"][0]["args"])
+assert args.get("--shard") == "auto", args
+assert int(args["--total-shards"]) == spec["replicas"], \
+    f"--total-shards={args['--total-shards']} but replicas: {spec['replicas']}"
+svc = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == spec["serviceName"]]
+assert len(svc) == 1, f"no Service {spec['serviceName']} (the StatefulSet's serviceName)"
+assert svc[0]["spec"].get("clusterIP") == "None", "the StatefulSet's Service is not headless"
+assert svc[0]["spec"].get("publishNotReadyAddresses") is True, "publishNotReadyAddresses is not true"
+want = f"http://{name}-{{shard}}.{spec['serviceName']}.{ns}.svc:10037"
+assert args.get("--shard.url-template") == want, f"--shard.url-template={args.get('--shard.url-template')}, want {want}"
+claims = [c["metadata"]["name"] for c in spec.get("volumeClaimTemplates", [])]
+mounts = {m["name"]: m["mountPath"] for m in spec["template"]["spec"]["containers"][0]["volumeMounts"]}
+cm = [d for d in docs if d["kind"] == "ConfigMap"][0]
+config = yaml.safe_load(cm["data"]["config.yml"])
+state_dir = config["state_file"].rsplit("/", 1)[0]
+assert any(mounts.get(c) == state_dir for c in claims), \
+    f"state_file {config['state_file']} is not on a volumeClaimTemplate ({claims}, mounts {mounts})"
+print(f"    StatefulSet {name}: {spec['replicas']} shards, Service {spec['serviceName']}, state on {claims}")
+EOF
 }
 
 k8s_validate() {
   # --strict rejects unknown fields. ServiceMonitor and PrometheusRule are CRDs
   # without a schema here: they only warn; the rules inside the PrometheusRule
   # are checked by promtool in the next step.
-  "$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$OUT/base.yaml" "$OUT/prometheus-operator.yaml"
+  "$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" \
+    "$OUT/base.yaml" "$OUT/prometheus-operator.yaml" "$OUT/sharded.yaml"
 }
 
 prometheusrule_consistent() {
@@ -120,7 +157,7 @@ checkov_k8s() {
   # with its justification in a comment beside it. --skip-download: no calls to
   # the vendor's platform (this machine has no network but package registries).
   mkdir -p "$OUT/checkov"
-  cp "$OUT/base.yaml" "$OUT/prometheus-operator.yaml" "$OUT/checkov/"
+  cp "$OUT/base.yaml" "$OUT/prometheus-operator.yaml" "$OUT/sharded.yaml" "$OUT/checkov/"
   "$VENV/bin/checkov" --directory "$OUT/checkov" --framework kubernetes \
     --skip-download --compact --quiet
 }
@@ -133,13 +170,14 @@ checkov_dockerfile() {
 step "promtool check rules"              promtool check rules deploy/prometheus/alerts.yml
 step "promtool test rules"               promtool test rules deploy/prometheus/tests/*.yml
 step "dashboards vs Grafana schema"      node deploy/grafana/validate-dashboards.mjs "$NODE_PREFIX"
-step "kubectl kustomize (base, overlay)" render
-if [[ -s "$OUT/base.yaml" && -s "$OUT/prometheus-operator.yaml" ]]; then
+step "kubectl kustomize (base, overlays)" render
+if [[ -s "$OUT/base.yaml" && -s "$OUT/prometheus-operator.yaml" && -s "$OUT/sharded.yaml" ]]; then
   step "kubernetes-validate --strict"    k8s_validate
   step "PrometheusRule == alerts.yml"    prometheusrule_consistent
+  step "sharded: StatefulSet, no Deployment" sharded_consistent
   step "checkov (rendered manifests)"    checkov_k8s
 else
-  RESULTS+=("FAIL     -  kubernetes-validate, PrometheusRule, checkov (nothing rendered)")
+  RESULTS+=("FAIL     -  kubernetes-validate, PrometheusRule, sharded, checkov (nothing rendered)")
   failed=$((failed + 1))
 fi
 step "checkov (Dockerfile)"              checkov_dockerfile

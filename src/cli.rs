@@ -34,6 +34,18 @@ pub struct ExporterArgs {
     /// Path to the configuration file.
     #[arg(long = "config.file", default_value = "huaweicloud-job-exporter.yml")]
     pub config_file: PathBuf,
+    /// This replica's shard: a number below --total-shards, or `auto` for a StatefulSet pod's
+    /// ordinal (the number ending HOSTNAME).
+    #[arg(long = "shard", default_value = "0")]
+    pub shard: String,
+    /// Number of replicas sharing the jobs; each tracks those whose hash falls on its shard.
+    #[arg(long = "total-shards", default_value_t = 1)]
+    pub total_shards: u32,
+    /// URL of another shard, `{shard}` standing for its index (e.g.
+    /// `http://huaweicloud-job-exporter-{shard}.huaweicloud-job-exporter:10037`): registrations
+    /// for a job another shard owns are redirected there (307) instead of refused (421).
+    #[arg(long = "shard.url-template")]
+    pub shard_url_template: Option<String>,
     /// Web and logging flags.
     #[command(flatten)]
     pub web: WebArgs,
@@ -48,6 +60,19 @@ pub struct WebArgs {
     /// Path under which to expose metrics.
     #[arg(long = "web.telemetry-path", default_value = "/metrics", global = true, value_parser = telemetry_path)]
     pub telemetry_path: String,
+    /// Path to a web configuration file (exporter-toolkit's web-config.yml) that enables TLS,
+    /// client certificates, basic authentication and extra response headers. Re-read when it
+    /// or a file it names changes.
+    #[arg(long = "web.config.file", value_name = "FILE", global = true)]
+    pub web_config_file: Option<PathBuf>,
+    /// On SIGTERM or SIGINT, how long in-flight requests may take to finish before their
+    /// connections are dropped.
+    #[arg(long = "web.shutdown-grace", default_value = "10s", value_parser = duration, global = true)]
+    pub shutdown_grace: std::time::Duration,
+    /// Maximum number of scrapes served at once; more wait briefly, then get 503. 0 disables
+    /// the limit.
+    #[arg(long = "web.max-requests", default_value_t = 40, global = true)]
+    pub max_requests: usize,
     /// Only log messages with the given severity or above.
     #[arg(long = "log.level", value_enum, default_value_t = LogLevel::Info, global = true)]
     pub log_level: LogLevel,
@@ -172,6 +197,11 @@ mod tests {
         assert_eq!(cli.exporter.web.listen_address, ":10037");
         assert_eq!(cli.exporter.web.telemetry_path, "/metrics");
         assert_eq!(cli.exporter.web.log_format, LogFormat::Logfmt);
+        assert_eq!(cli.exporter.web.web_config_file, None);
+        assert_eq!(
+            cli.exporter.web.shutdown_grace,
+            std::time::Duration::from_secs(10)
+        );
         assert_eq!(listen_address(":10037"), "0.0.0.0:10037");
         assert_eq!(listen_address("127.0.0.1:1"), "127.0.0.1:1");
     }
@@ -185,9 +215,21 @@ mod tests {
             "--web.telemetry-path=/m",
             "--log.level=debug",
             "--log.format=json",
+            "--web.config.file=/etc/web.yml",
+            "--web.shutdown-grace=30s",
+            "--web.max-requests=5",
         ])
         .expect("parses");
         assert_eq!(cli.exporter.config_file, PathBuf::from("/etc/c.yml"));
+        assert_eq!(
+            cli.exporter.web.web_config_file,
+            Some(PathBuf::from("/etc/web.yml"))
+        );
+        assert_eq!(
+            cli.exporter.web.shutdown_grace,
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(cli.exporter.web.max_requests, 5);
         assert_eq!(cli.exporter.web.telemetry_path, "/m");
         assert_eq!(cli.exporter.web.log_level, LogLevel::Debug);
         assert_eq!(cli.exporter.web.log_format, LogFormat::Json);
@@ -203,9 +245,15 @@ mod tests {
             "--log.format",
             "json",
             "--demo.refresh-interval=2s",
+            "--web.config.file",
+            "web.yml",
         ])
         .expect("parses");
         assert_eq!(cli.exporter.web.listen_address, "127.0.0.1:0");
+        assert_eq!(
+            cli.exporter.web.web_config_file,
+            Some(PathBuf::from("web.yml"))
+        );
         match cli.command {
             Some(Command::Demo(d)) => {
                 assert_eq!(d.refresh_interval, std::time::Duration::from_secs(2))

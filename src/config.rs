@@ -157,6 +157,7 @@ struct RawConfig {
     request_timeout: Option<String>,
     max_concurrency: Option<usize>,
     max_requests_per_second: Option<f64>,
+    max_response_bytes: Option<usize>,
     terminal_retention: Option<String>,
     #[serde(default)]
     accounts: Vec<RawAccount>,
@@ -164,6 +165,14 @@ struct RawConfig {
     targets: Vec<RawTarget>,
     #[serde(default)]
     jobs_files: Vec<String>,
+    api: Option<RawApi>,
+    state_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    token_file: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -313,12 +322,27 @@ pub struct Config {
     pub max_concurrency: usize,
     /// Requests per second, per endpoint.
     pub max_requests_per_second: f64,
+    /// Largest upstream response body accepted.
+    pub max_response_bytes: usize,
     /// How long finished jobs stay exported.
     pub terminal_retention: Duration,
     /// Accounts by name.
     pub accounts: BTreeMap<String, Account>,
     /// Targets, merged by (account, service, region, project).
     pub targets: Vec<Target>,
+    /// Enables the registration API; the bearer token is read from this file.
+    pub api_token_file: Option<PathBuf>,
+    /// Where registered jobs are persisted.
+    pub state_file: Option<PathBuf>,
+    /// The file this configuration was loaded from, if any (reloads read it again).
+    pub path: Option<PathBuf>,
+    /// `jobs_files` globs, made absolute (reloads and the file watcher re-expand them).
+    pub jobs_file_patterns: Vec<String>,
+    /// This replica's shard (from `--shard`/`--total-shards`, not the file).
+    pub shard: crate::shard::Shard,
+    /// Where other shards are reached, `{shard}` standing for the index (from
+    /// `--shard.url-template`), so registrations can be redirected to the owner.
+    pub shard_url_template: Option<String>,
 }
 
 impl Default for Config {
@@ -330,9 +354,16 @@ impl Default for Config {
             request_timeout: Duration::from_secs(5),
             max_concurrency: 16,
             max_requests_per_second: 50.0,
+            max_response_bytes: crate::cloud::DEFAULT_MAX_BODY,
             terminal_retention: Duration::from_secs(7 * 86400),
             accounts: BTreeMap::new(),
             targets: Vec::new(),
+            api_token_file: None,
+            state_file: None,
+            path: None,
+            jobs_file_patterns: Vec::new(),
+            shard: crate::shard::Shard::default(),
+            shard_url_template: None,
         }
     }
 }
@@ -345,7 +376,46 @@ impl Config {
             file: file.clone(),
             source,
         })?;
-        Self::parse(&text, &file, path.parent().unwrap_or(Path::new(".")), env)
+        let mut cfg = Self::parse(&text, &file, path.parent().unwrap_or(Path::new(".")), env)?;
+        cfg.path = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// The files this configuration was read from, with their modification times and sizes:
+    /// the file watcher reloads when this changes (a new jobs file included).
+    pub fn fingerprint(&self) -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
+        let mut files: Vec<PathBuf> = self.path.iter().cloned().collect();
+        for pattern in &self.jobs_file_patterns {
+            if let Ok(paths) = glob::glob(pattern) {
+                files.extend(paths.flatten());
+            }
+        }
+        files
+            .into_iter()
+            .map(|f| {
+                let meta = std::fs::metadata(&f).ok();
+                let modified = meta.as_ref().and_then(|m| m.modified().ok());
+                let len = meta.map_or(0, |m| m.len());
+                (f, modified, len)
+            })
+            .collect()
+    }
+
+    /// Settings that only a restart applies, for a warning when a reload changes them.
+    pub fn restart_settings(&self) -> String {
+        format!(
+            "mode={:?} refresh_interval={:?} scrape_timeout={:?} request_timeout={:?} max_concurrency={} max_requests_per_second={} max_response_bytes={} terminal_retention={:?} api={:?} state_file={:?}",
+            self.mode,
+            self.refresh_interval,
+            self.scrape_timeout,
+            self.request_timeout,
+            self.max_concurrency,
+            self.max_requests_per_second,
+            self.max_response_bytes,
+            self.terminal_retention,
+            self.api_token_file,
+            self.state_file
+        )
     }
 
     /// Parses and validates a configuration held in memory. `file` names it in errors and
@@ -377,13 +447,42 @@ impl Config {
             max_requests_per_second: raw
                 .max_requests_per_second
                 .unwrap_or(defaults.max_requests_per_second),
+            max_response_bytes: raw
+                .max_response_bytes
+                .unwrap_or(defaults.max_response_bytes),
             accounts: BTreeMap::new(),
             targets: Vec::new(),
+            api_token_file: raw.api.map(|a| a.token_file),
+            state_file: raw.state_file,
+            path: None,
+            shard: crate::shard::Shard::default(),
+            shard_url_template: None,
+            jobs_file_patterns: raw
+                .jobs_files
+                .iter()
+                .map(|p| {
+                    if Path::new(p).is_absolute() {
+                        p.clone()
+                    } else {
+                        base_dir.join(p).display().to_string()
+                    }
+                })
+                .collect(),
         };
         if cfg.max_concurrency == 0 || cfg.max_concurrency > 10_000 {
             v.problem(
                 "max_concurrency",
                 format!("must be between 1 and 10000, got {}", cfg.max_concurrency),
+            );
+        }
+        if !(1024..=64 << 20).contains(&cfg.max_response_bytes) {
+            v.problem(
+                "max_response_bytes",
+                format!(
+                    "must be between 1024 and {}, got {}",
+                    64 << 20,
+                    cfg.max_response_bytes
+                ),
             );
         }
         if !(cfg.max_requests_per_second.is_finite() && cfg.max_requests_per_second > 0.0) {

@@ -5,14 +5,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, Path};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
+use serde_json::json;
 use tower_http::compression::CompressionLayer;
 
 use crate::config::Mode;
 use crate::poller::Poller;
+use crate::registry::JobRef;
+use crate::reload::{ApiError, Control};
 use crate::telemetry::Telemetry;
 
 /// Content type of the text exposition format.
@@ -21,22 +26,41 @@ pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 #[derive(Clone)]
 struct App {
     poller: Poller,
+    control: Arc<Control>,
     telemetry: Arc<Telemetry>,
     telemetry_path: Arc<str>,
 }
 
+/// Largest registration request body.
+const API_BODY_LIMIT: usize = 16 * 1024;
+
 /// The exporter's routes.
-pub fn router(poller: Poller, telemetry: Arc<Telemetry>, telemetry_path: &str) -> Router {
+pub fn router(
+    poller: Poller,
+    control: Arc<Control>,
+    telemetry: Arc<Telemetry>,
+    telemetry_path: &str,
+) -> Router {
     let app = App {
         poller,
+        control,
         telemetry,
         telemetry_path: telemetry_path.into(),
     };
+    let api = Router::new()
+        .route("/api/v1/jobs", get(list_jobs).post(register_job))
+        .route(
+            "/api/v1/jobs/{cloud_service}/{cloud_region}/{project_id}/{job_id}",
+            delete(unregister_job),
+        )
+        .layer(DefaultBodyLimit::max(API_BODY_LIMIT));
     Router::new()
         .route("/", get(landing))
         .route(telemetry_path, get(metrics))
         .route("/-/healthy", get(|| async { "Healthy\n" }))
         .route("/-/ready", get(ready))
+        .route("/-/reload", post(reload).put(reload))
+        .merge(api)
         .layer(
             CompressionLayer::new()
                 .gzip(true)
@@ -59,12 +83,54 @@ fn scrape_timeout(headers: &HeaderMap) -> Option<Duration> {
     (v.is_finite() && v > 0.0 && v < 86_400.0).then(|| Duration::from_secs_f64(v))
 }
 
+/// Bytes per `/metrics` body chunk: small enough to stay under glibc's mmap threshold, so chunk
+/// buffers come warm from the heap instead of fresh pages each time.
+const METRICS_CHUNK: usize = 64 * 1024;
+
 async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     let snapshot = app.poller.scrape(scrape_timeout(&headers)).await;
-    let mut body = Vec::with_capacity(snapshot.size_hint() + 16 * 1024);
-    snapshot.write(&mut body);
-    app.telemetry.encode(&mut body);
-    ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response()
+    let mut own = Vec::with_capacity(16 * 1024);
+    app.telemetry.encode(&mut own);
+    // The body is written chunk by chunk as the connection takes it: a scrape of 100,000 jobs
+    // (320 MB of text) holds a chunk at a time, not a copy of the whole text (issue 7).
+    let chunks = snapshot
+        .chunks(METRICS_CHUNK)
+        .chain(std::iter::once(bytes::Bytes::from(own)))
+        .map(Ok::<_, std::convert::Infallible>);
+    let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
+    let response = ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response();
+    gzip_fastest(&headers, response).await
+}
+
+/// Gzips `response` at the fastest level when the request accepts gzip. At the default level
+/// gzip took 340 ms for the 33 MB of 10,000 jobs, against 19 ms for the text itself (issue 7);
+/// the fastest level is several times quicker for a body that is still about a tenth of the
+/// size. The router's compression layer leaves a response that already has a
+/// `Content-Encoding` alone.
+async fn gzip_fastest(headers: &HeaderMap, response: Response) -> Response {
+    use tower::{Layer as _, ServiceExt as _};
+    let Some(accept) = headers.get(header::ACCEPT_ENCODING) else {
+        return response;
+    };
+    let mut request = axum::http::Request::new(());
+    request
+        .headers_mut()
+        .insert(header::ACCEPT_ENCODING, accept.clone());
+    let mut response = Some(response);
+    let service = CompressionLayer::new()
+        .gzip(true)
+        .no_br()
+        .no_deflate()
+        .no_zstd()
+        .quality(tower_http::CompressionLevel::Fastest)
+        .layer(tower::service_fn(move |_: axum::http::Request<()>| {
+            let r = response.take().unwrap_or_default();
+            async move { Ok::<_, std::convert::Infallible>(r) }
+        }));
+    match service.oneshot(request).await {
+        Ok(r) => r.map(axum::body::Body::new),
+        Err(never) => match never {},
+    }
 }
 
 async fn ready(State(app): State<App>) -> Response {
@@ -76,6 +142,115 @@ async fn ready(State(app): State<App>) -> Response {
             "Not ready: the first refresh has not finished\n",
         )
             .into_response()
+    }
+}
+
+async fn reload(State(app): State<App>) -> Response {
+    match app.control.reload() {
+        Ok(()) => "Configuration reloaded\n".into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Reload failed, the running configuration is kept:\n{e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+fn api_error(e: ApiError) -> Response {
+    let status = match &e {
+        ApiError::Disabled | ApiError::NotFound | ApiError::UnknownTarget(_) => {
+            StatusCode::NOT_FOUND
+        }
+        ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+        ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ApiError::OtherShard {
+            location: Some(_), ..
+        } => StatusCode::TEMPORARY_REDIRECT,
+        ApiError::OtherShard { location: None, .. } => StatusCode::MISDIRECTED_REQUEST,
+        ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut body = json!({"error": e.to_string()});
+    let mut resp_location = None;
+    if let ApiError::OtherShard {
+        shard, location, ..
+    } = &e
+    {
+        body["shard"] = json!(shard);
+        if let Some(l) = location {
+            body["location"] = json!(format!("{l}/api/v1/jobs"));
+            resp_location = Some(format!("{l}/api/v1/jobs"));
+        }
+    }
+    let mut r = (status, axum::Json(body)).into_response();
+    if let Some(l) = resp_location.and_then(|l| l.parse().ok()) {
+        r.headers_mut().insert(header::LOCATION, l);
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+async fn list_jobs(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Err(e) = app.control.authorize(bearer(&headers)) {
+        return api_error(e);
+    }
+    axum::Json(json!({"jobs": app.control.list()})).into_response()
+}
+
+async fn register_job(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(e) = app.control.authorize(bearer(&headers)) {
+        return api_error(e);
+    }
+    let job: JobRef = match serde_json::from_slice(&body) {
+        Ok(j) => j,
+        Err(e) => {
+            return api_error(ApiError::Invalid(format!(
+                "body must be {{\"cloud_service\", \"cloud_region\", \"project_id\", \"job_id\"}}: {e}"
+            )));
+        }
+    };
+    match app.control.register(job.clone()) {
+        Ok(true) => (
+            StatusCode::CREATED,
+            axum::Json(json!({"job": job, "created": true})),
+        )
+            .into_response(),
+        Ok(false) => (
+            StatusCode::OK,
+            axum::Json(json!({"job": job, "created": false})),
+        )
+            .into_response(),
+        Err(e) => api_error(e),
+    }
+}
+
+async fn unregister_job(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((cloud_service, cloud_region, project_id, job_id)): Path<(String, String, String, String)>,
+) -> Response {
+    if let Err(e) = app.control.authorize(bearer(&headers)) {
+        return api_error(e);
+    }
+    let job = JobRef {
+        cloud_service,
+        cloud_region,
+        project_id,
+        job_id,
+    };
+    match app.control.unregister(&job) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => api_error(e),
     }
 }
 

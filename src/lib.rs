@@ -25,6 +25,8 @@
 //! - [`snapshot`]: the immutable view a scrape serves.
 //! - [`telemetry`]: the exporter's own metrics.
 //! - [`http`]: the landing page, `/metrics`, health and readiness.
+//! - [`web`]: `--web.config.file` (TLS, basic auth, headers) and the HTTP limits; served by
+//!   [`Exporter::run`]'s own accept loop (hyper), which also stops gracefully.
 //! - [`simulator`]: a faithful stand-in for the cloud, for `demo`, tests and benchmarks.
 //! - [`demo`]: the exporter and the simulator together, with a sample fleet.
 
@@ -35,13 +37,18 @@ pub mod demo;
 pub mod exposition;
 pub mod http;
 pub mod poller;
+pub mod registry;
+pub mod reload;
+pub mod shard;
 pub mod simulator;
 pub mod snapshot;
 pub mod telemetry;
+pub mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -73,6 +80,12 @@ pub enum Error {
     /// The simulator failed.
     #[error(transparent)]
     Simulator(#[from] simulator::Error),
+    /// The web configuration file is invalid.
+    #[error(transparent)]
+    Web(#[from] web::Error),
+    /// The state file of registered jobs cannot be read.
+    #[error(transparent)]
+    State(#[from] registry::Error),
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(std::io::Error),
@@ -98,6 +111,39 @@ pub struct WebOptions {
     pub listen_address: String,
     /// Metrics path.
     pub telemetry_path: String,
+    /// exporter-toolkit web configuration (TLS, basic auth, headers), if any.
+    pub config_file: Option<std::path::PathBuf>,
+    /// How long in-flight requests may take to finish after shutdown is asked for.
+    pub shutdown_grace: Duration,
+    /// HTTP server limits.
+    pub limits: web::Limits,
+}
+
+impl Default for WebOptions {
+    fn default() -> Self {
+        Self {
+            listen_address: ":10037".into(),
+            telemetry_path: "/metrics".into(),
+            config_file: None,
+            shutdown_grace: Duration::from_secs(10),
+            limits: web::Limits::default(),
+        }
+    }
+}
+
+impl From<&cli::WebArgs> for WebOptions {
+    fn from(a: &cli::WebArgs) -> Self {
+        Self {
+            listen_address: a.listen_address.clone(),
+            telemetry_path: a.telemetry_path.clone(),
+            config_file: a.web_config_file.clone(),
+            shutdown_grace: a.shutdown_grace,
+            limits: web::Limits {
+                max_concurrent_scrapes: a.max_requests,
+                ..web::Limits::default()
+            },
+        }
+    }
 }
 
 /// A bound, not yet running exporter.
@@ -105,46 +151,46 @@ pub struct Exporter {
     listener: TcpListener,
     local_addr: SocketAddr,
     poller: Poller,
+    control: Arc<reload::Control>,
     telemetry: Arc<Telemetry>,
     telemetry_path: String,
+    web: Arc<web::Web>,
+    shutdown_grace: Duration,
 }
 
 impl Exporter {
-    /// Builds the client and poller from `config` and binds the listen address.
+    /// Validates the web configuration, builds the client and poller from `config` and binds
+    /// the listen address (in that order: a bad file never binds a port).
     pub async fn bind(config: Config, web: WebOptions) -> Result<Self> {
+        let web_state = Arc::new(web::Web::new(
+            web.config_file.as_deref(),
+            web.limits.clone(),
+            &web.telemetry_path,
+        )?);
         let telemetry = Arc::new(Telemetry::new());
-        let client = cloud::Client::new(config.request_timeout, Arc::clone(&telemetry))?;
-        let providers: std::collections::BTreeMap<&str, Arc<cloud::auth::Provider>> = config
-            .accounts
-            .values()
-            .map(|a| {
-                tracing::info!(account = %a.name, source = a.auth.source(), "credentials");
-                (a.name.as_str(), Arc::new(client.provider(a)))
-            })
-            .collect();
-        let targets = config
-            .targets
-            .iter()
-            .filter_map(|t| {
-                let provider = providers.get(t.account.as_str())?;
-                Some((
-                    Arc::new(cloud::Target::with_provider(t, Arc::clone(provider))),
-                    t.jobs.clone(),
-                ))
-            })
-            .collect();
+        let client = cloud::Client::new(config.request_timeout, Arc::clone(&telemetry))?
+            .with_max_body(config.max_response_bytes);
+        // Before the port: a state file that cannot be read stops startup.
+        let registry = match &config.state_file {
+            Some(path) => registry::Registry::open(path)?,
+            None => registry::Registry::in_memory(),
+        };
         let poller = Poller::new(
-            Arc::new(client),
-            targets,
+            Arc::new(client.clone()),
+            Vec::new(),
             poller::Settings::from(&config),
             Arc::clone(&telemetry),
         );
-        telemetry.config_reload_ok.set(1);
-        telemetry.config_reload_ts.set(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
-        );
+        // Secrets are looked up in the process environment again on reloads.
+        let env: reload::Env = Arc::new(|k: &str| std::env::var(k).ok());
+        let control = Arc::new(reload::Control::new(
+            config,
+            env,
+            client,
+            registry,
+            poller.clone(),
+            Arc::clone(&telemetry),
+        ));
         let addr = cli::listen_address(&web.listen_address);
         let bind_err = |source| Error::Bind {
             addr: web.listen_address.clone(),
@@ -156,8 +202,11 @@ impl Exporter {
             listener,
             local_addr,
             poller,
+            control,
             telemetry,
             telemetry_path: web.telemetry_path,
+            web: web_state,
+            shutdown_grace: web.shutdown_grace,
         })
     }
 
@@ -166,27 +215,43 @@ impl Exporter {
         self.local_addr
     }
 
-    /// Serves until `shutdown` completes, then stops the poller and lets in-flight requests
-    /// finish.
+    /// Serves until `shutdown` completes, then stops accepting, stops the poller and lets
+    /// in-flight requests finish for up to the shutdown grace period; connections still open
+    /// after it are dropped. Returns `Ok` either way.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let token = CancellationToken::new();
         let poller_task = (self.poller.mode() == config::Mode::Cached)
             .then(|| tokio::spawn(self.poller.clone().run_cached(token.clone())));
-        let app = http::router(self.poller, self.telemetry, &self.telemetry_path);
-        tracing::info!(address = %self.local_addr, "listening");
-        let stop = token.clone();
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down");
-                stop.cancel();
-            })
-            .await;
+        let watch_task = tokio::spawn(Arc::clone(&self.web).watch(token.clone()));
+        let control_task = tokio::spawn(Arc::clone(&self.control).run(token.clone()));
+        let app = self.web.wrap(http::router(
+            self.poller,
+            self.control,
+            self.telemetry,
+            &self.telemetry_path,
+        ));
+        tracing::info!(
+            address = %self.local_addr,
+            tls = self.web.settings().tls().is_some(),
+            basic_auth = self.web.settings().has_basic_auth(),
+            "listening"
+        );
+        web::serve(
+            app,
+            Arc::clone(&self.web),
+            self.listener,
+            shutdown,
+            self.shutdown_grace,
+            token.clone(),
+        )
+        .await;
         token.cancel();
         if let Some(task) = poller_task {
             let _ = task.await;
         }
-        served.map_err(Error::Serve)
+        let _ = watch_task.await;
+        let _ = control_task.await;
+        Ok(())
     }
 }
 

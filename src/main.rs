@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use huaweicloud_job_exporter::cli::{Cli, Command, LogFormat, WebArgs};
 use huaweicloud_job_exporter::config::Config;
+use huaweicloud_job_exporter::shard::Shard;
 use huaweicloud_job_exporter::simulator::{self, Simulator};
 use huaweicloud_job_exporter::{WebOptions, demo};
 use tokio_util::sync::CancellationToken;
@@ -72,10 +73,7 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn web_options(web: &WebArgs) -> WebOptions {
-    WebOptions {
-        listen_address: web.listen_address.clone(),
-        telemetry_path: web.telemetry_path.clone(),
-    }
+    WebOptions::from(web)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -157,18 +155,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         None => {
             let path = &cli.exporter.config_file;
-            let config = match Config::load(path, &env) {
+            let shard = match Shard::parse(
+                &cli.exporter.shard,
+                cli.exporter.total_shards,
+                std::env::var("HOSTNAME").ok().as_deref(),
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let mut config = match Config::load(path, &env) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
                     return Ok(ExitCode::FAILURE);
                 }
             };
+            config.shard = shard;
+            config.shard_url_template = cli.exporter.shard_url_template.clone();
             tracing::info!(
                 version = env!("CARGO_PKG_VERSION"),
                 config = %path.display(),
                 jobs = config.job_count(),
                 mode = ?config.mode,
+                shard = shard.index,
+                total_shards = shard.total,
                 "starting"
             );
             huaweicloud_job_exporter::run(config, web_options(web), shutdown_signal())

@@ -81,6 +81,8 @@ pub struct Settings {
     pub max_requests_per_second: f64,
     /// How long finished jobs stay exported.
     pub terminal_retention: Duration,
+    /// The jobs this replica owns.
+    pub shard: crate::shard::Shard,
 }
 
 impl From<&crate::config::Config> for Settings {
@@ -92,6 +94,7 @@ impl From<&crate::config::Config> for Settings {
             max_concurrency: c.max_concurrency,
             max_requests_per_second: c.max_requests_per_second,
             terminal_retention: c.terminal_retention,
+            shard: c.shard,
         }
     }
 }
@@ -151,29 +154,94 @@ impl Clock {
     }
 }
 
-/// Spaces requests to one endpoint `1/rate` apart. Written here rather than taken from
-/// `governor` because it must follow tokio's clock (paused-time tests) and needs no burst logic.
+/// Spaces requests to one endpoint `1/rate` apart, and adapts the rate to the cloud (AIMD):
+/// a throttled answer halves it (at most once a second, API Gateway's throttling window, so a
+/// burst of 429s for requests already in flight counts once), every other answer raises it by
+/// a fiftieth of the configured rate, back up to the configured rate; it never drops below a
+/// tenth of it. Written here rather than taken from `governor` because it must follow tokio's
+/// clock (paused-time tests) and needs no burst logic.
 struct RateLimiter {
-    interval: Duration,
-    next: Mutex<Instant>,
+    endpoint: String,
+    max_rate: f64,
+    floor: f64,
+    state: Mutex<LimiterState>,
+}
+
+struct LimiterState {
+    rate: f64,
+    next: Instant,
+    last_cut: Option<Instant>,
 }
 
 impl RateLimiter {
-    fn new(per_second: f64) -> Self {
+    fn new(endpoint: &str, per_second: f64) -> Self {
+        let max_rate = if per_second.is_finite() && per_second > 0.0 {
+            per_second
+        } else {
+            1.0
+        };
         Self {
-            interval: Duration::from_secs_f64(1.0 / per_second),
-            next: Mutex::new(Instant::now()),
+            endpoint: endpoint.to_string(),
+            max_rate,
+            floor: max_rate / 10.0,
+            state: Mutex::new(LimiterState {
+                rate: max_rate,
+                next: Instant::now(),
+                last_cut: None,
+            }),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LimiterState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Requests per second allowed now.
+    #[cfg(test)]
+    fn rate(&self) -> f64 {
+        self.lock().rate
     }
 
     async fn acquire(&self) {
         let slot = {
-            let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
-            let slot = (*next).max(Instant::now());
-            *next = slot + self.interval;
+            let mut st = self.lock();
+            let slot = st.next.max(Instant::now());
+            st.next = slot + Duration::from_secs_f64(1.0 / st.rate);
             slot
         };
         tokio::time::sleep_until(slot).await;
+    }
+}
+
+impl cloud::Pacer for RateLimiter {
+    fn acquire(&self) -> BoxFuture<'_, ()> {
+        RateLimiter::acquire(self).boxed()
+    }
+
+    fn throttled(&self) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        if st
+            .last_cut
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        st.last_cut = Some(now);
+        let before = st.rate;
+        st.rate = (st.rate / 2.0).max(self.floor);
+        if st.rate < before {
+            tracing::info!(
+                endpoint = %self.endpoint,
+                requests_per_second = st.rate,
+                "the cloud is throttling; slowing down"
+            );
+        }
+    }
+
+    fn answered(&self) {
+        let mut st = self.lock();
+        st.rate = (st.rate + self.max_rate / 50.0).min(self.max_rate);
     }
 }
 
@@ -246,6 +314,8 @@ struct Aggregates {
 #[derive(Default)]
 struct State {
     jobs: BTreeMap<JobKey, Entry>,
+    /// Jobs dropped by retention, remembered while still listed so they are not re-added.
+    expired: HashMap<JobKey, Arc<cloud::Target>>,
     agg: Aggregates,
     recent_errors: VecDeque<RecentError>,
 }
@@ -257,7 +327,7 @@ struct Inner {
     clock: Clock,
     state: Mutex<State>,
     snapshot: RwLock<Arc<Snapshot>>,
-    limiters: HashMap<String, RateLimiter>,
+    limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
     ready: std::sync::atomic::AtomicBool,
     inflight: Mutex<Option<Shared<BoxFuture<'static, Arc<Snapshot>>>>>,
 }
@@ -276,60 +346,124 @@ impl Poller {
         settings: Settings,
         telemetry: Arc<Telemetry>,
     ) -> Self {
-        let mut state = State::default();
-        let mut limiters = HashMap::new();
-        for (target, jobs) in targets {
-            limiters
-                .entry(target.endpoint_key().to_string())
-                .or_insert_with(|| RateLimiter::new(settings.max_requests_per_second));
-            telemetry.register_account(&target.account);
-            let labels: Arc<str> = exposition::labels(&[
-                ("cloud_service", &target.cloud_service),
-                ("cloud_region", &target.cloud_region),
-                ("project_id", &target.project_id),
-            ])
-            .into();
-            // Every reason from the start, so rate() and alerts see the first failure.
-            for reason in Reason::ALL {
-                state
-                    .agg
-                    .fetch_errors
-                    .insert((Arc::clone(&labels), reason), 0);
-            }
-            let tracked = Arc::new(Tracked { target, labels });
-            for job_id in jobs {
-                let mut entry = Entry {
-                    tracked: Arc::clone(&tracked),
-                    job_id: job_id.clone(),
-                    job: None,
-                    fetch_ok: false,
-                    last_success: None,
-                    terminal_since: None,
-                    counted_subjob_failures: Vec::new(),
-                    text: Arc::default(),
-                };
-                entry.render();
-                state
-                    .jobs
-                    .insert((Arc::clone(&tracked.labels), job_id), entry);
-            }
-        }
         let cached = settings.mode == Mode::Cached;
         let poller = Self {
             inner: Arc::new(Inner {
                 source,
                 telemetry,
                 clock: Clock::new(),
-                state: Mutex::new(state),
+                state: Mutex::new(State::default()),
                 snapshot: RwLock::new(Arc::new(Snapshot::empty(cached))),
-                limiters,
+                limiters: Mutex::new(HashMap::new()),
                 ready: std::sync::atomic::AtomicBool::new(!cached),
                 inflight: Mutex::new(None),
                 settings,
             }),
         };
-        poller.publish();
+        poller.set_jobs(targets);
         poller
+    }
+
+    /// Makes the tracked set exactly `targets` (restricted to this shard): new jobs are added,
+    /// jobs no longer listed are dropped, the others keep their state and counters. Jobs
+    /// already dropped by `terminal_retention` are not taken back, so a finished job listed in
+    /// the config is neither fetched nor counted again. Returns (added, removed).
+    pub fn set_jobs(&self, targets: TargetJobs) -> (usize, usize) {
+        let shard = self.inner.settings.shard;
+        let (mut added, removed);
+        {
+            let mut guard = self.state();
+            let state = &mut *guard;
+            let mut desired: HashSet<JobKey> = HashSet::new();
+            added = 0;
+            for (target, jobs) in targets {
+                self.inner
+                    .limiters
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(target.endpoint_key().to_string())
+                    .or_insert_with(|| {
+                        Arc::new(RateLimiter::new(
+                            target.endpoint_key(),
+                            self.inner.settings.max_requests_per_second,
+                        ))
+                    });
+                self.inner.telemetry.register_account(&target.account);
+                let labels: Arc<str> = exposition::labels(&[
+                    ("cloud_service", &target.cloud_service),
+                    ("cloud_region", &target.cloud_region),
+                    ("project_id", &target.project_id),
+                ])
+                .into();
+                // Every reason from the start, so rate() and alerts see the first failure.
+                for reason in Reason::ALL {
+                    state
+                        .agg
+                        .fetch_errors
+                        .entry((Arc::clone(&labels), reason))
+                        .or_insert(0);
+                }
+                let tracked = Arc::new(Tracked { target, labels });
+                let t = &tracked.target;
+                for job_id in jobs {
+                    if !shard.owns(&t.cloud_service, &t.cloud_region, &t.project_id, &job_id) {
+                        continue;
+                    }
+                    let key = (Arc::clone(&tracked.labels), job_id);
+                    // Listed, so kept in `desired` (and its tombstone kept), but not re-added.
+                    if !desired.insert(key.clone()) || state.expired.contains_key(&key) {
+                        continue;
+                    }
+                    match state.jobs.get_mut(&key) {
+                        // Credentials or endpoint may have changed; the labels have not.
+                        Some(e) => e.tracked = Arc::clone(&tracked),
+                        None => {
+                            let mut entry = Entry {
+                                tracked: Arc::clone(&tracked),
+                                job_id: key.1.clone(),
+                                job: None,
+                                fetch_ok: false,
+                                last_success: None,
+                                terminal_since: None,
+                                counted_subjob_failures: Vec::new(),
+                                text: Arc::default(),
+                            };
+                            entry.render();
+                            state.jobs.insert(key, entry);
+                            added += 1;
+                        }
+                    }
+                }
+            }
+            let before = state.jobs.len();
+            state.jobs.retain(|k, _| desired.contains(k));
+            removed = before - state.jobs.len();
+            state.expired.retain(|k, _| desired.contains(k));
+        }
+        self.publish();
+        (added, removed)
+    }
+
+    /// Jobs dropped by `terminal_retention` and still listed somewhere, as
+    /// (cloud_service, cloud_region, project_id, job_id).
+    pub fn expired(&self) -> Vec<(String, String, String, String)> {
+        self.state()
+            .expired
+            .iter()
+            .map(|((_, job), t)| {
+                (
+                    t.cloud_service.clone(),
+                    t.cloud_region.clone(),
+                    t.project_id.clone(),
+                    job.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Number of jobs tracked by this replica.
+    pub fn job_count(&self) -> usize {
+        self.state().jobs.len()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -452,9 +586,15 @@ impl Poller {
         let active: Vec<(JobKey, Arc<Tracked>)> = {
             let mut state = self.state();
             let retention = self.inner.settings.terminal_retention.as_secs_f64();
-            state
-                .jobs
-                .retain(|_, e| e.terminal_since.is_none_or(|t| now - t < retention));
+            let state = &mut *state;
+            let expired = &mut state.expired;
+            state.jobs.retain(|k, e| {
+                let keep = e.terminal_since.is_none_or(|t| now - t < retention);
+                if !keep {
+                    expired.insert(k.clone(), Arc::clone(&e.tracked.target));
+                }
+                keep
+            });
             state
                 .jobs
                 .iter()
@@ -465,12 +605,29 @@ impl Poller {
         let total = active.len();
         let mut pending: HashSet<JobKey> = active.iter().map(|(k, _)| k.clone()).collect();
         let mut failures: BTreeMap<Reason, usize> = BTreeMap::new();
+        let retry_deadline =
+            deadline.unwrap_or_else(|| Instant::now() + self.inner.settings.refresh_interval);
         let fetches = stream::iter(active)
             .map(|(key, tracked)| async move {
-                if let Some(l) = self.inner.limiters.get(tracked.target.endpoint_key()) {
+                let limiter = self
+                    .inner
+                    .limiters
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(tracked.target.endpoint_key())
+                    .cloned();
+                if let Some(l) = &limiter {
                     l.acquire().await;
                 }
-                let result = self.inner.source.fetch(&tracked.target, &key.1).await;
+                // Retries inside the fetch go through the same limiter and never sleep past
+                // the scrape's deadline, or in cached mode past the next refresh.
+                let ctx = cloud::FetchContext {
+                    deadline: Some(retry_deadline),
+                    pacer: limiter.map(|l| l as Arc<dyn cloud::Pacer>),
+                };
+                let result =
+                    cloud::with_context(ctx, self.inner.source.fetch(&tracked.target, &key.1))
+                        .await;
                 (key, result)
             })
             .buffer_unordered(self.inner.settings.max_concurrency);
@@ -899,6 +1056,7 @@ mod tests {
             max_concurrency: 4,
             max_requests_per_second: 1000.0,
             terminal_retention: Duration::from_secs(3600),
+            shard: crate::shard::Shard::default(),
         }
     }
 
@@ -1069,5 +1227,55 @@ mod tests {
         }
         assert_eq!(cap.label(Some("C0")), "C0");
         assert_eq!(cap.label(Some("NEW")), "other");
+    }
+}
+
+#[cfg(test)]
+mod rate_limiter_tests {
+    use super::*;
+    use crate::cloud::Pacer as _;
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_halves_the_rate_once_a_second_down_to_a_floor_and_answers_restore_it() {
+        let l = RateLimiter::new("h", 100.0);
+        l.throttled();
+        assert_eq!(l.rate(), 50.0);
+        // A burst of 429s for requests already in flight counts once.
+        l.throttled();
+        l.throttled();
+        assert_eq!(l.rate(), 50.0);
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            l.throttled();
+        }
+        assert_eq!(l.rate(), 10.0, "never below a tenth");
+        for _ in 0..10 {
+            l.answered();
+        }
+        assert!((l.rate() - 30.0).abs() < 1e-9, "{}", l.rate());
+        for _ in 0..100 {
+            l.answered();
+        }
+        assert_eq!(l.rate(), 100.0, "never above the configured rate");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slowed_limiter_spaces_requests_further_apart() {
+        let l = RateLimiter::new("h", 10.0);
+        let start = Instant::now();
+        for _ in 0..5 {
+            l.acquire().await;
+        }
+        let fast = start.elapsed();
+        l.throttled();
+        let start = Instant::now();
+        for _ in 0..5 {
+            l.acquire().await;
+        }
+        let slow = start.elapsed();
+        // Paused clock: exact. 5 slots at 10/s span 0.4 s; at 5/s, 5 slots after the last
+        // 10/s one span 0.1 + 4 x 0.2 s.
+        assert_eq!(fast, Duration::from_millis(400));
+        assert_eq!(slow, Duration::from_millis(900));
     }
 }

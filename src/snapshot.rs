@@ -2,9 +2,13 @@
 //!
 //! The poller builds a new snapshot after each refresh or collection; a scrape takes an `Arc`
 //! to the current one and only concatenates pre-rendered text, so it never waits on the cloud
-//! and never holds the poller's lock.
+//! and never holds the poller's lock. The text is written in chunks ([`Snapshot::chunks`]) as the
+//! connection takes them, so a scrape holds a chunk at a time rather than a copy of the whole
+//! exposition (320 MB for 100,000 jobs).
 
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use crate::exposition::{self, AGGREGATE, JobText, ORDER, PER_JOB, Slot};
 
@@ -15,6 +19,14 @@ pub struct Snapshot {
     jobs: Vec<Arc<JobText>>,
     aggregates: [String; AGGREGATE.len()],
     bytes: usize,
+}
+
+/// Where a write stopped: the family in [`ORDER`], and the next job within a per-job family
+/// (`None` before the family's header).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursor {
+    slot: usize,
+    job: Option<usize>,
 }
 
 impl Snapshot {
@@ -53,12 +65,43 @@ impl Snapshot {
     /// Appends the text exposition of the job families.
     pub fn write(&self, out: &mut Vec<u8>) {
         out.reserve(self.bytes);
-        for slot in ORDER {
-            match slot {
+        let mut cursor = Cursor::default();
+        self.fill(&mut cursor, out, usize::MAX);
+    }
+
+    /// The text of [`Snapshot::write`] in pieces of about `chunk` bytes (more when one job's
+    /// family is longer), each made when asked for.
+    pub fn chunks(self: Arc<Self>, chunk: usize) -> Chunks {
+        Chunks {
+            snapshot: self,
+            cursor: Cursor::default(),
+            chunk: chunk.max(1),
+        }
+    }
+
+    /// Writes from `cursor` until `out` holds `limit` bytes or everything is written; returns
+    /// true when everything is.
+    fn fill(&self, cursor: &mut Cursor, out: &mut Vec<u8>, limit: usize) -> bool {
+        while let Some(slot) = ORDER.get(cursor.slot) {
+            if out.len() >= limit {
+                return false;
+            }
+            match *slot {
                 Slot::PerJob(f) => {
-                    exposition::write_header(out, &PER_JOB[f as usize], self.cached);
-                    for job in &self.jobs {
-                        out.extend_from_slice(job.section(f).as_bytes());
+                    let next = match cursor.job {
+                        Some(j) => j,
+                        None => {
+                            exposition::write_header(out, &PER_JOB[f as usize], self.cached);
+                            0
+                        }
+                    };
+                    cursor.job = Some(next);
+                    for job in &self.jobs[next..] {
+                        if out.len() >= limit {
+                            return false;
+                        }
+                        job.write_section(f, out);
+                        cursor.job = cursor.job.map(|j| j + 1);
                     }
                 }
                 Slot::Aggregate(a) => {
@@ -66,6 +109,98 @@ impl Snapshot {
                     out.extend_from_slice(self.aggregates[a as usize].as_bytes());
                 }
             }
+            cursor.slot += 1;
+            cursor.job = None;
         }
+        true
+    }
+}
+
+/// The chunks of one snapshot's text; see [`Snapshot::chunks`].
+#[derive(Debug)]
+pub struct Chunks {
+    snapshot: Arc<Snapshot>,
+    cursor: Cursor,
+    chunk: usize,
+}
+
+impl Iterator for Chunks {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        if self.cursor.slot >= ORDER.len() {
+            return None;
+        }
+        // Head room for the job that crosses the limit, so the buffer rarely grows.
+        let mut out = Vec::with_capacity(self.chunk + 8 * 1024);
+        self.snapshot.fill(&mut self.cursor, &mut out, self.chunk);
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::Job;
+    use crate::exposition::{JobView, render_job};
+
+    fn job(i: usize) -> Arc<JobText> {
+        let j = Job {
+            job_type: Some("createVolume".into()),
+            status: Some(
+                if i.is_multiple_of(2) {
+                    "RUNNING"
+                } else {
+                    "SUCCESS"
+                }
+                .into(),
+            ),
+            begin: Some(100.0),
+            end: Some(150.0),
+            entities: vec![("volume_id".into(), format!("v{i}"))],
+            ..Job::default()
+        };
+        Arc::new(render_job(&JobView {
+            target_labels: "cloud_service=\"evs\"",
+            job_id: &format!("j{i}"),
+            job: Some(&j),
+            fetch_ok: true,
+            last_success: Some(200.0),
+        }))
+    }
+
+    #[test]
+    fn chunks_concatenate_to_the_whole_text() {
+        let jobs: Vec<_> = (0..50).map(job).collect();
+        let mut aggregates: [String; AGGREGATE.len()] = Default::default();
+        aggregates[0] = "huaweicloud_jobs{cloud_service=\"evs\"} 50\n".into();
+        let snap = Arc::new(Snapshot::new(true, jobs, aggregates));
+        let mut whole = Vec::new();
+        snap.write(&mut whole);
+        assert!(whole.len() <= snap.size_hint());
+        for size in [1, 100, 4096, 1 << 20] {
+            let pieces: Vec<Bytes> = Arc::clone(&snap).chunks(size).collect();
+            assert!(pieces.iter().all(|p| !p.is_empty()));
+            if size == 1 << 20 {
+                assert_eq!(pieces.len(), 1);
+            }
+            assert_eq!(pieces.concat(), whole, "chunk size {size}");
+        }
+        let text = String::from_utf8(whole).expect("utf8");
+        assert_eq!(text.matches("# TYPE ").count(), ORDER.len());
+        assert_eq!(
+            text.matches("huaweicloud_job_status{cloud_service=\"evs\",job_id=\"j3\",job_type=\"createVolume\",status=")
+                .count(),
+            4
+        );
+    }
+
+    #[test]
+    fn empty_snapshot_writes_headers_only() {
+        let snap = Arc::new(Snapshot::empty(false));
+        let pieces: Vec<Bytes> = snap.chunks(64).collect();
+        let text = String::from_utf8(pieces.concat()).expect("utf8");
+        assert_eq!(text.lines().count(), 2 * ORDER.len());
+        assert!(!text.contains("last refresh"));
     }
 }

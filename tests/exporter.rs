@@ -203,92 +203,188 @@ async fn on_demand_honours_the_scrape_timeout_header_and_shares_collections() {
     sim_stop.cancel();
 }
 
-#[tokio::test]
-async fn faults_map_to_reasons_keep_last_values_and_recover() {
-    let faults = [
-        ("f-503", Fault::Status { status: 503 }, "server_error"),
-        ("f-500", Fault::Status { status: 500 }, "server_error"),
+/// Every fault the simulator injects, the job that gets it, the reason it must count, and how
+/// many requests one on-demand fetch makes (retries included). docs/faults.md tabulates it.
+fn fault_matrix() -> Vec<(&'static str, Fault, &'static str, u64)> {
+    vec![
+        ("f-500", Fault::Status { status: 500 }, "server_error", 3),
+        ("f-502", Fault::Status { status: 502 }, "server_error", 3),
+        ("f-503", Fault::Status { status: 503 }, "server_error", 3),
         (
             "f-429",
             Fault::Throttle {
                 retry_after: Some(1),
             },
             "throttled",
+            3,
         ),
-        ("f-bad-json", Fault::MalformedJson, "decode"),
-        ("f-truncated", Fault::TruncatedJson, "decode"),
-        ("f-html", Fault::HtmlError, "server_error"),
-        ("f-reset", Fault::Reset, "connect"),
-        ("f-404", Fault::NotFound, "not_found"),
-        ("f-slow", Fault::Latency { ms: 3000 }, "timeout"),
-        ("f-drip", Fault::SlowBody { ms_per_chunk: 400 }, "timeout"),
-        ("f-huge", Fault::Oversized { bytes: 2 << 20 }, "decode"),
-    ];
+        (
+            "f-429-bare",
+            Fault::Throttle { retry_after: None },
+            "throttled",
+            3,
+        ),
+        ("f-bad-json", Fault::MalformedJson, "decode", 1),
+        ("f-truncated", Fault::TruncatedJson, "decode", 1),
+        ("f-html", Fault::HtmlError, "server_error", 3),
+        ("f-reset", Fault::Reset, "connect", 3),
+        ("f-404", Fault::NotFound, "not_found", 1),
+        ("f-slow", Fault::Latency { ms: 3000 }, "timeout", 1),
+        (
+            "f-drip",
+            Fault::SlowBody { ms_per_chunk: 400 },
+            "timeout",
+            1,
+        ),
+        ("f-huge", Fault::Oversized { bytes: 2 << 20 }, "decode", 1),
+    ]
+}
+
+/// The metrics once the exporter has seen the simulator's current behaviour: on demand, the
+/// next scrape; cached, a scrape after two more refreshes have finished (the first may have
+/// started before the change).
+async fn settled_metrics(exp: &Running, mode: &str) -> String {
+    if mode == "on_demand" {
+        return exp.metrics().await;
+    }
+    let count = |text: &str| {
+        value(
+            text,
+            "huaweicloud_job_exporter_refresh_duration_seconds_count",
+        )
+    };
+    let before = count(&exp.metrics().await).unwrap_or(0.0);
+    for _ in 0..600 {
+        let text = exp.metrics().await;
+        if count(&text).unwrap_or(0.0) >= before + 2.0 {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no refresh finished");
+}
+
+/// The fault matrix in one mode: faults keep /metrics served and the last values, set
+/// fetch_success to 0, count the right reason per job, and clear.
+async fn faults_keep_last_values_and_recover(mode: &str) {
+    let faults = fault_matrix();
     let jobs: Vec<_> = faults
         .iter()
-        .map(|(id, _, _)| script(id, "evs", "createVolume", 0.0, 1e12, Outcome::Success))
+        .map(|(id, ..)| script(id, "evs", "createVolume", 0.0, 1e12, Outcome::Success))
         .collect();
     let (sim, base, sim_stop) = simulator(jobs).await;
     let ids: Vec<&str> = faults.iter().map(|f| f.0).collect();
     let yaml = format!(
-        "mode: on_demand\nrequest_timeout: 1s\nscrape_timeout: 20s\nmax_requests_per_second: 1000\naccounts: [{{name: a, access_key: {}, secret_key: {}}}]\ntargets: [{{account: a, cloud_service: evs, cloud_region: r, project_id: {PROJECT}, endpoint: \"{base}\", jobs: {ids:?}}}]\n",
+        "mode: {mode}\nrefresh_interval: 1s\nrequest_timeout: 1s\nscrape_timeout: 20s\nmax_requests_per_second: 1000\naccounts: [{{name: a, access_key: {}, secret_key: {}}}]\ntargets: [{{account: a, cloud_service: evs, cloud_region: r, project_id: {PROJECT}, endpoint: \"{base}\", jobs: {ids:?}}}]\n",
         huaweicloud_job_exporter::simulator::DEMO_ACCESS_KEY,
         huaweicloud_job_exporter::simulator::DEMO_SECRET_KEY,
     );
     let exp = exporter(config(&yaml)).await;
-    // First scrape: all healthy, values known.
-    let healthy = exp.metrics().await;
+    exp.wait_ready().await;
+    let job_line = |family: &str, id: &str, extra: &str| {
+        format!(
+            "{family}{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_id=\"{id}\"{extra}}}"
+        )
+    };
+    let running = |id: &str| {
+        job_line(
+            "huaweicloud_job_status",
+            id,
+            ",job_type=\"createVolume\",status=\"RUNNING\"",
+        )
+    };
+    let ok = |id: &str| job_line("huaweicloud_job_fetch_success", id, "");
+    let reason_series = |reason: &str| {
+        format!(
+            "huaweicloud_job_fetch_errors_total{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",reason=\"{reason}\"}}"
+        )
+    };
+    // All healthy first: values known.
+    let healthy = settled_metrics(&exp, mode).await;
     for id in &ids {
-        let line = format!(
-            "huaweicloud_job_status{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_id=\"{id}\",job_type=\"createVolume\",status=\"RUNNING\"}}"
-        );
-        assert_eq!(value(&healthy, &line), Some(1.0), "{id}");
+        assert_eq!(value(&healthy, &running(id)), Some(1.0), "{mode} {id}");
+        assert_eq!(value(&healthy, &ok(id)), Some(1.0), "{mode} {id}");
     }
-    for (id, fault, _) in &faults {
+    let requests_before: Vec<u64> = ids.iter().map(|id| sim.requests_for(id)).collect();
+    for (id, fault, ..) in &faults {
         sim.set_job_fault(id, Some(fault.clone()));
     }
-    let broken = exp.metrics().await;
-    for (id, _, _) in &faults {
-        let ok = format!(
-            "huaweicloud_job_fetch_success{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_id=\"{id}\"}}"
-        );
-        assert_eq!(value(&broken, &ok), Some(0.0), "{id}");
-        let status = format!(
-            "huaweicloud_job_status{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_id=\"{id}\",job_type=\"createVolume\",status=\"RUNNING\"}}"
-        );
+    let broken = settled_metrics(&exp, mode).await;
+    if mode == "on_demand" {
+        for ((id, _, _, attempts), before) in faults.iter().zip(&requests_before) {
+            assert_eq!(
+                sim.requests_for(id) - before,
+                *attempts,
+                "{id}: requests for one fetch"
+            );
+        }
+    }
+    for (id, ..) in &faults {
+        assert_eq!(value(&broken, &ok(id)), Some(0.0), "{mode} {id}");
         assert_eq!(
-            value(&broken, &status),
+            value(&broken, &running(id)),
             Some(1.0),
-            "{id} keeps its last value"
+            "{mode} {id} keeps its last value"
         );
     }
     let mut expected: std::collections::BTreeMap<&str, f64> = Default::default();
-    for (_, _, reason) in &faults {
+    for (_, _, reason, _) in &faults {
         *expected.entry(reason).or_default() += 1.0;
     }
-    for (reason, n) in &expected {
-        let series = format!(
-            "huaweicloud_job_fetch_errors_total{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",reason=\"{reason}\"}}"
-        );
-        assert_eq!(value(&broken, &series), Some(*n), "{reason}");
+    for reason in [
+        "timeout",
+        "connect",
+        "throttled",
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "client_error",
+        "server_error",
+        "decode",
+        "auth",
+    ] {
+        let got = value(&broken, &reason_series(reason)).expect("every reason exported");
+        let want = expected.get(reason).copied().unwrap_or(0.0);
+        if mode == "on_demand" || want == 0.0 {
+            // One scrape, one fetch per job: exact.
+            assert_eq!(got, want, "{mode} {reason}");
+        } else {
+            // Cached: as many as the refreshes since the faults began, at least one each.
+            assert!(got >= want, "{mode} {reason}: {got} < {want}");
+        }
     }
+    // Per job, the landing page's recent errors tell which reason each fault counted.
     let landing = exp.get("/").await.1;
-    assert!(
-        landing.contains("f-reset") && landing.contains("connect"),
-        "{landing}"
-    );
-    for (id, _, _) in &faults {
+    for (id, _, reason, _) in &faults {
+        assert!(
+            landing.contains(&format!("<td>{id}</td><td>{reason}</td>")),
+            "{mode} {id} should count {reason}: {landing}"
+        );
+    }
+    for (id, ..) in &faults {
         sim.set_job_fault(id, None);
     }
-    let recovered = exp.metrics().await;
-    for (id, _, _) in &faults {
-        let ok = format!(
-            "huaweicloud_job_fetch_success{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_id=\"{id}\"}}"
+    let recovered = settled_metrics(&exp, mode).await;
+    for (id, ..) in &faults {
+        assert_eq!(
+            value(&recovered, &ok(id)),
+            Some(1.0),
+            "{mode} {id} recovers"
         );
-        assert_eq!(value(&recovered, &ok), Some(1.0), "{id} recovers");
+        assert_eq!(value(&recovered, &running(id)), Some(1.0), "{mode} {id}");
     }
     exp.shutdown().await;
     sim_stop.cancel();
+}
+
+#[tokio::test]
+async fn faults_map_to_reasons_keep_last_values_and_recover() {
+    faults_keep_last_values_and_recover("on_demand").await;
+}
+
+#[tokio::test]
+async fn faults_map_to_reasons_keep_last_values_and_recover_in_cached_mode() {
+    faults_keep_last_values_and_recover("cached").await;
 }
 
 #[tokio::test]

@@ -5,9 +5,11 @@ pub mod auth;
 pub mod model;
 pub mod signer;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{self, Credentials};
@@ -132,6 +134,100 @@ impl FetchError {
 /// Result alias for this module.
 pub type Result<T, E = FetchError> = std::result::Result<T, E>;
 
+/// How failed job fetches are retried: connection failures, 5xx and throttling (429 or
+/// `APIGW.0308`) only, with exponential backoff and jitter. Other 4xx, timeouts and bodies that
+/// do not decode are final (a 401 is retried once with fresh credentials, apart from this).
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Backoff before the first retry; doubled each time, up to `max_backoff`. The sleep is
+    /// drawn uniformly between half of it and all of it.
+    pub base_backoff: Duration,
+    /// Largest backoff.
+    pub max_backoff: Duration,
+    /// A `Retry-After` is honoured up to this.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 2,
+            base_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(2),
+            max_retry_after: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries.
+    pub fn none() -> Self {
+        Self {
+            max_retries: 0,
+            ..Self::default()
+        }
+    }
+
+    /// The sleep before retry number `attempt + 1` after `err`, or None if `err` is final.
+    pub fn delay(&self, err: &FetchError, attempt: u32) -> Option<Duration> {
+        if attempt >= self.max_retries {
+            return None;
+        }
+        let exp = self
+            .base_backoff
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max_backoff);
+        let jittered = exp.mul_f64(0.5 + fastrand::f64() * 0.5);
+        match (err, err.reason()) {
+            (FetchError::Connect(_), _) => Some(jittered),
+            (FetchError::Api { retry_after, .. }, Reason::Throttled) => Some(
+                retry_after
+                    .map_or(jittered, |r| r.min(self.max_retry_after))
+                    .max(jittered),
+            ),
+            (FetchError::Api { .. }, Reason::ServerError) => Some(jittered),
+            _ => None,
+        }
+    }
+}
+
+/// Paces the requests to one endpoint; the poller's per-endpoint rate limiter implements it,
+/// and slows down when told the cloud throttled.
+pub trait Pacer: Send + Sync {
+    /// Waits for the next request slot.
+    fn acquire(&self) -> BoxFuture<'_, ()>;
+    /// The cloud answered 429 / `APIGW.0308`.
+    fn throttled(&self);
+    /// The cloud answered (anything but throttling).
+    fn answered(&self);
+}
+
+/// What a fetch knows about its caller: the deadline no retry sleep may outlive, and the pacer
+/// retries go through. Set with [`with_context`]; a fetch without one retries unpaced and
+/// bounded only by the policy.
+#[derive(Clone, Default)]
+pub struct FetchContext {
+    /// When the scrape or refresh gives up on this fetch.
+    pub deadline: Option<tokio::time::Instant>,
+    /// The endpoint's rate limiter.
+    pub pacer: Option<Arc<dyn Pacer>>,
+}
+
+tokio::task_local! {
+    static CONTEXT: FetchContext;
+}
+
+/// Runs `fut` (a fetch) with `ctx`.
+pub async fn with_context<F: Future>(ctx: FetchContext, fut: F) -> F::Output {
+    CONTEXT.scope(ctx, fut).await
+}
+
+fn context() -> FetchContext {
+    CONTEXT.try_with(Clone::clone).unwrap_or_default()
+}
+
 /// One (account, service, region, project) and how to reach it.
 #[derive(Debug)]
 pub struct Target {
@@ -210,6 +306,7 @@ pub struct Client {
     http: reqwest::Client,
     timeout: Duration,
     max_body: usize,
+    retry: RetryPolicy,
     telemetry: Arc<Telemetry>,
 }
 
@@ -233,6 +330,7 @@ impl Client {
             http,
             timeout,
             max_body: DEFAULT_MAX_BODY,
+            retry: RetryPolicy::default(),
             telemetry,
         })
     }
@@ -240,6 +338,18 @@ impl Client {
     /// The per-request timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Refuses response bodies larger than `bytes` (default [`DEFAULT_MAX_BODY`]).
+    pub fn with_max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// Retries failed fetches with `policy` (default [`RetryPolicy::default`]).
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
     }
 
     /// A credential provider for `account` that shares this client's connections.
@@ -252,8 +362,51 @@ impl Client {
     }
 
     /// `GET {endpoint}/v1/{project_id}/jobs/{job_id}`, authenticated with the target's account.
-    /// A 401 with a token or temporary keys is retried once with fresh ones.
+    /// A 401 with a token or temporary keys is retried once with fresh ones; connection
+    /// failures, 5xx and throttling are retried by the [`RetryPolicy`], each retry paced by the
+    /// [`FetchContext`]'s pacer and never sleeping past its deadline.
     pub async fn get_job(&self, target: &Target, job_id: &str) -> Result<Job> {
+        let ctx = context();
+        let mut attempt = 0;
+        loop {
+            let result = self.get_job_once(target, job_id).await;
+            if let Some(p) = &ctx.pacer {
+                match &result {
+                    Err(e) if e.reason() == Reason::Throttled => p.throttled(),
+                    Ok(_) | Err(FetchError::Api { .. }) => p.answered(),
+                    Err(_) => {}
+                }
+            }
+            let err = match result {
+                Ok(job) => return Ok(job),
+                Err(e) => e,
+            };
+            let Some(delay) = self.retry.delay(&err, attempt) else {
+                return Err(err);
+            };
+            if ctx
+                .deadline
+                .is_some_and(|d| tokio::time::Instant::now() + delay >= d)
+            {
+                return Err(err);
+            }
+            attempt += 1;
+            tracing::debug!(
+                job_id,
+                endpoint = %target.endpoint,
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                reason = err.reason().as_str(),
+                "retrying"
+            );
+            tokio::time::sleep(delay).await;
+            if let Some(p) = &ctx.pacer {
+                p.acquire().await;
+            }
+        }
+    }
+
+    async fn get_job_once(&self, target: &Target, job_id: &str) -> Result<Job> {
         let material = self.material(target).await?;
         match self.get_job_with(target, job_id, &material).await {
             Err(FetchError::Api { status: 401, .. })
@@ -538,6 +691,59 @@ mod tests {
         assert_eq!(prefixed.host, "127.0.0.1:9000");
         assert_eq!(prefixed.path_prefix, "/sdrs");
         assert_eq!(prefixed.endpoint_key(), "127.0.0.1:9000");
+    }
+
+    #[test]
+    fn retries_only_transient_failures_with_growing_jittered_backoff() {
+        let p = RetryPolicy::default();
+        let api = |status, code: Option<&str>, retry_after: Option<u64>| FetchError::Api {
+            status,
+            code: code.map(str::to_string),
+            message: None,
+            request_id: None,
+            retry_after: retry_after.map(Duration::from_secs),
+        };
+        for final_err in [
+            api(404, None, None),
+            api(400, None, None),
+            api(401, None, None),
+            api(403, None, None),
+            FetchError::Timeout,
+            FetchError::Decode("x".into()),
+            FetchError::Auth("x".into()),
+        ] {
+            assert_eq!(p.delay(&final_err, 0), None, "{final_err}");
+        }
+        for _ in 0..50 {
+            let d0 = p.delay(&api(503, None, None), 0).expect("retried");
+            assert!(d0 >= Duration::from_millis(100) && d0 <= Duration::from_millis(200));
+            let d1 = p
+                .delay(&FetchError::Connect("reset".into()), 1)
+                .expect("retried");
+            assert!(d1 >= Duration::from_millis(200) && d1 <= Duration::from_millis(400));
+            let t = p
+                .delay(&api(429, Some("APIGW.0308"), None), 0)
+                .expect("retried");
+            assert!(t <= Duration::from_millis(200));
+        }
+        // Retry-After is honoured, capped.
+        assert_eq!(
+            p.delay(&api(429, None, Some(3)), 0),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            p.delay(&api(400, Some("APIGW.0308"), Some(3600)), 1),
+            Some(p.max_retry_after)
+        );
+        // Bounded in count.
+        assert_eq!(p.delay(&api(503, None, None), 2), None);
+        assert_eq!(RetryPolicy::none().delay(&api(503, None, None), 0), None);
+        // The backoff never exceeds its cap.
+        let big = RetryPolicy {
+            max_retries: 40,
+            ..RetryPolicy::default()
+        };
+        assert!(big.delay(&api(500, None, None), 39).expect("d") <= big.max_backoff);
     }
 
     #[test]

@@ -127,6 +127,8 @@ struct Credential {
 struct Job {
     script: JobScript,
     fault: Option<Fault>,
+    /// Requests the fault still applies to; None: until cleared.
+    fault_left: Option<u64>,
     requests: u64,
 }
 
@@ -225,6 +227,7 @@ impl Simulator {
                 Job {
                     script,
                     fault: None,
+                    fault_left: None,
                     requests: 0,
                 },
             );
@@ -235,6 +238,16 @@ impl Simulator {
     pub fn set_job_fault(&self, job_id: &str, fault: Option<Fault>) {
         if let Some(j) = self.lock().jobs.get_mut(job_id) {
             j.fault = fault;
+            j.fault_left = None;
+        }
+    }
+
+    /// Makes the next `times` requests for a job fail with `fault`, then answers normally: a
+    /// transient failure, such as a 503 that a retry gets past.
+    pub fn set_job_fault_times(&self, job_id: &str, fault: Fault, times: u64) {
+        if let Some(j) = self.lock().jobs.get_mut(job_id) {
+            j.fault = Some(fault);
+            j.fault_left = Some(times);
         }
     }
 
@@ -524,7 +537,15 @@ impl Simulator {
             match st.jobs.get_mut(&job_id) {
                 Some(j) if j.script.project_id == project_id => {
                     j.requests += 1;
-                    (Some(j.script.render(t, start)), j.fault.clone().or(fault))
+                    let own = match j.fault_left {
+                        Some(0) => None,
+                        Some(n) => {
+                            j.fault_left = Some(n - 1);
+                            j.fault.clone()
+                        }
+                        None => j.fault.clone(),
+                    };
+                    (Some(j.script.render(t, start)), own.or(fault))
                 }
                 _ => (None, fault),
             }

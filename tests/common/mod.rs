@@ -76,11 +76,16 @@ pub fn config(yaml: &str) -> Config {
 }
 
 pub async fn exporter(config: Config) -> Running {
+    exporter_with(config, WebOptions::default()).await
+}
+
+/// An exporter on 127.0.0.1:0 with these web options (the listen address is overridden).
+pub async fn exporter_with(config: Config, web: WebOptions) -> Running {
     let exporter = Exporter::bind(
         config,
         WebOptions {
             listen_address: "127.0.0.1:0".into(),
-            telemetry_path: "/metrics".into(),
+            ..web
         },
     )
     .await

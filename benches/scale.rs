@@ -1,0 +1,710 @@
+//! `cargo bench --bench scale -- [latency|upstream|ondemand|memory|idle|profile|all]`: issue 7's
+//! figures, measured end to end over loopback.
+//!
+//! The simulator runs in this process (on 127.0.0.1, port 0) with a generated fleet whose
+//! terminal share is fixed; the exporter runs as a separate process (the crate's own binary,
+//! built by cargo for this bench), so its RSS (`/proc/PID/status` VmRSS) and CPU time
+//! (`/proc/PID/stat` utime + stime) are its own. Scrapes use reqwest over loopback and read the
+//! body as it arrives, counting bytes; with `Accept-Encoding: gzip` the bytes are the compressed
+//! ones (reqwest here has no decoder). The Python peer (`../shared/peers/python_peer.py serve N
+//! PORT`, official prometheus_client) is scraped by the same client in the same run when
+//! `BENCH_PYTHON` names an interpreter that has prometheus_client (`scripts/bench-scale` sets
+//! one up).
+//!
+//! Knobs (environment): `BENCH_JOBS` (latency sizes, default 1000,10000,100000), `BENCH_RUNS`
+//! (scrapes per size, default 41; 100,000-job sizes use a fifth of it, at least 9),
+//! `BENCH_ROUNDS` (memory: refreshes, default 120 = an hour at 30 s), `BENCH_IDLE_SECS` (default
+//! 60), `BENCH_PYTHON`, `BENCH_PEER` (the peer script), `BENCH_EXPORTER` (another
+//! build of the binary, for before/after in one run), `BENCH_WRAPPER` (a command put before the exporter, e.g. valgrind for
+//! `profile`). Everything is bounded in time and count and only 127.0.0.1 is contacted. No timing
+//! is asserted: the figures are printed as Markdown tables.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use huaweicloud_job_exporter::simulator::{self, Fault, FleetShape, JobScript, Simulator};
+use tokio_util::sync::CancellationToken;
+
+const EXPORTER: &str = env!("CARGO_BIN_EXE_huaweicloud-job-exporter");
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    // Nearest rank.
+    let rank = ((sorted.len() as f64) * p).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    let v = d.as_secs_f64() * 1000.0;
+    if v < 10.0 {
+        format!("{v:.2} ms")
+    } else if v < 100.0 {
+        format!("{v:.1} ms")
+    } else {
+        format!("{v:.0} ms")
+    }
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// `n` generated jobs; `terminal_share` of them finished long ago, the rest RUNNING for good.
+fn fleet(n: usize, terminal_share: f64, seed: u64) -> Vec<JobScript> {
+    let mut scripts =
+        simulator::fleet::generate(n, seed, simulator::DEMO_PROJECT_ID, &FleetShape::default());
+    let terminal = (n as f64 * terminal_share).round() as usize;
+    for (i, s) in scripts.iter_mut().enumerate() {
+        // Spread the terminal ones evenly over services and shapes.
+        let is_terminal = (i * terminal) / n.max(1) != ((i + 1) * terminal) / n.max(1);
+        if is_terminal {
+            s.start_secs = -86_400.0 + (i % 3600) as f64;
+        } else {
+            s.start_secs = -((i % 600) as f64) - 1.0;
+            s.init_secs = 0.0;
+            s.run_secs = 1e9;
+            for sub in &mut s.sub_jobs {
+                sub.run_secs = 1e9;
+            }
+        }
+    }
+    scripts
+}
+
+struct Sim {
+    sim: Simulator,
+    addr: std::net::SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Sim {
+    async fn start(scripts: Vec<JobScript>) -> Self {
+        let sim = Simulator::new();
+        sim.add_jobs(scripts);
+        let stop = CancellationToken::new();
+        let addr = sim
+            .spawn("127.0.0.1:0", stop.clone())
+            .await
+            .expect("simulator binds");
+        Self { sim, addr, stop }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+struct Settings {
+    mode: &'static str,
+    refresh_interval: &'static str,
+    max_concurrency: usize,
+}
+
+fn write_config(dir: &std::path::Path, sim: &Sim, scripts: &[JobScript], s: &Settings) -> PathBuf {
+    let mut by_service: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for j in scripts {
+        by_service.entry(&j.service).or_default().push(&j.job_id);
+    }
+    let mut y = String::new();
+    y.push_str(&format!(
+        "mode: {}\nrefresh_interval: {}\nscrape_timeout: 120s\nrequest_timeout: 30s\n\
+         max_concurrency: {}\nmax_requests_per_second: 1000000\nterminal_retention: 30d\n\
+         accounts:\n  - name: bench\n    access_key: {}\n    secret_key: {}\ntargets:\n",
+        s.mode,
+        s.refresh_interval,
+        s.max_concurrency,
+        simulator::DEMO_ACCESS_KEY,
+        simulator::DEMO_SECRET_KEY
+    ));
+    for (svc, ids) in by_service {
+        y.push_str(&format!(
+            "  - account: bench\n    cloud_service: {svc}\n    cloud_region: cn-north-4\n    \
+             project_id: {}\n    endpoint: http://{}/{svc}\n    jobs:\n",
+            simulator::DEMO_PROJECT_ID,
+            sim.addr
+        ));
+        for id in ids {
+            y.push_str("      - ");
+            y.push_str(id);
+            y.push('\n');
+        }
+    }
+    let path = dir.join("exporter.yml");
+    std::fs::write(&path, y).expect("write config");
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A process we started, killed (by its own pid) when dropped.
+struct Proc {
+    child: Child,
+    base: String,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// utime + stime in clock ticks (USER_HZ, 100 on Linux).
+    fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // rest starts at field 3 (state); utime is field 14, stime 15.
+        let get = |i: usize| {
+            f.get(i - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        get(14) + get(15)
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The exporter binary: cargo's build of this crate, or `BENCH_EXPORTER` (another build, to
+/// compare two versions in one run).
+fn exporter_path() -> String {
+    std::env::var("BENCH_EXPORTER")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| EXPORTER.to_string())
+}
+
+fn start_exporter(config: &std::path::Path) -> Proc {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let wrapper = std::env::var("BENCH_WRAPPER").unwrap_or_default();
+    let mut words: Vec<String> = wrapper.split_whitespace().map(str::to_string).collect();
+    words.push(exporter_path());
+    let mut cmd = Command::new(&words[0]);
+    cmd.args(&words[1..])
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--web.listen-address={listen}"))
+        .arg("--log.level=error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let child = cmd.spawn().expect("start the exporter");
+    Proc {
+        child,
+        base: format!("http://{listen}"),
+    }
+}
+
+fn start_python(python: &str, n: usize) -> Proc {
+    let port = free_port();
+    let peer = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/peers/python_peer.py"
+    );
+    let child = Command::new(python)
+        .args([peer, "serve", &n.to_string(), &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the python peer");
+    Proc {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+fn client() -> reqwest::Client {
+    huaweicloud_job_exporter::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .pool_max_idle_per_host(4)
+        .build()
+        .expect("client")
+}
+
+/// Waits until `url` answers 200 (bounded); gives up if the process has exited.
+async fn wait_ok(c: &reqwest::Client, p: &mut Proc, url: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Ok(Some(status)) = p.child.try_wait() {
+            panic!("{url}: the process exited ({status})");
+        }
+        if let Ok(r) = c.get(url).send().await
+            && r.status().is_success()
+        {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} not ready within {limit:?}");
+}
+
+/// One scrape: time to the last body byte, bytes received.
+async fn scrape(c: &reqwest::Client, url: &str, gzip: bool) -> (Duration, u64) {
+    let started = Instant::now();
+    let mut req = c
+        .get(url)
+        .header("x-prometheus-scrape-timeout-seconds", "120");
+    if gzip {
+        req = req.header("accept-encoding", "gzip");
+    }
+    let mut resp = req.send().await.expect("scrape");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    if gzip {
+        assert_eq!(
+            resp.headers()
+                .get("content-encoding")
+                .and_then(|v| v.to_str().ok()),
+            Some("gzip")
+        );
+    }
+    let mut bytes = 0u64;
+    while let Some(chunk) = resp.chunk().await.expect("body") {
+        bytes += chunk.len() as u64;
+    }
+    (started.elapsed(), bytes)
+}
+
+struct Series {
+    p50: Duration,
+    p99: Duration,
+    bytes: u64,
+}
+
+async fn scrapes(c: &reqwest::Client, url: &str, gzip: bool, runs: usize) -> Series {
+    let (_, bytes) = scrape(c, url, gzip).await; // warm-up
+    let mut t = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        t.push(scrape(c, url, gzip).await.0);
+    }
+    t.sort();
+    Series {
+        p50: percentile(&t, 0.5),
+        p99: percentile(&t, 0.99),
+        bytes,
+    }
+}
+
+async fn exporter_for(
+    dir: &std::path::Path,
+    sim: &Sim,
+    scripts: &[JobScript],
+    s: &Settings,
+    c: &reqwest::Client,
+) -> (Proc, Duration) {
+    let config = write_config(dir, sim, scripts, s);
+    let exp = start_exporter(&config);
+    let ready = wait_ok(
+        c,
+        &format!("{}/-/ready", exp.base),
+        Duration::from_secs(1800),
+    )
+    .await;
+    (exp, ready)
+}
+
+fn python() -> Option<String> {
+    std::env::var("BENCH_PYTHON").ok().filter(|p| !p.is_empty())
+}
+
+/// Point 1: cached-mode /metrics latency, with and without gzip, beside the Python peer.
+async fn latency(dir: &std::path::Path, c: &reqwest::Client) {
+    let runs: usize = env_or("BENCH_RUNS", 41);
+    println!("\n## Cached-mode /metrics over loopback\n");
+    println!(
+        "| exporter | jobs | gzip | bytes | p50 | p99 | runs | RSS after |\n|---|---:|---|---:|---:|---:|---:|---:|"
+    );
+    for n in env_list("BENCH_JOBS", &[1_000, 10_000, 100_000]) {
+        let runs_n = if n >= 100_000 {
+            (runs / 5).max(9)
+        } else {
+            runs
+        };
+        let scripts = fleet(n, 0.9, 7);
+        let sim = Sim::start(scripts.clone()).await;
+        let settings = Settings {
+            mode: "cached",
+            refresh_interval: "1h",
+            max_concurrency: 64,
+        };
+        let (mut exp, _) = exporter_for(dir, &sim, &scripts, &settings, c).await;
+        let url = format!("{}/metrics", exp.base);
+        for gzip in [false, true] {
+            let s = scrapes(c, &url, gzip, runs_n).await;
+            println!(
+                "| this | {n} | {} | {} | {} | {} | {runs_n} | {} MiB |",
+                if gzip { "yes" } else { "no" },
+                mb(s.bytes),
+                ms(s.p50),
+                ms(s.p99),
+                exp.rss_kib() / 1024
+            );
+        }
+        exp.terminate();
+        drop(sim);
+        if let Some(py) = python() {
+            let peer = start_python(&py, n);
+            wait_ok(
+                c,
+                &format!("{}/metrics", peer.base),
+                Duration::from_secs(600),
+            )
+            .await;
+            let py_runs = if n >= 100_000 {
+                3
+            } else if n >= 10_000 {
+                (runs / 4).max(5)
+            } else {
+                runs
+            };
+            for gzip in [false, true] {
+                let s = scrapes(c, &format!("{}/metrics", peer.base), gzip, py_runs).await;
+                println!(
+                    "| python_peer | {n} | {} | {} | {} | {} | {py_runs} | {} MiB |",
+                    if gzip { "yes" } else { "no" },
+                    mb(s.bytes),
+                    ms(s.p50),
+                    ms(s.p99),
+                    peer.rss_kib() / 1024
+                );
+            }
+        }
+    }
+}
+
+/// Samples the simulator's request total until it has not moved for `quiet`; returns it.
+async fn settle(sim: &Simulator, quiet: Duration, limit: Duration) -> u64 {
+    let started = Instant::now();
+    let mut last = sim.requests_total();
+    let mut since = Instant::now();
+    while started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let now = sim.requests_total();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return now;
+        }
+    }
+    last
+}
+
+/// Waits for the next burst of requests, then for it to end; returns the new total.
+async fn next_round(sim: &Simulator, from: u64, quiet: Duration, limit: Duration) -> u64 {
+    let started = Instant::now();
+    while sim.requests_total() == from && started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    settle(sim, quiet, limit).await
+}
+
+/// Point 2: upstream calls per refresh for a fleet where 90% of the jobs are finished.
+async fn upstream(dir: &std::path::Path, c: &reqwest::Client) {
+    let n = 10_000;
+    let scripts = fleet(n, 0.9, 11);
+    let sim = Sim::start(scripts.clone()).await;
+    let t = sim.sim.now_secs();
+    let active = scripts
+        .iter()
+        .filter(|s| !matches!(s.status(t), "SUCCESS" | "FAIL"))
+        .count();
+    let settings = Settings {
+        mode: "cached",
+        refresh_interval: "2s",
+        max_concurrency: 64,
+    };
+    let (mut exp, _) = exporter_for(dir, &sim, &scripts, &settings, c).await;
+    let quiet = Duration::from_millis(700);
+    let limit = Duration::from_secs(60);
+    let first = settle(&sim.sim, quiet, limit).await;
+    let mut rounds = Vec::new();
+    let mut total = first;
+    for _ in 0..5 {
+        let next = next_round(&sim.sim, total, quiet, limit).await;
+        rounds.push(next - total);
+        total = next;
+    }
+    exp.terminate();
+    let terminal_requests: u64 = scripts
+        .iter()
+        .filter(|s| matches!(s.status(t), "SUCCESS" | "FAIL"))
+        .map(|s| sim.sim.requests_for(&s.job_id))
+        .sum();
+    println!("\n## Upstream calls per refresh\n");
+    println!(
+        "| tracked | active | terminal | first refresh | refreshes 2–6 | requests to terminal jobs after 6 refreshes |\n|---:|---:|---:|---:|---|---:|"
+    );
+    println!(
+        "| {n} | {active} | {} | {first} | {} | {terminal_requests} |",
+        n - active,
+        rounds
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
+/// Point 3: on-demand collection time against ceil(n / concurrency) × latency.
+async fn ondemand(dir: &std::path::Path, c: &reqwest::Client) {
+    let latency_ms = 50u64;
+    let conc = 50usize;
+    println!("\n## On-demand scrape, {latency_ms} ms upstream latency, concurrency {conc}\n");
+    println!(
+        "| active jobs | ideal ceil(n/{conc})×{latency_ms} ms | p50 | p99 | runs | p50 / ideal |\n|---:|---:|---:|---:|---:|---:|"
+    );
+    for n in env_list("BENCH_ONDEMAND_JOBS", &[100, 1_000, 10_000]) {
+        let scripts = fleet(n, 0.0, 13);
+        let sim = Sim::start(scripts.clone()).await;
+        for s in &scripts {
+            sim.sim
+                .set_job_fault(&s.job_id, Some(Fault::Latency { ms: latency_ms }));
+        }
+        let settings = Settings {
+            mode: "on_demand",
+            refresh_interval: "30s",
+            max_concurrency: conc,
+        };
+        let (mut exp, _) = exporter_for(dir, &sim, &scripts, &settings, c).await;
+        let runs = if n >= 10_000 { 3 } else { 11 };
+        let s = scrapes(c, &format!("{}/metrics", exp.base), false, runs).await;
+        let ideal = Duration::from_millis(n.div_ceil(conc) as u64 * latency_ms);
+        println!(
+            "| {n} | {} | {} | {} | {runs} | {:.2}× |",
+            ms(ideal),
+            ms(s.p50),
+            ms(s.p99),
+            s.p50.as_secs_f64() / ideal.as_secs_f64()
+        );
+        exp.terminate();
+    }
+}
+
+/// Point 4: RSS after an hour of refreshes (fast-forwarded: a short interval, many rounds).
+async fn memory(dir: &std::path::Path, c: &reqwest::Client) {
+    let rounds: u64 = env_or("BENCH_ROUNDS", 120);
+    println!(
+        "\n## Memory: RSS of the exporter, 90% of jobs finished, {rounds} refreshes at a 250 ms interval\n"
+    );
+    println!(
+        "| tracked | ready | after 1 scrape | after {} refreshes | after {rounds} refreshes | after 5 more scrapes |\n|---:|---:|---:|---:|---:|---:|",
+        rounds / 2
+    );
+    let mut per = Vec::new();
+    for n in env_list("BENCH_MEMORY_JOBS", &[10_000, 100_000]) {
+        let scripts = fleet(n, 0.9, 17);
+        let sim = Sim::start(scripts.clone()).await;
+        let t = sim.sim.now_secs();
+        let active = scripts
+            .iter()
+            .filter(|s| !matches!(s.status(t), "SUCCESS" | "FAIL"))
+            .count() as u64;
+        let settings = Settings {
+            mode: "cached",
+            refresh_interval: "250ms",
+            max_concurrency: 64,
+        };
+        let (mut exp, _) = exporter_for(dir, &sim, &scripts, &settings, c).await;
+        let url = format!("{}/metrics", exp.base);
+        let ready = exp.rss_kib();
+        scrape(c, &url, false).await;
+        let scraped = exp.rss_kib();
+        let wait_for = |k: u64| n as u64 + (k - 1) * active;
+        let limit = Instant::now() + Duration::from_secs(1800);
+        while sim.sim.requests_total() < wait_for(rounds / 2) && Instant::now() < limit {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let half = exp.rss_kib();
+        while sim.sim.requests_total() < wait_for(rounds) && Instant::now() < limit {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let full = exp.rss_kib();
+        for _ in 0..5 {
+            scrape(c, &url, false).await;
+        }
+        let after = exp.rss_kib();
+        println!(
+            "| {n} | {} MiB | {} MiB | {} MiB | {} MiB | {} MiB |",
+            ready / 1024,
+            scraped / 1024,
+            half / 1024,
+            full / 1024,
+            after / 1024
+        );
+        per.push((n, after));
+        exp.terminate();
+    }
+    if let [(n1, r1), (n2, r2)] = per[..] {
+        println!(
+            "\nMarginal bytes per tracked job ({n1} → {n2}): {:.0}",
+            (r2 as f64 - r1 as f64) * 1024.0 / (n2 - n1) as f64
+        );
+    }
+}
+
+/// Point 5: CPU of an idle cached exporter (no scrapes), 30 s refresh.
+async fn idle(dir: &std::path::Path, c: &reqwest::Client) {
+    let secs: u64 = env_or("BENCH_IDLE_SECS", 60);
+    println!("\n## Idle CPU, cached, 30 s refresh, no scrapes, {secs} s window\n");
+    println!(
+        "| tracked | finished | CPU time in window | share of one core |\n|---:|---:|---:|---:|"
+    );
+    for share in [0.9, 0.0] {
+        let n = 10_000;
+        let scripts = fleet(n, share, 19);
+        let sim = Sim::start(scripts.clone()).await;
+        let settings = Settings {
+            mode: "cached",
+            refresh_interval: "30s",
+            max_concurrency: 16,
+        };
+        let (mut exp, _) = exporter_for(dir, &sim, &scripts, &settings, c).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let t0 = exp.cpu_ticks();
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let ticks = exp.cpu_ticks() - t0;
+        let wall = started.elapsed().as_secs_f64();
+        println!(
+            "| {n} | {:.0}% | {:.2} s | {:.2}% |",
+            share * 100.0,
+            ticks as f64 / 100.0,
+            ticks as f64 / 100.0 / wall * 100.0
+        );
+        exp.terminate();
+    }
+}
+
+/// Point 6: the exporter under `BENCH_WRAPPER` (callgrind): first refresh of 10,000 jobs (all
+/// active), one more refresh, then 5 scrapes; then a clean stop so the profile is written.
+async fn profile(dir: &std::path::Path, c: &reqwest::Client) {
+    let n: usize = env_or("BENCH_PROFILE_JOBS", 10_000);
+    let scripts = fleet(n, 0.0, 23);
+    let sim = Sim::start(scripts.clone()).await;
+    let settings = Settings {
+        mode: "cached",
+        refresh_interval: "60s",
+        max_concurrency: 16,
+    };
+    let (mut exp, ready) = exporter_for(dir, &sim, &scripts, &settings, c).await;
+    let url = format!("{}/metrics", exp.base);
+    for gzip in [false, false, false, false, true] {
+        scrape(c, &url, gzip).await;
+    }
+    let requests = settle(
+        &sim.sim,
+        Duration::from_millis(500),
+        Duration::from_secs(60),
+    )
+    .await;
+    let _ = next_round(
+        &sim.sim,
+        requests,
+        Duration::from_secs(2),
+        Duration::from_secs(600),
+    )
+    .await;
+    exp.terminate();
+    println!(
+        "profiled: first refresh ready after {:.1} s, 5 scrapes, 2 refreshes; {} upstream requests",
+        ready.as_secs_f64(),
+        sim.sim.requests_total()
+    );
+}
+
+fn main() {
+    let what: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let all = what.is_empty() || what.iter().any(|w| w == "all");
+    let wants = |w: &str| all && w != "profile" || what.iter().any(|x| x == w);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = client();
+    println!(
+        "exporter: {}\npython peer: {}",
+        exporter_path(),
+        python().unwrap_or_else(|| "not run (set BENCH_PYTHON)".into())
+    );
+    let _ = std::io::stdout().flush();
+    rt.block_on(async {
+        if wants("latency") {
+            latency(dir.path(), &c).await;
+        }
+        if wants("upstream") {
+            upstream(dir.path(), &c).await;
+        }
+        if wants("ondemand") {
+            ondemand(dir.path(), &c).await;
+        }
+        if wants("memory") {
+            memory(dir.path(), &c).await;
+        }
+        if wants("idle") {
+            idle(dir.path(), &c).await;
+        }
+        if wants("profile") {
+            profile(dir.path(), &c).await;
+        }
+    });
+}

@@ -1,0 +1,459 @@
+//! What is tracked, and changes to it while running: configuration reloads (file changes,
+//! SIGHUP, `POST /-/reload`) and the registration API (`/api/v1/jobs`). Both end in
+//! [`Control::apply`], which hands the poller the configured jobs plus the registered ones.
+//!
+//! A reload that fails keeps everything running as before, logs the error and sets
+//! `huaweicloud_job_exporter_config_last_reload_successful` to 0.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::cloud::{self, auth::Provider};
+use crate::config::{self, Config};
+use crate::poller::{Poller, TargetJobs};
+use crate::registry::{JobRef, Registry};
+use crate::shard::Shard;
+use crate::telemetry::Telemetry;
+
+/// How often the configuration files are checked for changes.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Environment lookups for secrets on reload.
+pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Why the registration API refused a request. Each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The API is not configured (`api.token_file`).
+    #[error("the registration API is disabled: set api.token_file in the configuration")]
+    Disabled,
+    /// Missing or wrong bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// A field is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// No configured target has this service, region and project.
+    #[error(
+        "no configured target for {0}; registrations must name a configured cloud_service, cloud_region and project_id"
+    )]
+    UnknownTarget(String),
+    /// Another shard owns the job.
+    #[error("job belongs to shard {shard} of {total}")]
+    OtherShard {
+        /// The owner.
+        shard: u32,
+        /// Number of shards.
+        total: u32,
+        /// Where to send it, when `--shard.url-template` is set.
+        location: Option<String>,
+    },
+    /// The job is not registered (it may be in the configuration file).
+    #[error("not registered through the API")]
+    NotFound,
+    /// The state file could not be written; nothing was acknowledged.
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// A tracked job as `GET /api/v1/jobs` lists it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Listed {
+    /// Service.
+    pub cloud_service: String,
+    /// Region.
+    pub cloud_region: String,
+    /// Project.
+    pub project_id: String,
+    /// Job id.
+    pub job_id: String,
+    /// `config` or `api`.
+    pub source: &'static str,
+    /// False for a registration another shard owns (left over from a resharding; DELETE it
+    /// and register it again).
+    pub tracked: bool,
+}
+
+struct Current {
+    config: Config,
+    providers: BTreeMap<String, (config::AccountAuth, Arc<Provider>)>,
+}
+
+/// The tracked set's owner.
+pub struct Control {
+    current: Mutex<Current>,
+    env: Env,
+    client: cloud::Client,
+    registry: Registry,
+    poller: Poller,
+    telemetry: Arc<Telemetry>,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Compares in time independent of where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Control {
+    /// Takes over `config` and `registry`, and gives the poller its jobs.
+    pub fn new(
+        config: Config,
+        env: Env,
+        client: cloud::Client,
+        registry: Registry,
+        poller: Poller,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
+        let control = Self {
+            current: Mutex::new(Current {
+                config,
+                providers: BTreeMap::new(),
+            }),
+            env,
+            client,
+            registry,
+            poller,
+            telemetry,
+        };
+        control.apply();
+        control.telemetry.config_reload_ok.set(1);
+        control.telemetry.config_reload_ts.set(unix_now());
+        control
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands the poller the configured jobs plus the registered ones.
+    pub fn apply(&self) {
+        let registered = self.registry.jobs();
+        let targets: TargetJobs = {
+            let mut cur = self.lock();
+            let cur = &mut *cur;
+            // Keep providers (and their token caches) of accounts whose credentials did not change.
+            let mut providers = BTreeMap::new();
+            for (name, account) in &cur.config.accounts {
+                let provider = match cur.providers.remove(name) {
+                    Some((auth, p)) if auth == account.auth => p,
+                    _ => {
+                        tracing::info!(account = %name, source = account.auth.source(), "credentials");
+                        Arc::new(self.client.provider(account))
+                    }
+                };
+                providers.insert(name.clone(), (account.auth.clone(), provider));
+            }
+            cur.providers = providers;
+            let mut claimed = vec![false; registered.len()];
+            cur.config
+                .targets
+                .iter()
+                .filter_map(|t| {
+                    let (_, provider) = cur.providers.get(&t.account)?;
+                    let mut jobs = t.jobs.clone();
+                    for (i, r) in registered.iter().enumerate() {
+                        if !claimed[i]
+                            && r.cloud_service == t.cloud_service
+                            && r.cloud_region == t.cloud_region
+                            && r.project_id == t.project_id
+                        {
+                            claimed[i] = true;
+                            jobs.push(r.job_id.clone());
+                        }
+                    }
+                    Some((
+                        Arc::new(cloud::Target::with_provider(t, Arc::clone(provider))),
+                        jobs,
+                    ))
+                })
+                .collect()
+        };
+        let (added, removed) = self.poller.set_jobs(targets);
+        if added + removed > 0 {
+            tracing::info!(
+                added,
+                removed,
+                tracked = self.poller.job_count(),
+                "tracked jobs changed"
+            );
+        }
+    }
+
+    /// Reads the configuration file again and applies it. On failure everything stays as it
+    /// was.
+    pub fn reload(&self) -> Result<(), String> {
+        let path = self.lock().config.path.clone();
+        let Some(path) = path else {
+            return Err("the configuration was not loaded from a file".into());
+        };
+        let env = Arc::clone(&self.env);
+        match Config::load(&path, &move |k| env(k)) {
+            Ok(mut fresh) => {
+                {
+                    let mut cur = self.lock();
+                    fresh.shard = cur.config.shard;
+                    fresh.shard_url_template = cur.config.shard_url_template.clone();
+                    if fresh.restart_settings() != cur.config.restart_settings() {
+                        tracing::warn!(
+                            "global settings changed; accounts, targets and jobs are applied now, the rest at the next restart"
+                        );
+                        // Keep the running settings so that what is reported matches what runs.
+                        fresh.mode = cur.config.mode;
+                        fresh.refresh_interval = cur.config.refresh_interval;
+                        fresh.scrape_timeout = cur.config.scrape_timeout;
+                        fresh.request_timeout = cur.config.request_timeout;
+                        fresh.max_concurrency = cur.config.max_concurrency;
+                        fresh.max_requests_per_second = cur.config.max_requests_per_second;
+                        fresh.max_response_bytes = cur.config.max_response_bytes;
+                        fresh.terminal_retention = cur.config.terminal_retention;
+                        fresh.api_token_file = cur.config.api_token_file.clone();
+                        fresh.state_file = cur.config.state_file.clone();
+                    }
+                    cur.config = fresh;
+                }
+                self.apply();
+                self.telemetry.config_reload_ok.set(1);
+                self.telemetry.config_reload_ts.set(unix_now());
+                tracing::info!(config = %path.display(), "configuration reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.telemetry.config_reload_ok.set(0);
+                let msg = e.to_string();
+                tracing::error!(error = %msg, "configuration reload failed; keeping the running configuration");
+                Err(msg)
+            }
+        }
+    }
+
+    /// Drops registrations of jobs that `terminal_retention` removed.
+    fn prune_expired(&self) {
+        let expired: Vec<JobRef> = self
+            .poller
+            .expired()
+            .into_iter()
+            .map(|(cloud_service, cloud_region, project_id, job_id)| JobRef {
+                cloud_service,
+                cloud_region,
+                project_id,
+                job_id,
+            })
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        match self.registry.remove(&expired) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(
+                    removed = n,
+                    "finished registrations past terminal_retention dropped"
+                );
+                self.apply();
+            }
+            Err(e) => tracing::error!(error = %e, "cannot drop expired registrations"),
+        }
+    }
+
+    /// Watches the configuration files and SIGHUP until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut seen = self.lock().config.fingerprint();
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<()>();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = hangup => {
+                    tracing::info!("SIGHUP: reloading");
+                    let _ = self.reload();
+                    seen = self.lock().config.fingerprint();
+                }
+                _ = tokio::time::sleep(WATCH_INTERVAL) => {
+                    let now = self.lock().config.fingerprint();
+                    if now != seen {
+                        tracing::info!("configuration files changed: reloading");
+                        let _ = self.reload();
+                        seen = now;
+                    }
+                    self.prune_expired();
+                }
+            }
+        }
+    }
+
+    /// Checks `Authorization: Bearer …` against the token file, read afresh so it can rotate.
+    pub fn authorize(&self, header: Option<&str>) -> Result<(), ApiError> {
+        let Some(file) = self.lock().config.api_token_file.clone() else {
+            return Err(ApiError::Disabled);
+        };
+        let expected = config::read_secret_file(&file).map_err(|e| {
+            tracing::error!(error = %e, "cannot read the API token file");
+            ApiError::Unauthorized
+        })?;
+        let presented = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        if constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+
+    fn check_ids(job: &JobRef) -> Result<(), ApiError> {
+        for (field, value) in [("project_id", &job.project_id), ("job_id", &job.job_id)] {
+            if !config::is_job_id(value) {
+                return Err(ApiError::Invalid(format!(
+                    "{field}: {value:?} must match [A-Za-z0-9-]{{1,64}}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self, job: &JobRef) -> Result<Shard, ApiError> {
+        Self::check_ids(job)?;
+        let cur = self.lock();
+        let known = cur.config.targets.iter().any(|t| {
+            t.cloud_service == job.cloud_service
+                && t.cloud_region == job.cloud_region
+                && t.project_id == job.project_id
+        });
+        if !known {
+            return Err(ApiError::UnknownTarget(format!(
+                "{}/{}/{}",
+                job.cloud_service, job.cloud_region, job.project_id
+            )));
+        }
+        let shard = cur.config.shard;
+        if !shard.owns(
+            &job.cloud_service,
+            &job.cloud_region,
+            &job.project_id,
+            &job.job_id,
+        ) {
+            let owner = Shard::owner(
+                shard.total,
+                &job.cloud_service,
+                &job.cloud_region,
+                &job.project_id,
+                &job.job_id,
+            );
+            return Err(ApiError::OtherShard {
+                shard: owner,
+                total: shard.total,
+                location: cur
+                    .config
+                    .shard_url_template
+                    .as_ref()
+                    .map(|t| t.replace("{shard}", &owner.to_string())),
+            });
+        }
+        Ok(shard)
+    }
+
+    /// Registers a job; `Ok(true)` if new. Persisted before it returns.
+    pub fn register(&self, job: JobRef) -> Result<bool, ApiError> {
+        self.check(&job)?;
+        let new = self
+            .registry
+            .add(job)
+            .map_err(|e| ApiError::Storage(e.to_string()))?;
+        if new {
+            self.apply();
+        }
+        Ok(new)
+    }
+
+    /// Removes a registration.
+    /// Neither the target nor the shard is checked, so a registration left behind by a
+    /// resharding or a removed target can still be deleted.
+    pub fn unregister(&self, job: &JobRef) -> Result<(), ApiError> {
+        Self::check_ids(job)?;
+        match self.registry.remove(std::slice::from_ref(job)) {
+            Ok(0) => Err(ApiError::NotFound),
+            Ok(_) => {
+                self.apply();
+                Ok(())
+            }
+            Err(e) => Err(ApiError::Storage(e.to_string())),
+        }
+    }
+
+    /// Every job this replica tracks, by where it comes from.
+    pub fn list(&self) -> Vec<Listed> {
+        let cur = self.lock();
+        let shard = cur.config.shard;
+        let mut out: Vec<Listed> = Vec::new();
+        for t in &cur.config.targets {
+            for j in &t.jobs {
+                if shard.owns(&t.cloud_service, &t.cloud_region, &t.project_id, j) {
+                    out.push(Listed {
+                        cloud_service: t.cloud_service.clone(),
+                        cloud_region: t.cloud_region.clone(),
+                        project_id: t.project_id.clone(),
+                        job_id: j.clone(),
+                        source: "config",
+                        tracked: true,
+                    });
+                }
+            }
+        }
+        for r in self.registry.jobs() {
+            let tracked = shard.owns(&r.cloud_service, &r.cloud_region, &r.project_id, &r.job_id)
+                && cur.config.targets.iter().any(|t| {
+                    t.cloud_service == r.cloud_service
+                        && t.cloud_region == r.cloud_region
+                        && t.project_id == r.project_id
+                });
+            out.push(Listed {
+                cloud_service: r.cloud_service,
+                cloud_region: r.cloud_region,
+                project_id: r.project_id,
+                job_id: r.job_id,
+                source: "api",
+                tracked,
+            });
+        }
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}

@@ -1,0 +1,48 @@
+"""Nothing acknowledged is lost: jobs registered through the API survive SIGKILL, and the curl
+example of the README works as written."""
+import signal
+import subprocess
+
+import requests
+
+AK = "DEMOACCESSKEY0000001"
+SK = "demo-secret-key-for-the-simulator-only"
+PROJECT = "0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e"
+TOKEN = "e2e-registration-token"
+
+
+def scenario(n):
+    return [{"job_id": f"reg-{i}", "project_id": PROJECT, "service": "evs", "job_type": "createVolume",
+             "start_secs": -10, "init_secs": 0, "run_secs": 1e9, "outcome": {"result": "success"}}
+            for i in range(n)]
+
+
+def test_acknowledged_registrations_survive_sigkill(start_simulator, start_exporter, tmp_path):
+    sim = start_simulator(scenario=scenario(30))
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    config = (f"mode: on_demand\nmax_requests_per_second: 1000\n"
+              f"api: {{token_file: {tmp_path}/token}}\nstate_file: {tmp_path}/state.json\n"
+              f"accounts: [{{name: a, access_key: {AK}, secret_key: {SK}}}]\n"
+              f"targets: [{{account: a, cloud_service: evs, cloud_region: cn-north-4, project_id: {PROJECT}, "
+              f"endpoint: \"{sim.url}\", jobs: []}}]\n")
+    exp = start_exporter(config)
+    acked = []
+    for i in range(30):
+        # The README's curl example, as a CI pipeline would run it.
+        body = ('{"cloud_service":"evs","cloud_region":"cn-north-4",'
+                f'"project_id":"{PROJECT}","job_id":"reg-{i}"}}')
+        res = subprocess.run(["curl", "-sS", "--fail-with-body", "-X", "POST", f"{exp.url}/api/v1/jobs",
+                              "-H", f"Authorization: Bearer {TOKEN}", "-H", "Content-Type: application/json",
+                              "-d", body], capture_output=True, text=True, timeout=10)
+        assert res.returncode == 0, res.stdout + res.stderr
+        acked.append(f"reg-{i}")
+    exp.process.proc.send_signal(signal.SIGKILL)
+    exp.process.proc.wait(10)
+
+    again = start_exporter(config)
+    listed = requests.get(f"{again.url}/api/v1/jobs", headers={"Authorization": f"Bearer {TOKEN}"},
+                          timeout=10).json()["jobs"]
+    assert sorted(j["job_id"] for j in listed) == sorted(acked)
+    metrics = requests.get(f"{again.url}/metrics", timeout=10).text
+    for job in acked:
+        assert f'job_id="{job}"}} 1' in metrics, job

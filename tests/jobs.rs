@@ -1,0 +1,414 @@
+//! Jobs come and go: reloads (file watch and `POST /-/reload`), the registration API, the state
+//! file, retention of registered jobs, and sharding.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use huaweicloud_job_exporter::config::Config;
+use huaweicloud_job_exporter::shard::Shard;
+use huaweicloud_job_exporter::simulator::{DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Outcome};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-api-token-0123456789";
+
+fn jobs(ids: &[&str], run_secs: f64) -> Vec<huaweicloud_job_exporter::simulator::JobScript> {
+    ids.iter()
+        .map(|id| script(id, "evs", "createVolume", 0.0, run_secs, Outcome::Success))
+        .collect()
+}
+
+fn write_config(dir: &Path, base: &str, extra: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("token"), format!("{TOKEN}\n")).expect("token");
+    let text = format!(
+        r#"
+mode: on_demand
+max_requests_per_second: 1000
+api: {{token_file: {dir}/token}}
+state_file: {dir}/state.json
+jobs_files: ["jobs.d/*.yml"]
+accounts: [{{name: a, access_key: {DEMO_ACCESS_KEY}, secret_key: {DEMO_SECRET_KEY}}}]
+targets:
+  - {{account: a, cloud_service: evs, cloud_region: r, project_id: {PROJECT}, endpoint: "{base}", jobs: [c1]}}
+{extra}"#,
+        dir = dir.display()
+    );
+    std::fs::create_dir_all(dir.join("jobs.d")).expect("mkdir");
+    let path = dir.join("config.yml");
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+fn load(path: &Path) -> Config {
+    Config::load(path, &|_| None).expect("valid config")
+}
+
+fn tracked(text: &str) -> Vec<String> {
+    let mut ids: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("huaweicloud_job_fetch_success{"))
+        .filter_map(|l| l.split("job_id=\"").nth(1))
+        .filter_map(|l| l.split('"').next())
+        .map(str::to_string)
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn api(
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut req = client.request(method, url);
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    if let Some(b) = body {
+        req = req
+            .header("Content-Type", "application/json")
+            .body(b.to_string());
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn job(id: &str) -> Value {
+    json!({"cloud_service": "evs", "cloud_region": "r", "project_id": PROJECT, "job_id": id})
+}
+
+#[tokio::test]
+async fn jobs_files_reload_on_change_and_on_request_and_bad_reloads_keep_running() {
+    let (_sim, base, stop) = simulator(jobs(&["c1", "f1", "f2"], 1e12)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), &base, "");
+    let exp = exporter(load(&path)).await;
+    assert_eq!(tracked(&exp.metrics().await), vec!["c1"]);
+
+    // A new jobs file: picked up by the watcher.
+    std::fs::write(
+        dir.path().join("jobs.d/team.yml"),
+        format!("targets:\n  - {{account: a, cloud_service: evs, cloud_region: r, project_id: {PROJECT}, endpoint: \"{base}\", jobs: [f1]}}\n"),
+    )
+    .expect("jobs file");
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        seen = tracked(&exp.metrics().await);
+        if seen.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(seen, vec!["c1", "f1"]);
+
+    // An edit applied at once by POST /-/reload; f1 removed, f2 added.
+    std::fs::write(
+        dir.path().join("jobs.d/team.yml"),
+        format!("targets:\n  - {{account: a, cloud_service: evs, cloud_region: r, project_id: {PROJECT}, endpoint: \"{base}\", jobs: [f2]}}\n"),
+    )
+    .expect("jobs file");
+    let (status, _) = api(reqwest::Method::POST, exp.url("/-/reload"), None, None).await;
+    assert_eq!(status, 200);
+    let text = exp.metrics().await;
+    assert_eq!(tracked(&text), vec!["c1", "f2"]);
+    assert_eq!(
+        value(
+            &text,
+            "huaweicloud_job_exporter_config_last_reload_successful"
+        ),
+        Some(1.0)
+    );
+
+    // A broken file: the reload fails, everything keeps running, the gauge says so.
+    std::fs::write(
+        dir.path().join("jobs.d/team.yml"),
+        "targets: [{jobs: [\"bad id\"]}]\n",
+    )
+    .expect("write");
+    let (status, body) = api(reqwest::Method::POST, exp.url("/-/reload"), None, None).await;
+    assert_eq!(status, 500);
+    assert!(
+        body.as_str().unwrap_or_default().contains("team.yml"),
+        "{body}"
+    );
+    let text = exp.metrics().await;
+    assert_eq!(tracked(&text), vec!["c1", "f2"]);
+    assert_eq!(
+        value(
+            &text,
+            "huaweicloud_job_exporter_config_last_reload_successful"
+        ),
+        Some(0.0)
+    );
+    exp.shutdown().await;
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn registration_api_validates_persists_and_lists() {
+    let (_sim, base, stop) = simulator(jobs(&["c1", "r1", "r2"], 1e12)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), &base, "");
+    let exp = exporter(load(&path)).await;
+    let url = exp.url("/api/v1/jobs");
+    use reqwest::Method;
+
+    assert_eq!(
+        api(Method::POST, url.clone(), None, Some(job("r1")))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        api(Method::POST, url.clone(), Some("wrong"), Some(job("r1")))
+            .await
+            .0,
+        401
+    );
+    let (status, body) = api(Method::POST, url.clone(), Some(TOKEN), Some(job("bad/id"))).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("job_id"),
+        "{body}"
+    );
+    let mut other = job("r1");
+    other["cloud_region"] = json!("elsewhere");
+    let (status, body) = api(Method::POST, url.clone(), Some(TOKEN), Some(other)).await;
+    assert_eq!(status, 404);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("evs/elsewhere"),
+        "{body}"
+    );
+    // The API never takes a URL or host: unknown fields are refused.
+    let mut with_url = job("r1");
+    with_url["endpoint"] = json!("https://attacker.example");
+    assert_eq!(
+        api(Method::POST, url.clone(), Some(TOKEN), Some(with_url))
+            .await
+            .0,
+        400
+    );
+    let huge = json!({"cloud_service": "x".repeat(20_000)});
+    assert_eq!(
+        api(Method::POST, url.clone(), Some(TOKEN), Some(huge))
+            .await
+            .0,
+        413
+    );
+
+    let (status, body) = api(Method::POST, url.clone(), Some(TOKEN), Some(job("r1"))).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        api(Method::POST, url.clone(), Some(TOKEN), Some(job("r1")))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        api(Method::POST, url.clone(), Some(TOKEN), Some(job("r2")))
+            .await
+            .0,
+        201
+    );
+    // Persisted before the answer.
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("state.json")).expect("state file"),
+    )
+    .expect("json");
+    assert_eq!(state["jobs"].as_array().map(Vec::len), Some(2));
+    assert_eq!(tracked(&exp.metrics().await), vec!["c1", "r1", "r2"]);
+    let (_, list) = api(Method::GET, url.clone(), Some(TOKEN), None).await;
+    let sources: Vec<(String, String)> = list["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| {
+            (
+                j["job_id"].as_str().unwrap_or_default().into(),
+                j["source"].as_str().unwrap_or_default().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sources,
+        vec![
+            ("c1".into(), "config".into()),
+            ("r1".into(), "api".into()),
+            ("r2".into(), "api".into())
+        ]
+    );
+
+    let del = exp.url(&format!("/api/v1/jobs/evs/r/{PROJECT}/r1"));
+    assert_eq!(
+        api(Method::DELETE, del.clone(), Some(TOKEN), None).await.0,
+        204
+    );
+    assert_eq!(api(Method::DELETE, del, Some(TOKEN), None).await.0, 404);
+    assert_eq!(tracked(&exp.metrics().await), vec!["c1", "r2"]);
+    exp.shutdown().await;
+
+    // A new process from the same state file tracks what was acknowledged.
+    let again = exporter(load(&path)).await;
+    assert_eq!(tracked(&again.metrics().await), vec!["c1", "r2"]);
+    again.shutdown().await;
+
+    // A corrupt state file stops startup with a clear message.
+    std::fs::write(
+        dir.path().join("state.json"),
+        "{\"version\": 1, \"jobs\": [",
+    )
+    .expect("write");
+    let err = huaweicloud_job_exporter::Exporter::bind(
+        load(&path),
+        huaweicloud_job_exporter::WebOptions {
+            listen_address: "127.0.0.1:0".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .err()
+    .expect("refuses to start");
+    assert!(err.to_string().contains("state.json"), "{err}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn registered_jobs_leave_metrics_and_state_after_retention() {
+    let (_sim, base, stop) = simulator(jobs(&["c1", "done"], 10.0)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), &base, "terminal_retention: 1s\n");
+    let exp = exporter(load(&path)).await;
+    let url = exp.url("/api/v1/jobs");
+    assert_eq!(
+        api(reqwest::Method::POST, url, Some(TOKEN), Some(job("done")))
+            .await
+            .0,
+        201
+    );
+    let first = exp.metrics().await;
+    assert_eq!(tracked(&first), vec!["c1", "done"]);
+    let counted = format!(
+        "huaweicloud_jobs{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_type=\"createVolume\",status=\"SUCCESS\"}}"
+    );
+    assert_eq!(value(&first, &counted), Some(2.0));
+    let histogram = format!(
+        "huaweicloud_job_completed_duration_seconds_count{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_type=\"createVolume\",status=\"SUCCESS\"}}"
+    );
+    assert_eq!(value(&first, &histogram), Some(2.0));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let after = exp.metrics().await;
+    assert!(tracked(&after).is_empty(), "{:?}", tracked(&after));
+    assert_eq!(
+        value(&after, &histogram),
+        Some(2.0),
+        "counters stay monotonic"
+    );
+    // The watcher drops the expired registration from the state file.
+    let mut left = usize::MAX;
+    for _ in 0..40 {
+        let state: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("state.json")).expect("state"),
+        )
+        .expect("json");
+        left = state["jobs"].as_array().map_or(usize::MAX, Vec::len);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(left, 0);
+    // A reload does not bring the finished config job back, nor count it again.
+    let (status, _) = api(reqwest::Method::POST, exp.url("/-/reload"), None, None).await;
+    assert_eq!(status, 200);
+    let reloaded = exp.metrics().await;
+    assert!(tracked(&reloaded).is_empty());
+    assert_eq!(value(&reloaded, &histogram), Some(2.0));
+    exp.shutdown().await;
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn shards_split_the_jobs_and_redirect_registrations() {
+    let ids: Vec<String> = (0..40).map(|i| format!("job-{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let (_sim, base, stop) = simulator(jobs(&refs, 1e12)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+    let text = format!(
+        "mode: on_demand\nmax_requests_per_second: 1000\napi: {{token_file: {}/token}}\naccounts: [{{name: a, access_key: {DEMO_ACCESS_KEY}, secret_key: {DEMO_SECRET_KEY}}}]\ntargets: [{{account: a, cloud_service: evs, cloud_region: r, project_id: {PROJECT}, endpoint: \"{base}\", jobs: {ids:?}}}]\n",
+        dir.path().display()
+    );
+    let mut all = Vec::new();
+    let mut exporters = Vec::new();
+    for index in 0..3 {
+        let mut cfg = config(&text);
+        cfg.shard = Shard { index, total: 3 };
+        cfg.shard_url_template = Some("http://shard-{shard}.example:10037".into());
+        let exp = exporter(cfg).await;
+        let mine = tracked(&exp.metrics().await);
+        assert!(!mine.is_empty());
+        all.extend(mine);
+        exporters.push(exp);
+    }
+    all.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(all, expected, "every job exactly once across the shards");
+
+    // Registering on the wrong replica says where the job belongs.
+    let owner = Shard::owner(3, "evs", "r", PROJECT, "new-job");
+    let wrong = (owner + 1) % 3;
+    let (status, body) = api(
+        reqwest::Method::POST,
+        exporters[wrong as usize].url("/api/v1/jobs"),
+        Some(TOKEN),
+        Some(job("new-job")),
+    )
+    .await;
+    assert_eq!(status, 307);
+    assert_eq!(body["shard"], owner);
+    assert_eq!(
+        body["location"],
+        format!("http://shard-{owner}.example:10037/api/v1/jobs")
+    );
+    let (status, _) = api(
+        reqwest::Method::POST,
+        exporters[owner as usize].url("/api/v1/jobs"),
+        Some(TOKEN),
+        Some(job("new-job")),
+    )
+    .await;
+    assert_eq!(status, 201);
+    // Deleting is not refused for ownership, so a leftover of a resharding can be removed.
+    let del = format!("/api/v1/jobs/evs/r/{PROJECT}/new-job");
+    let (status, _) = api(
+        reqwest::Method::DELETE,
+        exporters[wrong as usize].url(&del),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "not registered there, and not 421");
+    for exp in exporters {
+        exp.shutdown().await;
+    }
+    stop.cancel();
+}
