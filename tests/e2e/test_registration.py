@@ -1,6 +1,7 @@
 """Nothing acknowledged is lost: jobs registered through the API survive SIGKILL, and the curl
 example of the README works as written."""
 import signal
+import time
 import subprocess
 
 import requests
@@ -46,3 +47,26 @@ def test_acknowledged_registrations_survive_sigkill(start_simulator, start_expor
     metrics = requests.get(f"{again.url}/metrics", timeout=10).text
     for job in acked:
         assert f'job_id="{job}"}} 1' in metrics, job
+
+
+def test_sighup_reloads_the_jobs_files(start_simulator, start_exporter, tmp_path):
+    sim = start_simulator(scenario=scenario(3))
+    jobs_d = tmp_path / "jobs.d"
+    jobs_d.mkdir()
+    target = (f"{{account: a, cloud_service: evs, cloud_region: cn-north-4, project_id: {PROJECT}, "
+              f"endpoint: \"{sim.url}\", jobs: [JOBS]}}")
+    config = (f"mode: on_demand\nmax_requests_per_second: 1000\njobs_files: [\"jobs.d/*.yml\"]\n"
+              f"accounts: [{{name: a, access_key: {AK}, secret_key: {SK}}}]\n"
+              f"targets: [{target.replace('JOBS', 'reg-0')}]\n")
+    exp = start_exporter(config)
+    assert 'job_id="reg-1"' not in requests.get(f"{exp.url}/metrics", timeout=10).text
+    (jobs_d / "more.yml").write_text(f"targets: [{target.replace('JOBS', 'reg-1, reg-2')}]\n")
+    exp.process.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 20
+    while time.time() < deadline and "SIGHUP: reloading" not in exp.process.output():
+        time.sleep(0.1)
+    assert "SIGHUP: reloading" in exp.process.output()
+    metrics = requests.get(f"{exp.url}/metrics", timeout=10).text
+    for job in ("reg-0", "reg-1", "reg-2"):
+        assert f'job_id="{job}"}} 1' in metrics, job
+    assert "huaweicloud_job_exporter_config_last_reload_successful 1" in metrics
