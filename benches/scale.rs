@@ -251,12 +251,11 @@ fn start_exporter(config: &std::path::Path) -> Proc {
 
 fn start_python(python: &str, n: usize) -> Proc {
     let port = free_port();
-    let peer = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/peers/python_peer.py"
-    );
+    let peer = std::env::var("BENCH_PEER").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/peers/python_peer.py").to_string()
+    });
     let child = Command::new(python)
-        .args([peer, "serve", &n.to_string(), &port.to_string()])
+        .args([peer.as_str(), "serve", &n.to_string(), &port.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -347,13 +346,9 @@ async fn exporter_for(
     c: &reqwest::Client,
 ) -> (Proc, Duration) {
     let config = write_config(dir, sim, scripts, s);
-    let exp = start_exporter(&config);
-    let ready = wait_ok(
-        c,
-        &format!("{}/-/ready", exp.base),
-        Duration::from_secs(1800),
-    )
-    .await;
+    let mut exp = start_exporter(&config);
+    let url = format!("{}/-/ready", exp.base);
+    let ready = wait_ok(c, &mut exp, &url, Duration::from_secs(1800)).await;
     (exp, ready)
 }
 
@@ -397,13 +392,9 @@ async fn latency(dir: &std::path::Path, c: &reqwest::Client) {
         exp.terminate();
         drop(sim);
         if let Some(py) = python() {
-            let peer = start_python(&py, n);
-            wait_ok(
-                c,
-                &format!("{}/metrics", peer.base),
-                Duration::from_secs(600),
-            )
-            .await;
+            let mut peer = start_python(&py, n);
+            let url = format!("{}/metrics", peer.base);
+            wait_ok(c, &mut peer, &url, Duration::from_secs(600)).await;
             let py_runs = if n >= 100_000 {
                 3
             } else if n >= 10_000 {

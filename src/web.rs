@@ -245,8 +245,18 @@ pub fn load(path: &Path) -> Result<Settings> {
         field: "(file)".into(),
         message: "not UTF-8".into(),
     })?;
-    let cfg = parse_file(&text, &file)?;
     let dir = path.parent().unwrap_or(Path::new("."));
+    let mut settings = parse(&text, &file, dir)?;
+    settings.fingerprint = fp;
+    Ok(settings)
+}
+
+/// Validates a web configuration held in memory: `file` names it in errors and `dir` anchors
+/// relative certificate paths (which are read). The fuzz target enters here.
+pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Settings> {
+    let file = file.to_string();
+    let cfg = parse_file(text, &file)?;
+    let fp: [u8; 32] = Sha256::digest(text.as_bytes()).into();
     let invalid = |field: &str, message: String| Error::Invalid {
         file: file.clone(),
         field: field.to_string(),
