@@ -1,0 +1,48 @@
+//! Helpers shared by the fuzz targets.
+
+use serde_norway::Value;
+
+/// True if the document names no file outside /nonexistent.
+pub fn names_no_real_file(v: &Value) -> bool {
+    match v {
+        Value::Sequence(items) => items.iter().all(names_no_real_file),
+        Value::Tagged(t) => names_no_real_file(&t.value),
+        Value::Mapping(m) => m.iter().all(|(k, v)| {
+            // Keys become field names as strings; a key of another kind can only be an unknown
+            // field, but skip such documents rather than reason about it.
+            let Some(key) = as_str(k) else {
+                return false;
+            };
+            // `file` secrets and any `*_file` path (e.g. a credentials profile) must be under
+            // /nonexistent; `*_files` globs (jobs_files) relative, anchored at /nonexistent.
+            let ok = if key.ends_with("files") {
+                match untag(v) {
+                    Value::Sequence(globs) => globs.iter().all(|g| {
+                        as_str(g).is_some_and(|p| !p.starts_with('/') && !p.contains(".."))
+                    }),
+                    _ => false,
+                }
+            } else if key.ends_with("file") {
+                as_str(v).is_some_and(|p| p.starts_with("/nonexistent/") && !p.contains(".."))
+            } else {
+                true
+            };
+            ok && names_no_real_file(v)
+        }),
+        _ => true,
+    }
+}
+
+fn untag(v: &Value) -> &Value {
+    match v {
+        Value::Tagged(t) => untag(&t.value),
+        other => other,
+    }
+}
+
+fn as_str(v: &Value) -> Option<&str> {
+    match untag(v) {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
