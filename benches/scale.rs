@@ -252,7 +252,11 @@ fn start_exporter(config: &std::path::Path) -> Proc {
 fn start_python(python: &str, n: usize) -> Proc {
     let port = free_port();
     let peer = std::env::var("BENCH_PEER").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/peers/python_peer.py").to_string()
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/peers/python_peer.py"
+        )
+        .to_string()
     });
     let child = Command::new(python)
         .args([peer.as_str(), "serve", &n.to_string(), &port.to_string()])

@@ -61,12 +61,16 @@ pub fn router(
         .route("/-/ready", get(ready))
         .route("/-/reload", post(reload).put(reload))
         .merge(api)
+        // Fastest level: at the default level gzip took 340 ms for the 33 MB of 10,000 jobs,
+        // against 19 ms for the text itself (issue 7, callgrind); the fastest level is several
+        // times quicker for a body still about a tenth of the size.
         .layer(
             CompressionLayer::new()
                 .gzip(true)
                 .no_br()
                 .no_deflate()
-                .no_zstd(),
+                .no_zstd()
+                .quality(tower_http::CompressionLevel::Fastest),
         )
         .with_state(app)
 }
@@ -98,39 +102,7 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
         .chain(std::iter::once(bytes::Bytes::from(own)))
         .map(Ok::<_, std::convert::Infallible>);
     let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
-    let response = ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response();
-    gzip_fastest(&headers, response).await
-}
-
-/// Gzips `response` at the fastest level when the request accepts gzip. At the default level
-/// gzip took 340 ms for the 33 MB of 10,000 jobs, against 19 ms for the text itself (issue 7);
-/// the fastest level is several times quicker for a body that is still about a tenth of the
-/// size. The router's compression layer leaves a response that already has a
-/// `Content-Encoding` alone.
-async fn gzip_fastest(headers: &HeaderMap, response: Response) -> Response {
-    use tower::{Layer as _, ServiceExt as _};
-    let Some(accept) = headers.get(header::ACCEPT_ENCODING) else {
-        return response;
-    };
-    let mut request = axum::http::Request::new(());
-    request
-        .headers_mut()
-        .insert(header::ACCEPT_ENCODING, accept.clone());
-    let mut response = Some(response);
-    let service = CompressionLayer::new()
-        .gzip(true)
-        .no_br()
-        .no_deflate()
-        .no_zstd()
-        .quality(tower_http::CompressionLevel::Fastest)
-        .layer(tower::service_fn(move |_: axum::http::Request<()>| {
-            let r = response.take().unwrap_or_default();
-            async move { Ok::<_, std::convert::Infallible>(r) }
-        }));
-    match service.oneshot(request).await {
-        Ok(r) => r.map(axum::body::Body::new),
-        Err(never) => match never {},
-    }
+    ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response()
 }
 
 async fn ready(State(app): State<App>) -> Response {
