@@ -517,16 +517,9 @@ pub fn render_job(v: &JobView<'_>) -> JobText {
         }
         close(&text, PerJob::SubjobStatus);
     } else {
-        for f in [
-            PerJob::Status,
-            PerJob::Begin,
-            PerJob::End,
-            PerJob::Duration,
-            PerJob::FailureInfo,
-            PerJob::EntityInfo,
-            PerJob::SubjobStatus,
-        ] {
-            close(&text, f);
+        // Never fetched: every job-detail section is empty (all but the two fetch families).
+        for f in &ALL_PER_JOB[..PerJob::FetchSuccess as usize] {
+            close(&text, *f);
         }
     }
     tail(&mut text, &[], f64::from(u8::from(v.fetch_ok)));

@@ -9,17 +9,7 @@ use libfuzzer_sys::fuzz_target;
 
 const TARGET_LABELS: &str = r#"cloud_service="evs",cloud_region="cn-north-4",project_id="p1""#;
 
-const SECTIONS: [PerJob; 9] = [
-    PerJob::Status,
-    PerJob::Begin,
-    PerJob::End,
-    PerJob::Duration,
-    PerJob::FailureInfo,
-    PerJob::EntityInfo,
-    PerJob::SubjobStatus,
-    PerJob::FetchSuccess,
-    PerJob::LastFetchSuccess,
-];
+const SECTIONS: [PerJob; 9] = huaweicloud_job_exporter::exposition::ALL_PER_JOB;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(job) = decode_job(data) else {
