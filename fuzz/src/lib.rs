@@ -2,6 +2,16 @@
 
 use serde_norway::Value;
 
+/// True if a YAML document (read as a plain value, escapes resolved, as the real parser sees it)
+/// names no file outside /nonexistent; a document that is not valid YAML only if it cannot spell
+/// a file key at all (no `file`, no backslash).
+pub fn document_names_no_real_file(text: &str) -> bool {
+    match serde_norway::from_str::<Value>(text) {
+        Ok(v) => names_no_real_file(&v),
+        Err(_) => !text.contains("file") && !text.contains('\\'),
+    }
+}
+
 /// True if the document names no file outside /nonexistent.
 pub fn names_no_real_file(v: &Value) -> bool {
     match v {
