@@ -7,24 +7,29 @@
 //! How the pieces fit, following one job from configuration to `/metrics`:
 //!
 //! ```text
-//!  config ──► cloud::Target ──► poller ──(cloud::Client: signer, model)──► Huawei Cloud
-//!  (YAML,        (endpoint,      (jobs, limits,                              or simulator
-//!   secrets)      credentials)    cached / on-demand)
-//!                                   │ renders changed jobs (exposition)
-//!                                   ▼
-//!                                snapshot ──► http (/metrics) ◄── Prometheus
-//!                                             + telemetry (self-metrics)
+//!  config ─┐                                                          Huawei Cloud
+//!  registry (API, state file) ─► reload::Control ─► poller ─(cloud::Client)─► or simulator
+//!  shard ──┘   (what is tracked;     (jobs, limits,   signer, model,
+//!              file watch, SIGHUP)    cached / on-demand)  auth: AK/SK, IAM, metadata
+//!                                      │ renders changed jobs (exposition)
+//!                                      ▼
+//!                                   snapshot ──► http (/metrics, /api/v1/jobs) ◄── Prometheus
+//!                                                + telemetry        served by web (TLS, auth)
 //! ```
 //!
-//! - [`config`]: the YAML file, secrets (`{env:}`, `{file:}`, SDK variables) and validation.
+//! - [`config`]: the YAML file, credential sources and validation.
 //! - [`cli`]: the command line (exporter-toolkit flag names).
-//! - [`cloud`]: the HTTP client, SDK-HMAC-SHA256 signing ([`cloud::signer`]) and lenient
-//!   decoding of job and error bodies ([`cloud::model`]), with the bounded failure reasons.
+//! - [`cloud`]: the HTTP client with retries, SDK-HMAC-SHA256 signing ([`cloud::signer`]),
+//!   credentials at run time ([`cloud::auth`]) and lenient decoding of job and error bodies
+//!   ([`cloud::model`]), with the bounded failure reasons.
+//! - [`reload`]: the tracked set: configuration reloads and the registration API.
+//! - [`registry`]: registered jobs and their fsynced state file.
+//! - [`shard`]: which replica owns a job.
 //! - [`poller`]: tracked jobs, concurrency and rate limits, cached and on-demand collection.
 //! - [`exposition`]: the text format, rendered per job when the job changes.
 //! - [`snapshot`]: the immutable view a scrape serves.
 //! - [`telemetry`]: the exporter's own metrics.
-//! - [`http`]: the landing page, `/metrics`, health and readiness.
+//! - [`http`]: the landing page, `/metrics`, health, readiness, `/-/reload` and `/api/v1/jobs`.
 //! - [`web`]: `--web.config.file` (TLS, basic auth, headers) and the HTTP limits; served by
 //!   [`Exporter::run`]'s own accept loop (hyper), which also stops gracefully.
 //! - [`simulator`]: a faithful stand-in for the cloud, for `demo`, tests and benchmarks.
