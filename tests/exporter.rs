@@ -331,18 +331,7 @@ async fn faults_keep_last_values_and_recover(mode: &str) {
     for (_, _, reason, _) in &faults {
         *expected.entry(reason).or_default() += 1.0;
     }
-    for reason in [
-        "timeout",
-        "connect",
-        "throttled",
-        "unauthorized",
-        "forbidden",
-        "not_found",
-        "client_error",
-        "server_error",
-        "decode",
-        "auth",
-    ] {
+    for reason in huaweicloud_job_exporter::cloud::Reason::ALL.map(|r| r.as_str()) {
         let got = value(&broken, &reason_series(reason)).expect("every reason exported");
         let want = expected.get(reason).copied().unwrap_or(0.0);
         if mode == "on_demand" || want == 0.0 {
