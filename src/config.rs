@@ -1053,6 +1053,7 @@ fn validate_endpoint(e: &str) -> std::result::Result<String, String> {
             "{e:?} must be scheme://host[:port][/path] without credentials, query or fragment"
         ));
     }
+    reqwest::Url::parse(trimmed).map_err(|err| format!("{e:?} is not a valid URL: {err}"))?;
     Ok(trimmed.to_string())
 }
 
@@ -1486,6 +1487,8 @@ targets:
             "https://user:pw@host",
             "https://",
             "https://h?x=1",
+            "https://h:99999",
+            "http://[::1",
         ] {
             assert!(validate_endpoint(bad).is_err(), "{bad}");
         }
