@@ -14,7 +14,7 @@
 //! Knobs (environment): `BENCH_JOBS` (latency sizes, default 1000,10000,100000), `BENCH_RUNS`
 //! (scrapes per size, default 41; 100,000-job sizes use a fifth of it, at least 9),
 //! `BENCH_ROUNDS` (memory: refreshes, default 120 = an hour at 30 s), `BENCH_IDLE_SECS` (default
-//! 60), `BENCH_PYTHON`, `BENCH_PEER` (the peer script), `BENCH_EXPORTER` (another
+//! 60), `BENCH_IDLE_SHARES` (finished shares for idle, default 0.9,0.0), `BENCH_PYTHON`, `BENCH_PEER` (the peer script), `BENCH_EXPORTER` (another
 //! build of the binary, for before/after in one run), `BENCH_WRAPPER` (a command put before the exporter, e.g. valgrind for
 //! `profile`). Everything is bounded in time and count and only 127.0.0.1 is contacted. No timing
 //! is asserted: the figures are printed as Markdown tables.
@@ -36,7 +36,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+fn env_list<T: std::str::FromStr + Clone>(name: &str, default: &[T]) -> Vec<T> {
     std::env::var(name)
         .ok()
         .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
@@ -597,9 +597,9 @@ async fn idle(dir: &std::path::Path, c: &reqwest::Client) {
     let secs: u64 = env_or("BENCH_IDLE_SECS", 60);
     println!("\n## Idle CPU, cached, 30 s refresh, no scrapes, {secs} s window\n");
     println!(
-        "| tracked | finished | CPU time in window | share of one core |\n|---:|---:|---:|---:|"
+        "| tracked | finished | CPU time in window | share of one core | upstream requests in window | CPU per request |\n|---:|---:|---:|---:|---:|---:|"
     );
-    for share in [0.9, 0.0] {
+    for share in env_list("BENCH_IDLE_SHARES", &[0.9, 0.0]) {
         let n = 10_000;
         let scripts = fleet(n, share, 19);
         let sim = Sim::start(scripts.clone()).await;
@@ -611,15 +611,22 @@ async fn idle(dir: &std::path::Path, c: &reqwest::Client) {
         let (mut exp, _) = exporter_for(dir, &sim, &scripts, &settings, c).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let t0 = exp.cpu_ticks();
+        let r0 = sim.sim.requests_total();
         let started = Instant::now();
         tokio::time::sleep(Duration::from_secs(secs)).await;
         let ticks = exp.cpu_ticks() - t0;
+        let requests = sim.sim.requests_total() - r0;
         let wall = started.elapsed().as_secs_f64();
+        let cpu = ticks as f64 / 100.0;
         println!(
-            "| {n} | {:.0}% | {:.2} s | {:.2}% |",
+            "| {n} | {:.0}% | {cpu:.2} s | {:.2}% | {requests} | {} |",
             share * 100.0,
-            ticks as f64 / 100.0,
-            ticks as f64 / 100.0 / wall * 100.0
+            cpu / wall * 100.0,
+            if requests > 0 {
+                format!("{:.0} µs", cpu * 1e6 / requests as f64)
+            } else {
+                "–".into()
+            }
         );
         exp.terminate();
     }

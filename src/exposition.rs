@@ -8,6 +8,7 @@
 //! rendered again.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use crate::cloud::Job;
 
@@ -201,6 +202,10 @@ pub fn write_header(out: &mut Vec<u8>, f: &Family, cached: bool) {
 
 /// Appends `value` escaped as a label value: backslash, double quote and newline.
 pub fn escape_into(out: &mut String, value: &str) {
+    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.push_str(value);
+        return;
+    }
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -248,6 +253,12 @@ fn sample(out: &mut String, name: &str, base: &str, extra: &[(&str, &str)], valu
 
 /// The end of a sample line after its common labels: `,extra="…"} value\n`.
 fn tail(out: &mut String, extra: &[(&str, &str)], value: f64) {
+    push_labels(out, extra);
+    end_line(out, value);
+}
+
+/// `,name="value"` for each pair, escaped.
+fn push_labels(out: &mut String, extra: &[(&str, &str)]) {
     for (k, v) in extra {
         out.push(',');
         out.push_str(k);
@@ -255,24 +266,13 @@ fn tail(out: &mut String, extra: &[(&str, &str)], value: f64) {
         escape_into(out, v);
         out.push('"');
     }
+}
+
+/// `} value\n`.
+fn end_line(out: &mut String, value: f64) {
     out.push_str("} ");
     write_value(out, value);
     out.push('\n');
-}
-
-/// The tails of a state set: one line per documented status, plus `current` if it is another.
-fn state_set(out: &mut String, extra: &[(&str, &str)], current: &str) {
-    let mut labels: Vec<(&str, &str)> = extra.to_vec();
-    labels.push(("status", ""));
-    let last = labels.len() - 1;
-    for s in STATUSES {
-        labels[last].1 = s;
-        tail(out, &labels, f64::from(u8::from(s == current)));
-    }
-    if !STATUSES.contains(&current) {
-        labels[last].1 = current;
-        tail(out, &labels, 1.0);
-    }
 }
 
 /// The pre-rendered lines of one job, one section per [`PER_JOB`] family.
@@ -284,11 +284,16 @@ fn state_set(out: &mut String, extra: &[(&str, &str)], current: &str) {
 /// bytes little-endian), so that a scrape copies lines without looking for their ends;
 /// [`JobText::write_section`] puts name and labels back. A job is held in about a quarter of
 /// the bytes it exports (issue 7: 100,000 jobs export 320 MB of text).
-#[derive(Debug, Default, PartialEq, Eq)]
+///
+/// Cloning shares the text. The offsets sit beside the pointer rather than behind it, so a
+/// snapshot's `Vec<JobText>` tells a scrape where each section is without a dependent load:
+/// at 100,000 jobs (105 MB of held text, far beyond the caches) the scrape fill took 73 ms with
+/// the offsets behind a second pointer, against 34 ms for ten times fewer jobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobText {
     /// The common labels (`base_len` bytes), then the length-prefixed line tails of each
     /// family in turn.
-    text: Box<[u8]>,
+    text: Arc<[u8]>,
     base_len: u32,
     /// Where each family's tails end in `text`.
     ends: [u32; PER_JOB.len()],
@@ -312,39 +317,79 @@ const OPEN: [&str; PER_JOB.len()] = [
     "huaweicloud_job_last_fetch_success_timestamp_seconds{",
 ];
 
-impl JobText {
-    /// Encodes `text` (common labels, then plain line tails ending at `ends`).
-    fn encode(text: &str, base_len: usize, ends: &[usize; PER_JOB.len()]) -> Self {
-        let mut out = Vec::with_capacity(text.len() + 32);
-        out.extend_from_slice(&text.as_bytes()[..base_len]);
-        let mut new_ends = [0u32; PER_JOB.len()];
-        let mut written = 0usize;
-        let mut start = base_len;
-        for (i, end) in ends.iter().enumerate() {
-            for line in text.as_bytes()[start..*end].split_inclusive(|b| *b == b'\n') {
-                match u8::try_from(line.len()) {
-                    Ok(n) if n < LONG_LINE => out.push(n),
-                    _ => {
-                        out.push(LONG_LINE);
-                        let n = u32::try_from(line.len()).unwrap_or(u32::MAX);
-                        out.extend_from_slice(&n.to_le_bytes());
-                    }
-                }
-                out.extend_from_slice(line);
-                written += OPEN[i].len() + base_len + line.len();
-            }
-            start = *end;
-            // A job's text is a few KiB; u32 offsets are ample and halve the index.
-            new_ends[i] = u32::try_from(out.len()).unwrap_or(u32::MAX);
-        }
+/// Writes a [`JobText`] line by line, straight into its length-prefixed form.
+struct Builder {
+    text: Vec<u8>,
+    base_len: usize,
+    /// The line being written, reused for every line.
+    line: String,
+    ends: [u32; PER_JOB.len()],
+    written: usize,
+}
+
+impl Builder {
+    fn new(base: &str) -> Self {
+        let mut text = Vec::with_capacity(1024);
+        text.extend_from_slice(base.as_bytes());
         Self {
-            text: out.into_boxed_slice(),
-            base_len: u32::try_from(base_len).unwrap_or(u32::MAX),
-            ends: new_ends,
-            written: u32::try_from(written).unwrap_or(u32::MAX),
+            text,
+            base_len: base.len(),
+            line: String::with_capacity(256),
+            ends: [0; PER_JOB.len()],
+            written: 0,
         }
     }
 
+    /// Adds one line of `family`: the common labels, `extra`, then `value`.
+    fn sample(&mut self, family: PerJob, extra: &[(&str, &str)], value: f64) {
+        self.line.clear();
+        tail(&mut self.line, extra, value);
+        self.commit(family);
+    }
+
+    /// The lines of a state set: one per documented status, plus `current` if it is another.
+    fn state_set(&mut self, family: PerJob, extra: &[(&str, &str)], current: &str) {
+        let odd = (!STATUSES.contains(&current)).then_some(current);
+        for s in STATUSES.iter().copied().chain(odd) {
+            self.line.clear();
+            push_labels(&mut self.line, extra);
+            push_labels(&mut self.line, &[("status", s)]);
+            end_line(&mut self.line, f64::from(u8::from(s == current)));
+            self.commit(family);
+        }
+    }
+
+    fn commit(&mut self, family: PerJob) {
+        let line = self.line.as_bytes();
+        match u8::try_from(line.len()) {
+            Ok(n) if n < LONG_LINE => self.text.push(n),
+            _ => {
+                self.text.push(LONG_LINE);
+                let n = u32::try_from(line.len()).unwrap_or(u32::MAX);
+                self.text.extend_from_slice(&n.to_le_bytes());
+            }
+        }
+        self.text.extend_from_slice(line);
+        self.written += OPEN[family as usize].len() + self.base_len + line.len();
+    }
+
+    /// Ends `family`'s section: every later line belongs to the families after it.
+    fn close(&mut self, family: PerJob) {
+        // A job's text is a few KiB; u32 offsets are ample and halve the index.
+        self.ends[family as usize] = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
+    }
+
+    fn finish(self) -> JobText {
+        JobText {
+            text: Arc::from(self.text),
+            base_len: u32::try_from(self.base_len).unwrap_or(u32::MAX),
+            ends: self.ends,
+            written: u32::try_from(self.written).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+impl JobText {
     fn tails(&self, family: PerJob) -> &[u8] {
         let i = family as usize;
         let start = if i == 0 {
@@ -353,6 +398,19 @@ impl JobText {
             self.ends[i - 1]
         };
         &self.text[start as usize..self.ends[i] as usize]
+    }
+
+    /// Reads the first byte of the common labels and of `family`'s section, so that they are
+    /// in the cache when [`JobText::write_section`] copies them.
+    pub fn touch(&self, family: PerJob) -> u8 {
+        let first = |at: usize| self.text.get(at).copied().unwrap_or_default();
+        let i = family as usize;
+        let start = if i == 0 {
+            self.base_len
+        } else {
+            self.ends[i - 1]
+        };
+        first(0) ^ first(start as usize)
     }
 
     /// Appends the lines of one family.
@@ -440,59 +498,51 @@ pub const UNKNOWN_STATUS: &str = "UNKNOWN";
 
 /// Renders every per-job line of one job.
 pub fn render_job(v: &JobView<'_>) -> JobText {
-    let mut text = String::with_capacity(512);
-    text.push_str(v.target_labels);
-    text.push_str(",job_id=\"");
-    escape_into(&mut text, v.job_id);
-    text.push('"');
-    let base_len = text.len();
-    let mut ends = [0usize; PER_JOB.len()];
-    let mut close = |text: &String, f: PerJob| ends[f as usize] = text.len();
+    let mut base = String::with_capacity(v.target_labels.len() + v.job_id.len() + 10);
+    base.push_str(v.target_labels);
+    base.push_str(",job_id=\"");
+    escape_into(&mut base, v.job_id);
+    base.push('"');
+    let mut b = Builder::new(&base);
 
     if let Some(job) = v.job {
         let jt = job_type(job);
         let status = job.status.as_deref().unwrap_or(UNKNOWN_STATUS);
         let typed = [("job_type", jt)];
-        state_set(&mut text, &typed, status);
-        close(&text, PerJob::Status);
-        if let Some(b) = job.begin {
-            tail(&mut text, &typed, b);
+        b.state_set(PerJob::Status, &typed, status);
+        b.close(PerJob::Status);
+        if let Some(begin) = job.begin {
+            b.sample(PerJob::Begin, &typed, begin);
         }
-        close(&text, PerJob::Begin);
+        b.close(PerJob::Begin);
         let end = job.end.filter(|_| job.is_terminal());
         if let Some(e) = end {
-            tail(&mut text, &typed, e);
+            b.sample(PerJob::End, &typed, e);
         }
-        close(&text, PerJob::End);
+        b.close(PerJob::End);
         let until = if job.is_terminal() {
             end
         } else {
             v.last_success
         };
-        if let (Some(b), Some(u)) = (job.begin, until) {
-            tail(&mut text, &typed, (u - b).max(0.0));
+        if let (Some(begin), Some(u)) = (job.begin, until) {
+            b.sample(PerJob::Duration, &typed, (u - begin).max(0.0));
         }
-        close(&text, PerJob::Duration);
+        b.close(PerJob::Duration);
         if status == "FAIL" {
-            let reason: String = job
-                .fail_reason
-                .as_deref()
-                .unwrap_or("")
-                .chars()
-                .take(FAIL_REASON_MAX)
-                .collect();
+            let reason = job.fail_reason.as_deref().unwrap_or("");
+            let cut = reason
+                .char_indices()
+                .nth(FAIL_REASON_MAX)
+                .map_or(reason, |(i, _)| &reason[..i]);
             let code = job.error_code.as_deref().unwrap_or("none");
-            tail(
-                &mut text,
-                &[
-                    ("job_type", jt),
-                    ("error_code", code),
-                    ("fail_reason", &reason),
-                ],
+            b.sample(
+                PerJob::FailureInfo,
+                &[("job_type", jt), ("error_code", code), ("fail_reason", cut)],
                 1.0,
             );
         }
-        close(&text, PerJob::FailureInfo);
+        b.close(PerJob::FailureInfo);
         let mut seen: Vec<(&str, &str)> = Vec::new();
         let all = job
             .entities
@@ -503,32 +553,43 @@ pub fn render_job(v: &JobView<'_>) -> JobText {
                 continue;
             }
             seen.push((kind, id));
-            tail(&mut text, &[("entity_type", kind), ("entity_id", id)], 1.0);
+            b.sample(
+                PerJob::EntityInfo,
+                &[("entity_type", kind), ("entity_id", id)],
+                1.0,
+            );
         }
-        close(&text, PerJob::EntityInfo);
+        b.close(PerJob::EntityInfo);
+        let mut fallback_id = String::new();
         for (i, sub) in job.sub_jobs.iter().enumerate() {
-            let fallback_id = format!("#{i}");
-            let sub_id = sub.job_id.as_deref().unwrap_or(&fallback_id);
-            state_set(
-                &mut text,
+            let sub_id = match sub.job_id.as_deref() {
+                Some(id) => id,
+                None => {
+                    fallback_id.clear();
+                    let _ = write!(fallback_id, "#{i}");
+                    &fallback_id
+                }
+            };
+            b.state_set(
+                PerJob::SubjobStatus,
                 &[("subjob_id", sub_id), ("subjob_type", job_type(sub))],
                 sub.status.as_deref().unwrap_or(UNKNOWN_STATUS),
             );
         }
-        close(&text, PerJob::SubjobStatus);
+        b.close(PerJob::SubjobStatus);
     } else {
         // Never fetched: every job-detail section is empty (all but the two fetch families).
         for f in &ALL_PER_JOB[..PerJob::FetchSuccess as usize] {
-            close(&text, *f);
+            b.close(*f);
         }
     }
-    tail(&mut text, &[], f64::from(u8::from(v.fetch_ok)));
-    close(&text, PerJob::FetchSuccess);
+    b.sample(PerJob::FetchSuccess, &[], f64::from(u8::from(v.fetch_ok)));
+    b.close(PerJob::FetchSuccess);
     if let Some(t) = v.last_success {
-        tail(&mut text, &[], t);
+        b.sample(PerJob::LastFetchSuccess, &[], t);
     }
-    close(&text, PerJob::LastFetchSuccess);
-    JobText::encode(&text, base_len, &ends)
+    b.close(PerJob::LastFetchSuccess);
+    b.finish()
 }
 
 /// Appends one aggregate sample: `name{target_labels,extra} value`.

@@ -261,18 +261,18 @@ struct Entry {
     last_success: Option<f64>,
     terminal_since: Option<f64>,
     counted_subjob_failures: Vec<String>,
-    text: Arc<JobText>,
+    text: JobText,
 }
 
 impl Entry {
     fn render(&mut self) {
-        self.text = Arc::new(exposition::render_job(&JobView {
+        self.text = exposition::render_job(&JobView {
             target_labels: &self.tracked.labels,
             job_id: &self.job_id,
             job: self.job.as_ref(),
             fetch_ok: self.fetch_ok,
             last_success: self.last_success,
-        }));
+        });
     }
 }
 
@@ -426,7 +426,7 @@ impl Poller {
                                 last_success: None,
                                 terminal_since: None,
                                 counted_subjob_failures: Vec::new(),
-                                text: Arc::default(),
+                                text: JobText::default(),
                             };
                             entry.render();
                             state.jobs.insert(key, entry);
@@ -777,8 +777,7 @@ impl Poller {
         let cached = self.inner.settings.mode == Mode::Cached;
         let (jobs, aggregates, summary) = {
             let state = self.state();
-            let jobs: Vec<Arc<JobText>> =
-                state.jobs.values().map(|e| Arc::clone(&e.text)).collect();
+            let jobs: Vec<JobText> = state.jobs.values().map(|e| e.text.clone()).collect();
             (jobs, render_aggregates(&state), summarize(&state))
         };
         let counts: Vec<((&str, &str, &str), i64, i64)> = summary
