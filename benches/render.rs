@@ -21,8 +21,17 @@ use huaweicloud_job_exporter::telemetry::Telemetry;
 struct Fixed(HashMap<String, Job>);
 
 impl JobSource for Fixed {
-    fn fetch<'a>(&'a self, _: &'a cloud::Target, id: &'a str) -> BoxFuture<'a, cloud::Result<Job>> {
-        async move { self.0.get(id).cloned().ok_or(cloud::FetchError::Timeout) }.boxed()
+    fn fetch<'a>(
+        &'a self,
+        _: &'a cloud::Target,
+        id: &'a str,
+        _: Option<cloud::BodyDigest>,
+    ) -> BoxFuture<'a, cloud::Result<cloud::Fetched>> {
+        async move {
+            let job = self.0.get(id).cloned().ok_or(cloud::FetchError::Timeout)?;
+            Ok(cloud::Fetched::Job(job, None))
+        }
+        .boxed()
     }
 }
 

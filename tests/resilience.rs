@@ -148,6 +148,34 @@ async fn a_retry_never_sleeps_past_the_deadline() {
     sim_stop.cancel();
 }
 
+#[tokio::test]
+async fn a_body_seen_before_is_not_decoded_again_and_a_changed_one_is() {
+    let (sim, base, sim_stop) = simulator(vec![running("steady")]).await;
+    let (client, target) = client_and_target(&base);
+    let first = client
+        .get_job_since(&target, "steady", None)
+        .await
+        .expect("fetched");
+    let cloud::Fetched::Job(job, Some(digest)) = first else {
+        panic!("a first fetch decodes and digests the body: {first:?}");
+    };
+    assert_eq!(job.status.as_deref(), Some("RUNNING"));
+    let again = client
+        .get_job_since(&target, "steady", Some(digest))
+        .await
+        .expect("fetched");
+    assert!(matches!(again, cloud::Fetched::Unchanged), "{again:?}");
+    // Another body (an injected malformed one) is decoded, and fails as such.
+    sim.set_job_fault_times("steady", Fault::MalformedJson, 1);
+    let err = client
+        .get_job_since(&target, "steady", Some(digest))
+        .await
+        .expect_err("malformed");
+    assert_eq!(err.reason(), cloud::Reason::Decode);
+    assert_eq!(sim.requests_for("steady"), 3);
+    sim_stop.cancel();
+}
+
 fn limits(f: impl FnOnce(&mut web::Limits)) -> WebOptions {
     let mut l = web::Limits::default();
     f(&mut l);
