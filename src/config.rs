@@ -81,13 +81,15 @@ enum SecretSource {
 }
 
 /// A resolved secret. Its `Debug` and `Display` never show the value.
+///
+/// Shared rather than copied: every signed request takes the account's keys.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(std::sync::Arc<str>);
 
 impl Secret {
     /// Wraps a value.
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self(value.into().into())
     }
 
     /// The value, for signing. Callers must not log it.
@@ -995,7 +997,7 @@ pub fn read_secret_file(file: &Path) -> std::result::Result<Secret, String> {
             if v.is_empty() {
                 Err(format!("secret file {} is empty", file.display()))
             } else {
-                Ok(Secret(v.to_string()))
+                Ok(Secret::new(v))
             }
         }
         Err(e) => Err(format!("cannot read secret file {}: {e}", file.display())),
