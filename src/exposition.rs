@@ -342,12 +342,14 @@ struct Builder {
 
 impl Builder {
     fn new(base: &[u8]) -> Self {
-        let mut text = Vec::with_capacity(1024);
+        let (mut text, mut line) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        text.clear();
+        line.clear();
         text.extend_from_slice(base);
         Self {
             text,
             base_len: base.len(),
-            line: String::with_capacity(256),
+            line,
             ends: [0; PER_JOB.len()],
             written: 0,
         }
@@ -404,13 +406,23 @@ impl Builder {
     }
 
     fn finish(self) -> JobText {
-        JobText {
-            text: Arc::from(self.text),
+        let done = JobText {
+            text: Arc::from(&self.text[..]),
             base_len: u32::try_from(self.base_len).unwrap_or(u32::MAX),
             ends: self.ends,
             written: u32::try_from(self.written).unwrap_or(u32::MAX),
-        }
+        };
+        SCRATCH.with(|s| *s.borrow_mut() = (self.text, self.line));
+        done
     }
+}
+
+thread_local! {
+    /// The buffers a [`Builder`] writes into, kept for the next job rendered on this thread,
+    /// so that a render allocates only its finished text.
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, String)> = const {
+        std::cell::RefCell::new((Vec::new(), String::new()))
+    };
 }
 
 impl JobText {

@@ -817,10 +817,11 @@ impl Poller {
     /// Builds and installs a snapshot of the current state.
     fn publish(&self) {
         let cached = self.inner.settings.mode == Mode::Cached;
-        let (jobs, aggregates, summary) = {
+        let (snap, summary) = {
             let state = self.state();
-            let jobs: Vec<JobText> = state.jobs.values().map(|e| e.text.clone()).collect();
-            (jobs, render_aggregates(&state), summarize(&state))
+            let jobs = state.jobs.values().map(|e| e.text.clone());
+            let snap = Snapshot::new(cached, jobs, render_aggregates(&state));
+            (snap, summarize(&state))
         };
         let counts: Vec<((&str, &str, &str), i64, i64)> = summary
             .iter()
@@ -837,7 +838,7 @@ impl Poller {
             })
             .collect();
         self.inner.telemetry.set_tracked(&counts);
-        let snap = Arc::new(Snapshot::new(cached, jobs, aggregates));
+        let snap = Arc::new(snap);
         *self
             .inner
             .snapshot

@@ -16,10 +16,17 @@ use crate::exposition::{self, AGGREGATE, JobText, ORDER, PER_JOB, Slot};
 #[derive(Debug, Default)]
 pub struct Snapshot {
     cached: bool,
-    jobs: Vec<JobText>,
+    /// The jobs in segments of [`SEGMENT`].
+    jobs: Vec<Vec<JobText>>,
+    job_count: usize,
     aggregates: [String; AGGREGATE.len()],
     bytes: usize,
 }
+
+/// Jobs per segment of a snapshot (64 KiB). With one vector of every job (6.4 MB at 100,000
+/// jobs) allocated and freed per refresh beside long-lived job texts, RSS at 100,000 tracked
+/// jobs rose from 258 to 291 MiB over an hour of refreshes; in segments, from 252 to 275 MiB.
+const SEGMENT: usize = 1024;
 
 /// Jobs whose text is touched together before it is copied. At 100,000 jobs the held text
 /// (105 MB) is far beyond the caches and each job's section is a cache miss; batching let the
@@ -37,13 +44,32 @@ struct Cursor {
 
 impl Snapshot {
     /// A snapshot of `jobs` (in exposition order) and the rendered aggregate families.
-    pub fn new(cached: bool, jobs: Vec<JobText>, aggregates: [String; AGGREGATE.len()]) -> Self {
-        let bytes = jobs.iter().map(|j| j.len()).sum::<usize>()
+    pub fn new(
+        cached: bool,
+        jobs: impl IntoIterator<Item = JobText>,
+        aggregates: [String; AGGREGATE.len()],
+    ) -> Self {
+        let mut segments: Vec<Vec<JobText>> = Vec::new();
+        let mut job_count = 0;
+        for job in jobs {
+            match segments.last_mut() {
+                Some(seg) if seg.len() < SEGMENT => seg.push(job),
+                _ => {
+                    let mut seg = Vec::with_capacity(SEGMENT);
+                    seg.push(job);
+                    segments.push(seg);
+                }
+            }
+            job_count += 1;
+        }
+        let jobs = segments;
+        let bytes = jobs.iter().flatten().map(|j| j.len()).sum::<usize>()
             + aggregates.iter().map(String::len).sum::<usize>()
             + 4096;
         Self {
             cached,
             jobs,
+            job_count,
             aggregates,
             bytes,
         }
@@ -56,7 +82,7 @@ impl Snapshot {
 
     /// Number of jobs exported.
     pub fn job_count(&self) -> usize {
-        self.jobs.len()
+        self.job_count
     }
 
     /// Roughly how many bytes [`Snapshot::write`] appends.
@@ -98,7 +124,11 @@ impl Snapshot {
                         }
                     };
                     cursor.job = Some(next);
-                    for batch in self.jobs[next..].chunks(WARM_BATCH) {
+                    let rest = self.jobs.iter().enumerate().flat_map(|(i, seg)| {
+                        let skip = next.saturating_sub(i * SEGMENT).min(seg.len());
+                        seg[skip..].chunks(WARM_BATCH)
+                    });
+                    for batch in rest {
                         if out.len() >= limit {
                             return false;
                         }
@@ -201,6 +231,27 @@ mod tests {
                 .count(),
             4
         );
+    }
+
+    #[test]
+    fn chunks_cross_segments_in_order() {
+        let n = SEGMENT * 2 + 5;
+        let snap = Arc::new(Snapshot::new(true, (0..n).map(job), Default::default()));
+        assert_eq!(snap.job_count(), n);
+        let mut whole = Vec::new();
+        snap.write(&mut whole);
+        let text = String::from_utf8(whole.clone()).expect("utf8");
+        let ids: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("huaweicloud_job_fetch_success{"))
+            .filter_map(|l| l.split("job_id=\"").nth(1)?.split('"').next())
+            .collect();
+        let expected: Vec<String> = (0..n).map(|i| format!("j{i}")).collect();
+        assert_eq!(ids, expected);
+        for size in [1, 5000, 64 * 1024] {
+            let pieces: Vec<Bytes> = Arc::clone(&snap).chunks(size).collect();
+            assert_eq!(pieces.concat(), whole, "chunk size {size}");
+        }
     }
 
     #[test]
