@@ -537,7 +537,7 @@ pub fn render_job(v: &JobView<'_>) -> JobText {
 /// [`render_job`] for a job whose body is the one `previous` was rendered from: the sections
 /// that come from the body alone are copied, and only those that move with each fetch (the
 /// running duration and the fetch families) are written again. Most fetches of a running job
-/// return the same body, and rendering it whole was a sixth of a refresh's CPU.
+/// return the same body, and rendering it whole was about 7% of a refresh's CPU.
 pub fn rerender_fetch(v: &JobView<'_>, previous: &JobText) -> JobText {
     let base = &previous.text[..previous.base_len as usize];
     render(v, Builder::new(base), Some(previous))

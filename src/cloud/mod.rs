@@ -249,8 +249,8 @@ pub struct Target {
 }
 
 /// The parts of every request to a target that do not depend on the job: parsed once, because
-/// parsing the URL and building header values per request was a tenth of a refresh's CPU
-/// (issue 7's profile of 10,000 active jobs).
+/// parsing the URL and building header values per request took about 6% of a refresh's CPU
+/// (issue 7's perf profile of 10,000 active jobs).
 #[derive(Debug)]
 struct Prepared {
     /// `{endpoint}/v1/{project_id}/jobs/`, the job id still to push.
@@ -442,8 +442,8 @@ impl Client {
     }
 
     /// [`Client::get_job`], but a body whose digest is `known` is not decoded again: most
-    /// fetches of a running job return the bytes of the last one, and decoding was a fifth
-    /// of a refresh's CPU (issue 7's profile of 10,000 active jobs).
+    /// fetches of a running job return the bytes of the last one, and decoding was about 10%
+    /// of a refresh's CPU (issue 7's perf profile of 10,000 active jobs).
     pub async fn get_job_since(
         &self,
         target: &Target,
