@@ -29,9 +29,10 @@ pub struct Snapshot {
 const SEGMENT: usize = 1024;
 
 /// Jobs whose text is touched together before it is copied. At 100,000 jobs the held text
-/// (105 MB) is far beyond the caches and each job's section is a cache miss; batching let the
-/// misses overlap: 47 ms to write the 100,000-job text in 64 KiB pieces, against 2.7 ms for
-/// 10,000 jobs (BENCHMARKS.md).
+/// (105 MB) is far beyond the caches and each job's section is a cache miss; batching lets the
+/// misses overlap. Writing the 100,000-job text in 64 KiB pieces took 47 ms without it and 37 to
+/// 44 ms with batches of 8, against 2.7 ms for 10,000 jobs; 4 and 16 were no better
+/// (BENCHMARKS.md).
 const WARM_BATCH: usize = 8;
 
 /// Where a write stopped: the family in [`ORDER`], and the next job within a per-job family
