@@ -57,6 +57,22 @@ fn tracked(text: &str) -> Vec<String> {
     ids
 }
 
+/// POSTs `body` to the jobs API at `url` with the right token.
+async fn post(url: &str, body: Value) -> (u16, Value) {
+    api(
+        reqwest::Method::POST,
+        url.to_string(),
+        Some(TOKEN),
+        Some(body),
+    )
+    .await
+}
+
+/// The error message of an API answer.
+fn error(body: &Value) -> &str {
+    body["error"].as_str().unwrap_or_default()
+}
+
 async fn api(
     method: reqwest::Method,
     url: String,
@@ -177,57 +193,25 @@ async fn registration_api_validates_persists_and_lists() {
             .0,
         401
     );
-    let (status, body) = api(Method::POST, url.clone(), Some(TOKEN), Some(job("bad/id"))).await;
+    let (status, body) = post(&url, job("bad/id")).await;
     assert_eq!(status, 400);
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("job_id"),
-        "{body}"
-    );
+    assert!(error(&body).contains("job_id"), "{body}");
     let mut other = job("r1");
     other["cloud_region"] = json!("elsewhere");
-    let (status, body) = api(Method::POST, url.clone(), Some(TOKEN), Some(other)).await;
+    let (status, body) = post(&url, other).await;
     assert_eq!(status, 404);
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("evs/elsewhere"),
-        "{body}"
-    );
+    assert!(error(&body).contains("evs/elsewhere"), "{body}");
     // The API never takes a URL or host: unknown fields are refused.
     let mut with_url = job("r1");
     with_url["endpoint"] = json!("https://attacker.example");
-    assert_eq!(
-        api(Method::POST, url.clone(), Some(TOKEN), Some(with_url))
-            .await
-            .0,
-        400
-    );
+    assert_eq!(post(&url, with_url).await.0, 400);
     let huge = json!({"cloud_service": "x".repeat(20_000)});
-    assert_eq!(
-        api(Method::POST, url.clone(), Some(TOKEN), Some(huge))
-            .await
-            .0,
-        413
-    );
+    assert_eq!(post(&url, huge).await.0, 413);
 
-    let (status, body) = api(Method::POST, url.clone(), Some(TOKEN), Some(job("r1"))).await;
+    let (status, body) = post(&url, job("r1")).await;
     assert_eq!(status, 201, "{body}");
-    assert_eq!(
-        api(Method::POST, url.clone(), Some(TOKEN), Some(job("r1")))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        api(Method::POST, url.clone(), Some(TOKEN), Some(job("r2")))
-            .await
-            .0,
-        201
-    );
+    assert_eq!(post(&url, job("r1")).await.0, 200);
+    assert_eq!(post(&url, job("r2")).await.0, 201);
     // Persisted before the answer.
     let state: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("state.json")).expect("state file"),

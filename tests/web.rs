@@ -125,8 +125,10 @@ async fn status(client: &reqwest::Client, url: &str) -> Result<u16, String> {
         .map_err(|e| format!("{e:?}"))
 }
 
-#[tokio::test]
-async fn tls_with_required_client_certificates() {
+/// A server CA, a client CA and a rogue CA; the server's certificate and key (`server.crt`,
+/// `server.key`), the client CA (`clients.crt`) and `web_yaml` (`web.yml`) written to a new
+/// directory. Relative paths in a web config resolve against its directory.
+fn tls_files(web_yaml: &str) -> (tempfile::TempDir, Ca, Ca, Ca) {
     let dir = tempfile::tempdir().expect("dir");
     let server_ca = Ca::new("server ca");
     let client_ca = Ca::new("client ca");
@@ -135,10 +137,13 @@ async fn tls_with_required_client_certificates() {
     write(dir.path(), "server.crt", &cert);
     write(dir.path(), "server.key", &key);
     write(dir.path(), "clients.crt", &client_ca.pem());
-    // Relative paths resolve against the web config's directory.
-    write(
-        dir.path(),
-        "web.yml",
+    write(dir.path(), "web.yml", web_yaml);
+    (dir, server_ca, client_ca, rogue_ca)
+}
+
+#[tokio::test]
+async fn tls_with_required_client_certificates() {
+    let (dir, server_ca, client_ca, rogue_ca) = tls_files(
         "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_ca_file: clients.crt\n  client_auth_type: RequireAndVerifyClientCert\n  min_version: TLS13\nhttp_server_config:\n  headers:\n    Strict-Transport-Security: max-age=31536000\n",
     );
     let (yaml, sim_stop) = backend().await;
@@ -206,17 +211,7 @@ async fn tls_with_required_client_certificates() {
 
 #[tokio::test]
 async fn tls_with_optional_client_certificates() {
-    let dir = tempfile::tempdir().expect("dir");
-    let server_ca = Ca::new("server ca");
-    let client_ca = Ca::new("client ca");
-    let rogue_ca = Ca::new("rogue ca");
-    let (cert, key) = server_ca.leaf(HOST, false);
-    write(dir.path(), "server.crt", &cert);
-    write(dir.path(), "server.key", &key);
-    write(dir.path(), "clients.crt", &client_ca.pem());
-    write(
-        dir.path(),
-        "web.yml",
+    let (dir, server_ca, client_ca, rogue_ca) = tls_files(
         "tls_server_config: {cert_file: server.crt, key_file: server.key, client_ca_file: clients.crt, client_auth_type: VerifyClientCertIfGiven}\n",
     );
     let (yaml, sim_stop) = backend().await;
