@@ -212,7 +212,11 @@ impl RateLimiter {
             st.next = slot + Duration::from_secs_f64(1.0 / st.rate);
             slot
         };
-        tokio::time::sleep_until(slot).await;
+        // A timer for a slot already reached would still wait for the timer wheel's next
+        // millisecond and cost a wake-up: most fetches of a refresh under the limit.
+        if slot > Instant::now() {
+            tokio::time::sleep_until(slot).await;
+        }
     }
 }
 
