@@ -21,7 +21,9 @@
 //! - [`cli`]: the command line (exporter-toolkit flag names).
 //! - [`cloud`]: the HTTP client with retries, SDK-HMAC-SHA256 signing ([`cloud::signer`]),
 //!   credentials at run time ([`cloud::auth`]) and lenient decoding of job and error bodies
-//!   ([`cloud::model`]), with the bounded failure reasons.
+//!   ([`cloud::model`]), with the bounded failure reasons. Job fetches go over keep-alive
+//!   connections that the fetching task drives itself (`cloud::conn`, on hyper); reqwest makes
+//!   the other calls, and all of them behind a proxy.
 //! - [`reload`]: the tracked set: configuration reloads and the registration API.
 //! - [`registry`]: registered jobs and their fsynced state file.
 //! - [`shard`]: which replica owns a job.
@@ -80,8 +82,8 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The HTTP client could not be built.
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    #[error(transparent)]
+    Client(#[from] cloud::ClientError),
     /// The simulator failed.
     #[error(transparent)]
     Simulator(#[from] simulator::Error),

@@ -2,6 +2,7 @@
 //! mapping of every failure onto the bounded `reason` label set of SPEC §4.
 
 pub mod auth;
+mod conn;
 pub mod model;
 pub mod signer;
 
@@ -255,6 +256,7 @@ pub struct Target {
 struct Prepared {
     /// `{endpoint}/v1/{project_id}/jobs/`, the job id still to push.
     jobs_url: reqwest::Url,
+    origin: conn::Origin,
     host: HeaderValue,
     project_id: HeaderValue,
 }
@@ -269,10 +271,23 @@ impl Prepared {
                 .map_err(|_| format!("{what} {v:?} is not a valid header value"))
         };
         Ok(Self {
+            origin: conn::Origin::of(&jobs_url)?,
             jobs_url,
             host: value("endpoint host", host)?,
             project_id: value("project_id", project_id)?,
         })
+    }
+
+    /// The request path of a job: `jobs_url`'s path, already encoded, and the encoded id.
+    fn path(&self, job_id: &str) -> String {
+        let base = self.jobs_url.path();
+        let mut path = String::with_capacity(base.len() + job_id.len());
+        path.push_str(base);
+        path.extend(percent_encoding::utf8_percent_encode(
+            job_id,
+            signer::UNRESERVED,
+        ));
+        path
     }
 
     fn url(&self, job_id: &str) -> reqwest::Url {
@@ -366,6 +381,8 @@ pub enum Fetched {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// Job fetches, unless a proxy variable is set (then `http` makes them).
+    conns: Option<Arc<conn::Connections>>,
     /// Keys the body digests; SipHash with a per-process random key, so a body cannot be
     /// crafted to look unchanged.
     digests: std::hash::RandomState,
@@ -375,26 +392,39 @@ pub struct Client {
     telemetry: Arc<Telemetry>,
 }
 
+const USER_AGENT_VALUE: &str = concat!("huaweicloud-job-exporter/", env!("CARGO_PKG_VERSION"));
+
+/// The HTTP client could not be built (no usable TLS trust store).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client: {0}")]
+pub struct ClientError(String);
+
 /// Bodies beyond this are refused: a job is a few KiB at most.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 
 impl Client {
     /// A client with `timeout` on every request.
-    pub fn new(timeout: Duration, telemetry: Arc<Telemetry>) -> Result<Self, reqwest::Error> {
+    pub fn new(timeout: Duration, telemetry: Arc<Telemetry>) -> Result<Self, ClientError> {
         crate::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .user_agent(concat!(
-                "huaweicloud-job-exporter/",
-                env!("CARGO_PKG_VERSION")
+        let conns = if conn::proxy_configured() {
+            None
+        } else {
+            Some(Arc::new(
+                conn::Connections::new(timeout, USER_AGENT_VALUE).map_err(ClientError)?,
             ))
+        };
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT_VALUE)
             .connect_timeout(timeout)
             .timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             // The job API does not redirect, and a signature covers the host it was made for.
             .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+            .build()
+            .map_err(|e| ClientError(e.to_string()))?;
         Ok(Self {
             http,
+            conns,
             digests: std::hash::RandomState::new(),
             timeout,
             max_body: DEFAULT_MAX_BODY,
@@ -537,9 +567,8 @@ impl Client {
             }
             Material::Token(token) => token_headers(prepared, token)?,
         };
-        let url = prepared.url(job_id);
         let started = Instant::now();
-        let result = self.send(url, headers).await;
+        let result = self.send(prepared, job_id, headers).await;
         let code = match &result {
             Ok((status, _, _)) => status.as_str(),
             Err(e) => e.reason().as_str(),
@@ -589,12 +618,25 @@ impl Client {
 
     async fn send(
         &self,
-        url: reqwest::Url,
+        prepared: &Prepared,
+        job_id: &str,
         headers: HeaderMap,
     ) -> Result<(reqwest::StatusCode, HeaderMap, Vec<u8>)> {
+        if let Some(conns) = &self.conns {
+            let get = conns.get(
+                &prepared.origin,
+                prepared.path(job_id),
+                headers,
+                self.max_body,
+            );
+            let resp = tokio::time::timeout(self.timeout, get)
+                .await
+                .map_err(|_| FetchError::Timeout)??;
+            return Ok((resp.status, resp.headers, resp.body));
+        }
         let mut resp = self
             .http
-            .get(url)
+            .get(prepared.url(job_id))
             .headers(headers)
             .send()
             .await
@@ -628,14 +670,19 @@ fn transport(e: reqwest::Error) -> FetchError {
     if e.is_timeout() {
         return FetchError::Timeout;
     }
-    // reqwest's Display omits the cause ("error sending request"); the source says what broke.
+    FetchError::Connect(causes(&e))
+}
+
+/// An error with its causes. reqwest's and hyper's Display omit them ("error sending request",
+/// "connection error"); the sources say what broke.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut msg = e.to_string();
-    let mut source = std::error::Error::source(&e);
+    let mut source = e.source();
     while let Some(s) = source {
         msg = format!("{msg}: {s}");
         source = s.source();
     }
-    FetchError::Connect(msg)
+    msg
 }
 
 /// Server time minus local time, in whole seconds, from an HTTP `Date` header.
@@ -660,8 +707,9 @@ fn secret_value(name: &HeaderName, value: String) -> Result<HeaderValue> {
 
 /// The headers of a token-authenticated GET.
 fn token_headers(prepared: &Prepared, token: &config::Secret) -> Result<HeaderMap> {
-    let mut map = HeaderMap::with_capacity(4);
+    let mut map = HeaderMap::with_capacity(8);
     map.insert(CONTENT_TYPE, JSON);
+    map.insert(HOST, prepared.host.clone());
     map.insert(X_PROJECT_ID, prepared.project_id.clone());
     map.insert(
         X_AUTH_TOKEN,

@@ -14,7 +14,7 @@ pub const ALGORITHM: &str = "SDK-HMAC-SHA256";
 pub const DATE_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
 /// RFC 3986 unreserved characters stay as they are; everything else is encoded.
-const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+pub(super) const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'_')
     .remove(b'.')
