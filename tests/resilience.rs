@@ -106,6 +106,63 @@ fn client_and_target(base: &str) -> (cloud::Client, cloud::Target) {
 }
 
 #[tokio::test]
+async fn both_transports_fetch_alike_and_map_failures_to_the_same_reasons() {
+    use cloud::Reason::*;
+    let cases: [(&str, Option<Fault>, Result<&str, cloud::Reason>); 11] = [
+        ("plain", None, Ok("RUNNING")),
+        (
+            "slow-body",
+            Some(Fault::SlowBody { ms_per_chunk: 1 }),
+            Ok("RUNNING"),
+        ),
+        ("late", Some(Fault::Latency { ms: 2_500 }), Err(Timeout)),
+        (
+            "unavailable",
+            Some(Fault::Status { status: 503 }),
+            Err(ServerError),
+        ),
+        ("gateway-page", Some(Fault::HtmlError), Err(ServerError)),
+        (
+            "throttled",
+            Some(Fault::Throttle { retry_after: None }),
+            Err(Throttled),
+        ),
+        ("garbage", Some(Fault::MalformedJson), Err(Decode)),
+        ("cut", Some(Fault::TruncatedJson), Err(Decode)),
+        (
+            "huge",
+            Some(Fault::Oversized { bytes: 2 << 20 }),
+            Err(Decode),
+        ),
+        ("gone", Some(Fault::NotFound), Err(NotFound)),
+        ("reset", Some(Fault::Reset), Err(Connect)),
+    ];
+    let (sim, base, sim_stop) =
+        simulator(cases.iter().map(|(id, _, _)| running(id)).collect()).await;
+    for (id, fault, _) in &cases {
+        sim.set_job_fault(id, fault.clone());
+    }
+    let (direct, target) = client_and_target(&base);
+    let direct = direct.with_retry(cloud::RetryPolicy::none());
+    let reqwest = direct.clone().through_reqwest();
+    for (name, client) in [("cloud::conn", &direct), ("reqwest", &reqwest)] {
+        for (id, _, want) in &cases {
+            let got = client
+                .get_job(&target, id)
+                .await
+                .map(|job| job.status.unwrap_or_default())
+                .map_err(|e| e.reason());
+            assert_eq!(got.as_deref().map_err(|r| *r), *want, "{id} through {name}");
+        }
+    }
+    // Once per client: neither path retried on its own (the policy is off).
+    for (id, _, _) in &cases {
+        assert_eq!(sim.requests_for(id), 2, "{id}");
+    }
+    sim_stop.cancel();
+}
+
+#[tokio::test]
 async fn a_retry_never_sleeps_past_the_deadline() {
     let (sim, base, sim_stop) = simulator(vec![running("busy"), running("busy-short")]).await;
     let (client, target) = client_and_target(&base);

@@ -450,6 +450,13 @@ impl Client {
         self
     }
 
+    /// Sends job fetches through reqwest, as when a proxy variable is set; tests hold the two
+    /// paths to the same results with it.
+    pub fn through_reqwest(mut self) -> Self {
+        self.conns = None;
+        self
+    }
+
     /// A credential provider for `account` that shares this client's connections.
     pub fn provider(&self, account: &config::Account) -> Provider {
         Provider::new(
