@@ -712,12 +712,18 @@ fn secret_value(name: &HeaderName, value: String) -> Result<HeaderValue> {
     Ok(v)
 }
 
-/// The headers of a token-authenticated GET.
-fn token_headers(prepared: &Prepared, token: &config::Secret) -> Result<HeaderMap> {
+/// The headers every GET to a target carries, however it authenticates.
+fn common_headers(prepared: &Prepared) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(8);
     map.insert(CONTENT_TYPE, JSON);
     map.insert(HOST, prepared.host.clone());
     map.insert(X_PROJECT_ID, prepared.project_id.clone());
+    map
+}
+
+/// The headers of a token-authenticated GET.
+fn token_headers(prepared: &Prepared, token: &config::Secret) -> Result<HeaderMap> {
+    let mut map = common_headers(prepared);
     map.insert(
         X_AUTH_TOKEN,
         secret_value(&X_AUTH_TOKEN, token.expose().to_string())?,
@@ -772,10 +778,7 @@ fn sign(
         &signer::signed_headers(signed),
         &signature,
     );
-    let mut map = HeaderMap::with_capacity(8);
-    map.insert(CONTENT_TYPE, JSON);
-    map.insert(HOST, prepared.host.clone());
-    map.insert(X_PROJECT_ID, prepared.project_id.clone());
+    let mut map = common_headers(prepared);
     map.insert(
         X_SDK_DATE,
         HeaderValue::try_from(date)
