@@ -639,3 +639,44 @@ async fn global_faults_hit_every_job_and_clear() {
     exp.shutdown().await;
     sim_stop.cancel();
 }
+
+/// `docs/metrics.md` is the metric contract: every family served is documented there with the
+/// same type, and every documented family is served (unless the row says it is conditional).
+#[tokio::test]
+async fn docs_metrics_md_lists_exactly_the_families_served() {
+    let docs = include_str!("../docs/metrics.md");
+    let mut documented = std::collections::BTreeMap::new();
+    for row in docs.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let name = cells[1].trim_matches('`').to_string();
+        let conditional = row.contains("*conditional*");
+        documented.insert(name, (cells[2].to_string(), conditional));
+    }
+    let mut served = std::collections::BTreeMap::new();
+    for mode in ["cached", "on_demand"] {
+        let (_sim, base, sim_stop) = simulator(scenario()).await;
+        let exp = exporter(config(&scenario_config(&base, mode))).await;
+        exp.wait_ready().await;
+        let text = exp.metrics().await;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE line");
+                served.insert(name.to_string(), kind.to_string());
+            }
+        }
+        exp.shutdown().await;
+        sim_stop.cancel();
+    }
+    for (name, kind) in &served {
+        match documented.get(name) {
+            Some((doc_kind, _)) => assert_eq!(doc_kind, kind, "{name}: type in docs/metrics.md"),
+            None => panic!("{name} ({kind}) is served but not in docs/metrics.md"),
+        }
+    }
+    for (name, (_, conditional)) in &documented {
+        assert!(
+            *conditional || served.contains_key(name),
+            "{name} is in docs/metrics.md but not served (mark it *conditional* if it only appears sometimes)"
+        );
+    }
+}
