@@ -167,6 +167,17 @@ checkov_k8s() {
     --skip-download --compact --quiet
 }
 
+alertmanager_example() {
+  # The example Alertmanager configuration loads, and routes this exporter's alerts by severity.
+  local am=deploy/alertmanager/alertmanager.yml got
+  amtool check-config "$am" || return 1
+  got=$(amtool config routes test --config.file="$am" alertname=HuaweiCloudJobFailed severity=warning 2>/dev/null)
+  [[ $got == huaweicloud-jobs ]] || { echo "HuaweiCloudJobFailed routed to '$got'"; return 1; }
+  got=$(amtool config routes test --config.file="$am" alertname=HuaweiCloudJobExporterDown severity=critical 2>/dev/null)
+  [[ $got == huaweicloud-jobs-critical ]] || { echo "HuaweiCloudJobExporterDown routed to '$got'"; return 1; }
+  echo "    routes: warning -> huaweicloud-jobs, critical -> huaweicloud-jobs-critical"
+}
+
 checkov_dockerfile() {
   # Skips are `# checkov:skip=` comments in the Dockerfile, with their reason.
   "$VENV/bin/checkov" --file Dockerfile --framework dockerfile --skip-download --compact --quiet
@@ -174,7 +185,7 @@ checkov_dockerfile() {
 
 step "promtool check rules"              promtool check rules deploy/prometheus/alerts.yml
 step "promtool test rules"               promtool test rules deploy/prometheus/tests/*.yml
-step "amtool check-config (example)"     amtool check-config deploy/alertmanager/alertmanager.yml
+step "amtool check-config, routes (example)" alertmanager_example
 step "dashboards vs Grafana schema"      node deploy/grafana/validate-dashboards.mjs "$NODE_PREFIX"
 step "kubectl kustomize (base, overlays)" render
 if ((${#RENDERED[@]} == ${#KUSTOMIZATIONS[@]})); then
