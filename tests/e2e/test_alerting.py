@@ -92,14 +92,20 @@ class Webhook:
             return [(i, a) for i, n in enumerate(self.notifications) for a in n["alerts"]
                     if a["status"] == "firing" and a["labels"]["alertname"] == alertname]
 
-    def wait_firing(self, alertname, job_id, timeout=60):
+    def wait_firing(self, alertname, job_id=None, timeout=60):
+        """The first firing alertname (for job_id, if given) notified, and its notification."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            hits = [a for _, a in self.firing(alertname) if a["labels"].get("job_id") == job_id]
+            hits = [(i, a) for i, a in self.firing(alertname) if job_id is None or a["labels"].get("job_id") == job_id]
             if hits:
-                return hits[0]
+                with self.lock:
+                    return hits[0][1], self.notifications[hits[0][0]]
             time.sleep(0.2)
         raise AssertionError(f"no {alertname} notification for {job_id} in {timeout}s: {self.notifications}")
+
+    def resolved(self):
+        with self.lock:
+            return [a for n in self.notifications for a in n["alerts"] if a["status"] == "resolved"]
 
     def stop(self):
         self.server.shutdown()
@@ -186,7 +192,7 @@ def stack(exporter_bin, start_simulator, tmp_path):
                    "prometheus")
     wait_http(f"http://127.0.0.1:{prom_port}/-/ready", timeout=60)
 
-    def restart_exporter():
+    def stop_exporter():
         exporter["proc"].stop()
         # Prometheus must see the exporter down (a failed scrape marks every series stale)
         # before it comes back, or the restart would test nothing.
@@ -199,10 +205,13 @@ def stack(exporter_bin, start_simulator, tmp_path):
             time.sleep(0.2)
         else:
             raise AssertionError("Prometheus never saw the stopped exporter down")
+
+    def restart_exporter():
+        stop_exporter()
         exporter["proc"] = start_exporter(exporter_bin, exp_cfg, exp_port)
 
     yield {"webhook": webhook, "job_name": job_name, "instance": f"127.0.0.1:{exp_port}",
-           "restart_exporter": restart_exporter, "prometheus": f"http://127.0.0.1:{prom_port}"}
+           "restart_exporter": restart_exporter, "stop_exporter": stop_exporter, "prometheus": f"http://127.0.0.1:{prom_port}"}
     for p in (prom, am):
         p.stop()
     exporter["proc"].stop()
@@ -211,7 +220,7 @@ def stack(exporter_bin, start_simulator, tmp_path):
 
 def test_failed_and_stuck_jobs_page_once_through_alertmanager(stack):
     hook = stack["webhook"]
-    failed = hook.wait_firing("HuaweiCloudJobFailed", "evs-fail")
+    failed, _ = hook.wait_firing("HuaweiCloudJobFailed", "evs-fail")
     labels, ann = failed["labels"], failed["annotations"]
     assert labels == {
         "alertname": "HuaweiCloudJobFailed", "severity": "warning",
@@ -226,7 +235,7 @@ def test_failed_and_stuck_jobs_page_once_through_alertmanager(stack):
     assert ann["failed_subjobs"] == ""
     assert ann["runbook_url"] == RUNBOOK + "#huaweicloudjobfailed"
 
-    stuck = hook.wait_firing("HuaweiCloudJobStuck", "evs-init")
+    stuck, _ = hook.wait_firing("HuaweiCloudJobStuck", "evs-init")
     assert stuck["labels"]["status"] == "INIT"
     assert stuck["labels"]["job_type"] == "createVolume"
     assert stuck["annotations"]["summary"].startswith("Huawei Cloud evs job createVolume stuck in INIT for 2h")
@@ -254,9 +263,27 @@ def test_failed_and_stuck_jobs_page_once_through_alertmanager(stack):
     summary = [(n["status"], [(a["labels"]["alertname"], a["labels"].get("job_id"), a["status"]) for a in n["alerts"]])
                for n in hook.notifications]
     assert after == before, f"paged again after the restart: {summary}"
-    resolved = [a for n in hook.notifications for a in n["alerts"] if a["status"] == "resolved"]
-    assert not resolved, f"alerts resolved across the restart: {resolved}"
+    assert not hook.resolved(), f"alerts resolved across the restart: {hook.resolved()}"
     # Both alerts are still firing in Prometheus.
     r = requests.get(prom + "/api/v1/query", params={"query": 'ALERTS{alertstate="firing"}'}, timeout=5).json()
     firing = {(s["metric"]["alertname"], s["metric"].get("job_id")) for s in r["data"]["result"]}
     assert {("HuaweiCloudJobFailed", "evs-fail"), ("HuaweiCloudJobStuck", "evs-init")} <= firing
+
+
+def test_exporter_down_pages_as_critical_and_the_job_alerts_hold(stack):
+    """The exporter goes away for good: HuaweiCloudJobExporterDown pages (the README's job name,
+    the critical receiver), and the per-job alerts neither resolve nor page again."""
+    hook = stack["webhook"]
+    hook.wait_firing("HuaweiCloudJobFailed", "evs-fail")
+    hook.wait_firing("HuaweiCloudJobStuck", "evs-init")
+    before = {name: len(hook.firing(name)) for name in ("HuaweiCloudJobFailed", "HuaweiCloudJobStuck")}
+    stack["stop_exporter"]()
+    down, notification = hook.wait_firing("HuaweiCloudJobExporterDown")
+    assert notification["receiver"] == "huaweicloud-jobs-critical"
+    assert down["labels"] == {"alertname": "HuaweiCloudJobExporterDown", "severity": "critical",
+                              "job": stack["job_name"], "instance": stack["instance"]}
+    assert down["annotations"]["runbook_url"] == RUNBOOK + "#huaweicloudjobexporterdown"
+    # Several rule evaluations and group intervals (1s each) with every job series stale.
+    time.sleep(6)
+    assert not hook.resolved(), f"alerts resolved while the exporter is down: {hook.resolved()}"
+    assert {name: len(hook.firing(name)) for name in before} == before
