@@ -39,7 +39,7 @@ macro_rules! family {
 }
 
 /// Per-job families, in the order they are written within a [`JobText`].
-pub const PER_JOB: [Family; 9] = [
+pub const PER_JOB: [Family; 10] = [
     family!(
         "huaweicloud_job_status",
         "gauge",
@@ -76,6 +76,11 @@ pub const PER_JOB: [Family; 9] = [
         "Sub-job status as a state set: 1 for the current status, 0 for the others."
     ),
     family!(
+        "huaweicloud_job_subjob_failure_info",
+        "gauge",
+        "1 per failed sub-job, with its error_code and fail_reason (cut to 200 characters)."
+    ),
+    family!(
         "huaweicloud_job_fetch_success",
         "gauge",
         "1 if the last fetch of this job succeeded."
@@ -105,6 +110,8 @@ pub enum PerJob {
     EntityInfo,
     /// huaweicloud_job_subjob_status
     SubjobStatus,
+    /// huaweicloud_job_subjob_failure_info
+    SubjobFailureInfo,
     /// huaweicloud_job_fetch_success
     FetchSuccess,
     /// huaweicloud_job_last_fetch_success_timestamp_seconds
@@ -166,7 +173,7 @@ pub enum Slot {
 }
 
 /// The order of families in `/metrics`: each aggregate beside its per-job relatives.
-pub const ORDER: [Slot; 14] = [
+pub const ORDER: [Slot; 15] = [
     Slot::PerJob(PerJob::Status),
     Slot::Aggregate(Aggregate::Jobs),
     Slot::PerJob(PerJob::Begin),
@@ -178,6 +185,7 @@ pub const ORDER: [Slot; 14] = [
     Slot::PerJob(PerJob::EntityInfo),
     Slot::PerJob(PerJob::SubjobStatus),
     Slot::Aggregate(Aggregate::SubjobFailures),
+    Slot::PerJob(PerJob::SubjobFailureInfo),
     Slot::PerJob(PerJob::FetchSuccess),
     Slot::PerJob(PerJob::LastFetchSuccess),
     Slot::Aggregate(Aggregate::FetchErrors),
@@ -326,6 +334,7 @@ const OPEN: [&str; PER_JOB.len()] = [
     "huaweicloud_job_failure_info{",
     "huaweicloud_job_entity_info{",
     "huaweicloud_job_subjob_status{",
+    "huaweicloud_job_subjob_failure_info{",
     "huaweicloud_job_fetch_success{",
     "huaweicloud_job_last_fetch_success_timestamp_seconds{",
 ];
@@ -383,6 +392,25 @@ impl Builder {
             end_line(&mut self.line, f64::from(u8::from(s == current)));
             self.commit(family);
         }
+    }
+
+    /// The failure-info line of a failed job or sub-job: `extra`, then its `error_code`
+    /// ("none" when absent) and its `fail_reason` cut to [`FAIL_REASON_MAX`] characters.
+    fn failure_info(&mut self, family: PerJob, extra: &[(&str, &str)], failed: &Job) {
+        let reason = failed.fail_reason.as_deref().unwrap_or("");
+        let cut = reason
+            .char_indices()
+            .nth(FAIL_REASON_MAX)
+            .map_or(reason, |(i, _)| &reason[..i]);
+        let code = failed.error_code.as_deref().unwrap_or("none");
+        self.line.clear();
+        push_labels(&mut self.line, extra);
+        push_labels(
+            &mut self.line,
+            &[("error_code", code), ("fail_reason", cut)],
+        );
+        end_line(&mut self.line, 1.0);
+        self.commit(family);
     }
 
     fn commit(&mut self, family: PerJob) {
@@ -495,6 +523,7 @@ pub const ALL_PER_JOB: [PerJob; PER_JOB.len()] = [
     PerJob::FailureInfo,
     PerJob::EntityInfo,
     PerJob::SubjobStatus,
+    PerJob::SubjobFailureInfo,
     PerJob::FetchSuccess,
     PerJob::LastFetchSuccess,
 ];
@@ -573,6 +602,7 @@ fn render(v: &JobView<'_>, mut b: Builder, previous: Option<&JobText>) -> JobTex
             PerJob::FailureInfo,
             PerJob::EntityInfo,
             PerJob::SubjobStatus,
+            PerJob::SubjobFailureInfo,
         ];
         match previous {
             Some(p) => reuse(&mut b, p, &after),
@@ -609,21 +639,15 @@ fn state_and_times(b: &mut Builder, job: &Job) {
     b.close(PerJob::End);
 }
 
-/// Failure info, entities, and the sub-jobs' state sets.
+/// True when the cloud reports the job (or sub-job) failed.
+fn failed(job: &Job) -> bool {
+    job.status.as_deref() == Some("FAIL")
+}
+
+/// Failure info, entities, and the sub-jobs' state sets and failure info.
 fn failure_entities_subjobs(b: &mut Builder, job: &Job) {
-    let jt = job_type(job);
-    if job.status.as_deref() == Some("FAIL") {
-        let reason = job.fail_reason.as_deref().unwrap_or("");
-        let cut = reason
-            .char_indices()
-            .nth(FAIL_REASON_MAX)
-            .map_or(reason, |(i, _)| &reason[..i]);
-        let code = job.error_code.as_deref().unwrap_or("none");
-        b.sample(
-            PerJob::FailureInfo,
-            &[("job_type", jt), ("error_code", code), ("fail_reason", cut)],
-            1.0,
-        );
+    if failed(job) {
+        b.failure_info(PerJob::FailureInfo, &[("job_type", job_type(job))], job);
     }
     b.close(PerJob::FailureInfo);
     let mut seen: Vec<(&str, &str)> = Vec::new();
@@ -645,21 +669,40 @@ fn failure_entities_subjobs(b: &mut Builder, job: &Job) {
     b.close(PerJob::EntityInfo);
     let mut fallback_id = String::new();
     for (i, sub) in job.sub_jobs.iter().enumerate() {
-        let sub_id = match sub.job_id.as_deref() {
-            Some(id) => id,
-            None => {
-                fallback_id.clear();
-                let _ = write!(fallback_id, "#{i}");
-                &fallback_id
-            }
-        };
         b.state_set(
             PerJob::SubjobStatus,
-            &[("subjob_id", sub_id), ("subjob_type", job_type(sub))],
+            &[
+                ("subjob_id", subjob_id(sub, i, &mut fallback_id)),
+                ("subjob_type", job_type(sub)),
+            ],
             sub.status.as_deref().unwrap_or(UNKNOWN_STATUS),
         );
     }
     b.close(PerJob::SubjobStatus);
+    for (i, sub) in job.sub_jobs.iter().enumerate().filter(|(_, s)| failed(s)) {
+        b.failure_info(
+            PerJob::SubjobFailureInfo,
+            &[
+                ("subjob_id", subjob_id(sub, i, &mut fallback_id)),
+                ("subjob_type", job_type(sub)),
+            ],
+            sub,
+        );
+    }
+    b.close(PerJob::SubjobFailureInfo);
+}
+
+/// The subjob_id label of the `i`th sub-job: its job_id, or `#i` when it has none (written
+/// into `fallback`).
+fn subjob_id<'a>(sub: &'a Job, i: usize, fallback: &'a mut String) -> &'a str {
+    match sub.job_id.as_deref() {
+        Some(id) => id,
+        None => {
+            fallback.clear();
+            let _ = write!(fallback, "#{i}");
+            fallback
+        }
+    }
 }
 
 /// Appends one aggregate sample: `name{target_labels,extra} value`.
@@ -725,11 +768,18 @@ mod tests {
             error_code: Some("EVS.1".into()),
             fail_reason: Some("\"x\"\n".repeat(90)),
             entities: vec![("volume_id".into(), "v1".into())],
-            sub_jobs: vec![Job {
-                status: Some("ODD".into()),
-                entities: vec![("server_id".into(), "s1".into())],
-                ..Job::default()
-            }],
+            sub_jobs: vec![
+                Job {
+                    status: Some("ODD".into()),
+                    entities: vec![("server_id".into(), "s1".into())],
+                    ..Job::default()
+                },
+                Job {
+                    status: Some("FAIL".into()),
+                    error_code: Some("Ecs.0013".into()),
+                    ..Job::default()
+                },
+            ],
             ..Job::default()
         };
         let running = Job {
@@ -841,6 +891,56 @@ mod tests {
         let sub = t.section(PerJob::SubjobStatus);
         assert_eq!(sub.lines().count(), 5);
         assert!(sub.contains("subjob_id=\"#0\",subjob_type=\"sub\",status=\"LISTENING\"} 1"));
+    }
+
+    #[test]
+    fn failed_subjobs_carry_their_error_code_and_cut_reason() {
+        let sub =
+            |id: Option<&str>, status: &str, code: Option<&str>, reason: Option<String>| Job {
+                job_id: id.map(Into::into),
+                job_type: Some("createSingleServer".into()),
+                status: Some(status.into()),
+                error_code: code.map(Into::into),
+                fail_reason: reason,
+                ..Job::default()
+            };
+        let job = Job {
+            status: Some("RUNNING".into()),
+            sub_jobs: vec![
+                sub(Some("s1"), "SUCCESS", None, None),
+                sub(
+                    Some("s2"),
+                    "FAIL",
+                    Some("Ecs.0013"),
+                    Some("no \"EIP\"".into()),
+                ),
+                sub(None, "FAIL", None, Some("é".repeat(250))),
+            ],
+            ..Job::default()
+        };
+        let t = render_job(&JobView {
+            target_labels: "p=\"1\"",
+            job_id: "j",
+            job: Some(&job),
+            fetch_ok: true,
+            last_success: Some(200.0),
+        });
+        // A running job with failed sub-jobs: no job failure info, one line per failed sub-job.
+        assert_eq!(t.section(PerJob::FailureInfo), "");
+        assert_eq!(
+            t.section(PerJob::SubjobFailureInfo),
+            format!(
+                "huaweicloud_job_subjob_failure_info{{p=\"1\",job_id=\"j\",subjob_id=\"s2\",\
+                 subjob_type=\"createSingleServer\",error_code=\"Ecs.0013\",\
+                 fail_reason=\"no \\\"EIP\\\"\"}} 1\n\
+                 huaweicloud_job_subjob_failure_info{{p=\"1\",job_id=\"j\",subjob_id=\"#2\",\
+                 subjob_type=\"createSingleServer\",error_code=\"none\",\
+                 fail_reason=\"{}\"}} 1\n",
+                "é".repeat(FAIL_REASON_MAX)
+            )
+        );
+        let all: usize = ALL_PER_JOB.iter().map(|f| t.section(*f).len()).sum();
+        assert_eq!(all, t.len());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-"""The whole alerting path, end to end: the simulator serves a failed job and a job stuck in INIT,
-the exporter polls it, a real Prometheus scrapes the exporter with the README's scrape config and
+"""The whole alerting path, end to end: the simulator serves failed jobs (one with a failed sub-job)
+and a job stuck in INIT, the exporter polls them, a real Prometheus scrapes the exporter with the README's scrape config and
 evaluates deploy/prometheus/alerts.yml, Debian's Alertmanager runs the shipped example
 configuration (deploy/alertmanager/alertmanager.yml), and its notifications reach a webhook server
 in this test.
@@ -44,6 +44,17 @@ SCENARIO = [
     {"job_id": "evs-ok", "project_id": PROJECT, "service": "evs", "job_type": "createVolume",
      "start_secs": -300, "init_secs": 0, "run_secs": 30,
      "outcome": {"result": "success"}, "entities": {}, "sub_jobs": []},
+    # A batch whose second volume failed: the alert names that sub-job with its own error code.
+    {"job_id": "evs-batch-fail", "project_id": PROJECT, "service": "evs", "job_type": "batchCreateVolume",
+     "start_secs": -400, "init_secs": 0, "run_secs": 60,
+     "outcome": {"result": "fail", "error_code": "EVS.5400", "fail_reason": "1 of 2 volumes failed"},
+     "entities": {}, "sub_jobs": [
+         {"job_id": "sub-1", "job_type": "createVolume", "delay_secs": 0, "run_secs": 20,
+          "outcome": {"result": "success"}, "entities": {"volume_id": "vol-1"}},
+         {"job_id": "sub-2", "job_type": "createVolume", "delay_secs": 0, "run_secs": 30,
+          "outcome": {"result": "fail", "error_code": "EVS.2024", "fail_reason": "quota exceeded"},
+          "entities": {"volume_id": "vol-2"}},
+     ]},
 ]
 
 
@@ -234,6 +245,10 @@ def test_failed_and_stuck_jobs_page_once_through_alertmanager(stack):
     assert ann["entities"] == "volume_id=vol-9"
     assert ann["failed_subjobs"] == ""
     assert ann["runbook_url"] == RUNBOOK + "#huaweicloudjobfailed"
+    batch, _ = hook.wait_firing("HuaweiCloudJobFailed", "evs-batch-fail")
+    assert batch["labels"]["error_code"] == "EVS.5400"
+    assert batch["annotations"]["entities"] == "volume_id=vol-1, volume_id=vol-2"
+    assert batch["annotations"]["failed_subjobs"] == "sub-2 (createVolume, EVS.2024)"
 
     stuck, _ = hook.wait_firing("HuaweiCloudJobStuck", "evs-init")
     assert stuck["labels"]["status"] == "INIT"
@@ -275,6 +290,7 @@ def test_exporter_down_pages_as_critical_and_the_job_alerts_hold(stack):
     the critical receiver), and the per-job alerts neither resolve nor page again."""
     hook = stack["webhook"]
     hook.wait_firing("HuaweiCloudJobFailed", "evs-fail")
+    hook.wait_firing("HuaweiCloudJobFailed", "evs-batch-fail")
     hook.wait_firing("HuaweiCloudJobStuck", "evs-init")
     before = {name: len(hook.firing(name)) for name in ("HuaweiCloudJobFailed", "HuaweiCloudJobStuck")}
     stack["stop_exporter"]()
