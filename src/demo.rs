@@ -88,6 +88,7 @@ pub fn config(simulator_base: &str, jobs: &[JobScript], refresh_interval: Durati
                 .filter(|j| j.service == service)
                 .map(|j| j.job_id.clone())
                 .collect(),
+            discover: Default::default(),
         });
     }
     let mut accounts = BTreeMap::new();

@@ -221,6 +221,7 @@ impl Control {
                         fresh.terminal_retention = cur.config.terminal_retention;
                         fresh.api_token_file = cur.config.api_token_file.clone();
                         fresh.state_file = cur.config.state_file.clone();
+                        fresh.max_discovered_jobs = cur.config.max_discovered_jobs;
                     }
                     cur.config = fresh;
                 }
