@@ -41,6 +41,7 @@ pub mod cli;
 pub mod cloud;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod exposition;
 pub mod http;
 pub mod poller;
