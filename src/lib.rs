@@ -170,6 +170,16 @@ impl Exporter {
     /// Validates the web configuration, builds the client and poller from `config` and binds
     /// the listen address (in that order: a bad file never binds a port).
     pub async fn bind(config: Config, web: WebOptions) -> Result<Self> {
+        Self::bind_with(config, web, discovery::Options::default()).await
+    }
+
+    /// [`Exporter::bind`] with discovery's clock and store given (tests run discovery on the
+    /// simulator's clock, and restart an exporter on the same store).
+    pub async fn bind_with(
+        config: Config,
+        web: WebOptions,
+        discovery: discovery::Options,
+    ) -> Result<Self> {
         let web_state = Arc::new(web::Web::new(
             web.config_file.as_deref(),
             web.limits.clone(),
@@ -189,6 +199,13 @@ impl Exporter {
             poller::Settings::from(&config),
             Arc::clone(&telemetry),
         );
+        let discovery = discovery::Discovery::new(
+            discovery,
+            client.clone(),
+            &telemetry,
+            config.shard,
+            config.max_discovered_jobs,
+        );
         // Secrets are looked up in the process environment again on reloads.
         let env: reload::Env = Arc::new(|k: &str| std::env::var(k).ok());
         let control = Arc::new(reload::Control::new(
@@ -196,6 +213,7 @@ impl Exporter {
             env,
             client,
             registry,
+            discovery,
             poller.clone(),
             Arc::clone(&telemetry),
         ));
