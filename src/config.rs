@@ -1075,7 +1075,10 @@ impl Validator<'_> {
     ) -> Discover {
         let mut out = Discover::default();
         if d.cts.is_none() && d.failure_jobs.is_none() {
-            self.problem(path, "names no source; give cts, failure_jobs or both".into());
+            self.problem(
+                path,
+                "names no source; give cts, failure_jobs or both".into(),
+            );
         }
         if let Some(c) = d.cts {
             let p = format!("{path}.cts");

@@ -164,9 +164,8 @@ mod tests {
         assert_eq!(t.time_ms, Some(1_700_000_000_000));
         assert_eq!(t.trace_id, None);
         // The SystemAction result record: the job body itself, without a code.
-        let t = one(
-            r#"{"trace_type":"SystemAction","response":{"job_id":"j-3","status":"SUCCESS"}}"#,
-        );
+        let t =
+            one(r#"{"trace_type":"SystemAction","response":{"job_id":"j-3","status":"SUCCESS"}}"#);
         assert_eq!(t.outcome, Outcome::Job("j-3".into()));
     }
 
@@ -186,8 +185,14 @@ mod tests {
             reason(r#"{"code":403,"response":"{\"job_id\":\"x\"}"}"#),
             Some("failed_call")
         );
-        assert_eq!(reason(r#"{"code":"202","response":"<html>"}"#), Some("unparsable"));
-        assert_eq!(reason(r#"{"code":"202","response":null}"#), Some("unparsable"));
+        assert_eq!(
+            reason(r#"{"code":"202","response":"<html>"}"#),
+            Some("unparsable")
+        );
+        assert_eq!(
+            reason(r#"{"code":"202","response":null}"#),
+            Some("unparsable")
+        );
         assert_eq!(reason(r#"{"code":"202"}"#), Some("unparsable"));
         // A job id that could not be a job id is no job.
         assert_eq!(

@@ -672,9 +672,14 @@ impl Client {
             .map_err(|e| FetchError::Connect(e.clone()))?;
         let full_path = format!("{}{path}", target.path_prefix);
         let headers = match material {
-            Material::Keys(creds) => {
-                sign_query(target, prepared, creds, &full_path, query, chrono::Utc::now())?
-            }
+            Material::Keys(creds) => sign_query(
+                target,
+                prepared,
+                creds,
+                &full_path,
+                query,
+                chrono::Utc::now(),
+            )?,
             Material::Token(token) => token_headers(prepared, token)?,
         };
         let url = format!("{}{path}{}", target.endpoint, query_string(query));
@@ -1083,7 +1088,11 @@ mod tests {
         // Vector v3 of the SDK: `...?detail=true&limit=10&marker=a%20b%2Fc~d`.
         let q = |k: &str, v: &str| (k.to_string(), v.to_string());
         assert_eq!(
-            query_string(&[q("marker", "a b/c~d"), q("limit", "10"), q("detail", "true")]),
+            query_string(&[
+                q("marker", "a b/c~d"),
+                q("limit", "10"),
+                q("detail", "true")
+            ]),
             "?detail=true&limit=10&marker=a%20b%2Fc~d"
         );
         assert_eq!(query_string(&[]), "");

@@ -62,7 +62,13 @@ mod tests {
         assert_eq!(p.entries, 4);
         assert_eq!(p.count, Some(12));
         let p = decode_page(br#"{"failure_jobs":null,"count":0}"#).expect("decodes");
-        assert_eq!(p, FailurePage { count: Some(0), ..FailurePage::default() });
+        assert_eq!(
+            p,
+            FailurePage {
+                count: Some(0),
+                ..FailurePage::default()
+            }
+        );
         assert!(decode_page(b"\"x\"").is_err());
     }
 }

@@ -53,6 +53,7 @@ pub(super) async fn run(ctx: Context) {
         service_type: ctx.spec.scope.cloud_service.to_ascii_uppercase(),
         max_pages: cfg.max_pages,
         lookback_ms: cfg.lookback.as_millis() as i64,
+        first_from: None,
     };
     if let Some(c) = &state.cursor {
         state.seen = c.seen.iter().cloned().collect();
@@ -94,6 +95,8 @@ struct Walk {
     service_type: String,
     max_pages: u32,
     lookback_ms: i64,
+    /// Where the first window starts, once computed.
+    first_from: Option<i64>,
 }
 
 /// The window one cycle reads.
@@ -135,7 +138,10 @@ impl Walk {
     /// One window, as far as `max_pages` allows. Returns the jobs left out by the bound.
     async fn cycle(&mut self, ctx: &Context) -> Result<usize, Failure> {
         let now = ctx.now_ms();
-        let w = window(self.cursor.as_ref(), self.lookback_ms, now);
+        // The first window's start is fixed once: a first cycle that fails is retried from
+        // the same start, not from a later `now - lookback`.
+        let start = *self.first_from.get_or_insert(now - self.lookback_ms);
+        let w = window(self.cursor.as_ref(), now - start, now);
         if w.gap_ms > 0 {
             let secs = w.gap_ms as f64 / 1000.0;
             tracing::warn!(
@@ -152,7 +158,7 @@ impl Walk {
         let mut oldest = w.to_ms;
         let mut over_limit = 0;
         let complete = loop {
-            if w.from_ms > w.to_ms {
+            if w.from_ms >= w.to_ms {
                 break true;
             }
             let mut query = vec![
@@ -196,7 +202,9 @@ impl Walk {
             );
             Some(Backlog {
                 from_ms: w.from_ms,
-                to_ms: oldest.min(w.to_ms),
+                // One past the oldest read: traces sharing its millisecond may be on the next
+                // page, and `to` may be exclusive. Those already read are known by id.
+                to_ms: (oldest + 1).min(w.to_ms),
                 then_until_ms: w.then_until_ms,
             })
         };
@@ -212,8 +220,7 @@ impl Walk {
         let backlog_edge = backlog.as_ref().map(|b| b.to_ms);
         self.seen
             .retain(|_, t| *t >= keep_from || backlog_edge.is_some_and(|e| *t <= e));
-        let mut seen: Vec<(String, i64)> =
-            self.seen.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let mut seen: Vec<(String, i64)> = self.seen.iter().map(|(k, v)| (k.clone(), *v)).collect();
         seen.sort_by_key(|(_, t)| *t);
         let cursor = Cursor {
             until_ms: until,
@@ -267,7 +274,10 @@ mod tests {
     #[test]
     fn first_window_reaches_lookback_back() {
         let w = window(None, 3_600_000, 10 * DAY);
-        assert_eq!((w.from_ms, w.to_ms, w.gap_ms), (10 * DAY - 3_600_000, 10 * DAY, 0));
+        assert_eq!(
+            (w.from_ms, w.to_ms, w.gap_ms),
+            (10 * DAY - 3_600_000, 10 * DAY, 0)
+        );
     }
 
     #[test]

@@ -36,10 +36,7 @@ pub(super) async fn run(ctx: Context) {
 /// Reads from `offset` to the end of the list or `max_pages` pages; `offset` is where the next
 /// cycle starts (0 once the end was reached). Returns the jobs left out by the bound.
 async fn cycle(ctx: &Context, offset: &mut u64, max_pages: u32) -> Result<usize, Failure> {
-    let path = format!(
-        "/v1/{}/task-center/failure-jobs",
-        ctx.spec.scope.project_id
-    );
+    let path = format!("/v1/{}/task-center/failure-jobs", ctx.spec.scope.project_id);
     let mut over_limit = 0;
     for _ in 0..max_pages {
         let query = [

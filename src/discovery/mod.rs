@@ -90,7 +90,9 @@ impl Source {
     fn permission(self) -> &'static str {
         match self {
             Source::Cts => "cts:trace:list",
-            Source::FailureJobs => "SDRS read access (sdrs:*:get / sdrs:*:list, e.g. SDRS ReadOnlyAccess)",
+            Source::FailureJobs => {
+                "SDRS read access (sdrs:*:get / sdrs:*:list, e.g. SDRS ReadOnlyAccess)"
+            }
         }
     }
 }
@@ -350,6 +352,7 @@ impl Discovery {
                 spec: spec.clone(),
                 status: Arc::clone(&status),
                 stop: stop.clone(),
+                over_limit: Mutex::new(HashSet::new()),
             };
             match spec.source {
                 Source::Cts => {
@@ -384,7 +387,12 @@ impl Discovery {
         self.tasks()
             .running
             .values()
-            .map(|r| r.status.lock().unwrap_or_else(PoisonError::into_inner).clone())
+            .map(|r| {
+                r.status
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+            })
             .collect()
     }
 }
@@ -411,7 +419,13 @@ struct Context {
     spec: Spec,
     status: Arc<Mutex<Status>>,
     stop: CancellationToken,
+    /// Jobs already counted as over the bound, so that each is counted once (up to
+    /// [`MAX_OVER_LIMIT_MEMORY`] of them).
+    over_limit: Mutex<HashSet<String>>,
 }
+
+/// Over-the-bound jobs remembered for counting each once; past it the memory starts afresh.
+const MAX_OVER_LIMIT_MEMORY: usize = 100_000;
 
 /// What one batch of candidate jobs came to.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -449,7 +463,16 @@ impl Context {
                 continue;
             }
             if fresh.len() >= room {
-                over_limit += 1;
+                let mut over = self
+                    .over_limit
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if over.len() >= MAX_OVER_LIMIT_MEMORY {
+                    over.clear();
+                }
+                if over.insert(id.clone()) {
+                    over_limit += 1;
+                }
                 continue;
             }
             fresh.push(id.clone());
