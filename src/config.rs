@@ -1736,4 +1736,96 @@ targets:
             Ok("https://h:8443/base".to_string())
         );
     }
+
+    const DISCOVER: &str = r#"
+accounts: [{name: a, access_key: x, secret_key: y}]
+targets:
+  - account: a
+    cloud_service: evs
+    cloud_region: cn-north-4
+    project_id: p1
+    discover:
+      cts: {lookback: 2h, trace_names: [createVolume, "extend*"]}
+  - account: a
+    cloud_service: sdrs
+    cloud_region: cn-north-4
+    project_id: p1
+    jobs: [j1]
+    discover:
+      cts: {endpoint: "http://10.0.0.1:8080/cts/", interval: 30s, max_pages: 5}
+      failure_jobs: {}
+"#;
+
+    #[test]
+    fn discovery_defaults_and_overrides() {
+        let cfg = parse(DISCOVER).expect("valid");
+        assert_eq!(cfg.max_discovered_jobs, DEFAULT_MAX_DISCOVERED_JOBS);
+        let evs = &cfg.targets[0];
+        assert!(evs.jobs.is_empty());
+        let cts = evs.discover.cts.as_ref().expect("cts");
+        assert_eq!(cts.endpoint, "https://cts.cn-north-4.myhuaweicloud.com");
+        assert_eq!(cts.interval, Duration::from_secs(60));
+        assert_eq!(cts.lookback, Duration::from_secs(7200));
+        assert_eq!(cts.trace_names, vec!["createVolume", "extend*"]);
+        assert_eq!(cts.max_pages, DEFAULT_MAX_PAGES);
+        assert_eq!(evs.discover.failure_jobs, None);
+        let sdrs = &cfg.targets[1];
+        let cts = sdrs.discover.cts.as_ref().expect("cts");
+        assert_eq!(cts.endpoint, "http://10.0.0.1:8080/cts");
+        assert_eq!((cts.interval, cts.max_pages), (Duration::from_secs(30), 5));
+        let f = sdrs.discover.failure_jobs.as_ref().expect("failure_jobs");
+        assert_eq!(f.endpoint, "https://sdrs.cn-north-4.myhuaweicloud.com");
+        assert_eq!(f.interval, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn discovery_problems_name_the_field_and_value() {
+        let bad = DISCOVER
+            .replace("lookback: 2h", "lookback: 8d, interval: 5s, colour: red")
+            .replace("\"extend*\"", "\"[oops\"")
+            .replace("cloud_service: sdrs", "cloud_service: ecs")
+            .replace("max_pages: 5", "max_pages: 0")
+            .replace("http://10.0.0.1:8080/cts/", "ftp://x");
+        let p = problems(&bad);
+        // An unknown key stops parsing first, and says where.
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].path, "targets[0].discover.cts.colour");
+        let p = problems(&bad.replace(", colour: red", ""));
+        let paths: Vec<(&str, &str)> = p
+            .iter()
+            .map(|p| (p.path.as_str(), p.message.as_str()))
+            .collect();
+        let has = |path: &str, needle: &str| {
+            assert!(
+                paths.iter().any(|(p, m)| *p == path && m.contains(needle)),
+                "{path}: {needle} in {paths:?}"
+            );
+        };
+        has(
+            "targets[0].discover.cts.interval",
+            "\"5s\" is shorter than the 10s minimum",
+        );
+        has(
+            "targets[0].discover.cts.lookback",
+            "\"8d\" reaches beyond the 7d",
+        );
+        has(
+            "targets[0].discover.cts.trace_names[1]",
+            "\"[oops\" is not a valid glob",
+        );
+        has("targets[1].discover.failure_jobs", "not \"sdrs\"");
+        has("targets[1].discover.cts.max_pages", "got 0");
+        has(
+            "targets[1].discover.cts.endpoint",
+            "\"ftp://x\" must start with https://",
+        );
+        assert_eq!(paths.len(), 6, "{paths:?}");
+        let p = problems(&DISCOVER.replace("failure_jobs: {}", "").replace(
+            "    discover:\n      cts: {lookback: 2h, trace_names: [createVolume, \"extend*\"]}",
+            "    discover: {}",
+        ));
+        assert_eq!(p[0].path, "targets[0].discover");
+        let p = problems(&format!("max_discovered_jobs: 0\n{DISCOVER}"));
+        assert_eq!(p[0].path, "max_discovered_jobs");
+    }
 }
