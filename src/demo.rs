@@ -82,7 +82,7 @@ pub const DEMO_DISCOVERY_INTERVAL: Duration = crate::config::MIN_DISCOVERY_INTER
 /// True for the jobs the demo lists in its configuration (one in three); the rest are left to
 /// discovery.
 pub fn listed(index: usize) -> bool {
-    index % 3 == 0
+    index.is_multiple_of(3)
 }
 
 /// The configuration the demo runs with: one target per service, all on the simulator; EVS and
