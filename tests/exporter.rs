@@ -118,6 +118,10 @@ async fn full_metrics_text_for_a_scripted_scenario() {
     assert_eq!(got, GOLDEN);
     // Self-metrics are there too, and nothing carries a timestamp.
     assert!(text.contains("huaweicloud_job_exporter_build_info{"));
+    // The demo account's requests were answered 200: its credentials are proven good.
+    assert!(text.contains(
+        "huaweicloud_job_exporter_auth_last_success_timestamp_seconds{account=\"demo\"} "
+    ));
     assert!(text.contains("huaweicloud_job_exporter_tracked_jobs{cloud_region=\"cn-north-4\",cloud_service=\"evs\",phase=\"terminal\",project_id=\"0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e\"} 2"));
     assert!(text.contains("process_resident_memory_bytes "));
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -452,6 +456,17 @@ targets:
             "huaweicloud_job_exporter_auth_failures_total{account=\"good\"}"
         ),
         Some(0.0)
+    );
+    // Accepted credentials are timestamped; rejected ones never are.
+    let good_at = value(
+        &text,
+        "huaweicloud_job_exporter_auth_last_success_timestamp_seconds{account=\"good\"}",
+    );
+    assert!(good_at.is_some_and(|t| t > 1.7e9), "{good_at:?}");
+    assert!(
+        !text.contains(
+            "huaweicloud_job_exporter_auth_last_success_timestamp_seconds{account=\"bad\"}"
+        )
     );
     assert_eq!(sim.rejected_total(), 1);
     assert!(!text.contains("not-the-secret"));

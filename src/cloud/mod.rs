@@ -589,6 +589,10 @@ impl Client {
             started.elapsed(),
         );
         let (status, resp_headers, body) = result?;
+        // Any answer but 401/403 means the signature or token was accepted.
+        if !matches!(status.as_u16(), 401 | 403) {
+            self.telemetry.auth_success(target.auth.account());
+        }
         if status.is_success() {
             let digest = BodyDigest(self.digests.hash_one(&body));
             if known == Some(digest) {

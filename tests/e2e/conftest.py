@@ -1,5 +1,6 @@
 """Shared fixtures of the end-to-end suite: the exporter binary, the simulator, the demo and a
-real Prometheus (Debian's `prometheus` package) scraping them. Everything listens on 127.0.0.1.
+real Prometheus (Debian's `prometheus` package) scraping them and evaluating
+deploy/prometheus/alerts.yml. Everything listens on 127.0.0.1.
 """
 import json
 import os
@@ -187,8 +188,10 @@ def start_prometheus_process(targets, workdir):
     assert binary, "prometheus is not installed (scripts/test installs Debian's package)"
     port = free_port()
     cfg = Path(workdir) / "prometheus.yml"
+    # The shipped rules are loaded too: dashboards show their ALERTS and recording rules.
     cfg.write_text(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files: [{json.dumps(str(ROOT / 'deploy/prometheus/alerts.yml'))}]\n"
         "scrape_configs:\n  - job_name: huaweicloud-job-exporter\n    static_configs:\n"
         f"      - targets: {json.dumps(targets)}\n")
     p = Process([binary, f"--config.file={cfg}", f"--storage.tsdb.path={Path(workdir) / 'data'}",
