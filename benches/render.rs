@@ -65,6 +65,7 @@ fn fleet(n: usize) -> (HashMap<String, Job>, TargetJobs) {
                     project_id: simulator::DEMO_PROJECT_ID.into(),
                     endpoint: format!("http://127.0.0.1:1/{svc}"),
                     jobs: vec![],
+                    discover: Default::default(),
                 },
                 Credentials {
                     access_key: Secret::new("a"),

@@ -675,7 +675,7 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let all = what.is_empty() || what.iter().any(|w| w == "all");
-    let wants = |w: &str| all && w != "profile" || what.iter().any(|x| x == w);
+    let wants = |w: &str| all && w != "profile" && w != "discovery" || what.iter().any(|x| x == w);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -708,5 +708,165 @@ fn main() {
         if wants("profile") {
             profile(dir.path(), &c).await;
         }
+        if wants("discovery") {
+            discovery(dir.path(), &c).await;
+        }
     });
+}
+
+/// A value of one series on /metrics (0 when absent).
+async fn metric(c: &reqwest::Client, base: &str, prefix: &str) -> f64 {
+    let Ok(r) = c.get(format!("{base}/metrics")).send().await else {
+        return 0.0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// EVS traces that name no job (purchases and failed calls), `n` of them, stamped over
+/// `[from_ms, to_ms)`.
+fn evs_noise(n: usize, from_ms: i64, to_ms: i64, tag: &str) -> Vec<serde_json::Value> {
+    let span = (to_ms - from_ms).max(1);
+    (0..n)
+        .map(|i| {
+            let time = from_ms + (i as i64 * span) / n.max(1) as i64;
+            let (code, response) = if i % 2 == 0 {
+                (200, serde_json::json!({"order_id": format!("CS{i:012}")}))
+            } else {
+                (400, serde_json::json!({"error": {"code": "EVS.2024"}}))
+            };
+            serde_json::json!({"trace_id": format!("{tag}-{i}"), "trace_name": "createVolume",
+                "trace_type": "ApiCall", "service_type": "EVS", "time": time, "code": code,
+                "response": response})
+        })
+        .collect()
+}
+
+/// `discovery`: one EVS project making 10,000 traces an hour (a tenth of them from jobs),
+/// discovered through the simulator's CTS every 10 s: requests and CPU per cycle in steady state,
+/// and the memory a discovered job costs (5,000 jobs appearing at once).
+async fn discovery(dir: &std::path::Path, c: &reqwest::Client) {
+    const HOUR_MS: i64 = 3_600_000;
+    const INTERVAL_SECS: u64 = 10;
+    let per_hour: usize = env_or("BENCH_TRACES_PER_HOUR", 10_000);
+    let burst: usize = env_or("BENCH_DISCOVERY_BURST", 5_000);
+    let job = |id: String, start: f64| JobScript {
+        job_id: id,
+        project_id: simulator::DEMO_PROJECT_ID.into(),
+        service: "evs".into(),
+        job_type: "createVolume".into(),
+        start_secs: start,
+        init_secs: 0.0,
+        run_secs: 30.0,
+        outcome: simulator::Outcome::Success,
+        entities: Default::default(),
+        sub_jobs: vec![],
+    };
+    // The last hour: a tenth of the traces from jobs (two each), the rest noise.
+    let jobs_hour = per_hour / 20;
+    let scripts: Vec<JobScript> = (0..jobs_hour)
+        .map(|i| {
+            job(
+                format!("h{i:06}"),
+                -3600.0 + 3400.0 * i as f64 / jobs_hour as f64,
+            )
+        })
+        .collect();
+    let sim = Sim::start(scripts).await;
+    let now_ms = || chrono::Utc::now().timestamp_millis();
+    let noise_hour = per_hour - 2 * jobs_hour;
+    sim.sim.add_traces(
+        simulator::DEMO_PROJECT_ID,
+        evs_noise(noise_hour, now_ms() - HOUR_MS, now_ms() - 60_000, "n0"),
+    );
+    let y = format!(
+        "refresh_interval: 30s\nmax_requests_per_second: 1000000\nterminal_retention: 30d\n\
+         accounts:\n  - name: bench\n    access_key: {}\n    secret_key: {}\ntargets:\n  \
+         - account: bench\n    cloud_service: evs\n    cloud_region: cn-north-4\n    \
+         project_id: {}\n    endpoint: http://{addr}/evs\n    discover:\n      cts: \
+         {{endpoint: \"http://{addr}\", interval: {INTERVAL_SECS}s, lookback: 1h}}\n",
+        simulator::DEMO_ACCESS_KEY,
+        simulator::DEMO_SECRET_KEY,
+        simulator::DEMO_PROJECT_ID,
+        addr = sim.addr
+    );
+    let cfg = dir.join("discovery.yml");
+    std::fs::write(&cfg, y).expect("write config");
+    let mut p = start_exporter(&cfg);
+    let ready = format!("{}/-/ready", p.base);
+    wait_ok(c, &mut p, &ready, Duration::from_secs(60)).await;
+    let found = "huaweicloud_job_exporter_discovered_jobs_total{";
+    let started = Instant::now();
+    while metric(c, &p.base, found).await < jobs_hour as f64 {
+        assert!(started.elapsed() < Duration::from_secs(60), "first cycle");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first_requests = sim.sim.cts_requests().len();
+    println!(
+        "\n### Discovery: one project, {per_hour} CTS traces an hour, `interval: {INTERVAL_SECS}s`\n"
+    );
+    println!(
+        "- first cycle (`lookback: 1h`, {per_hour} traces): {first_requests} CTS requests, {jobs_hour} jobs found in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Steady state: the traces keep coming at the same rate, stamped now.
+    let cycles = env_or("BENCH_DISCOVERY_CYCLES", 6u64);
+    let (req0, cpu0) = (sim.sim.cts_requests().len(), p.cpu_ticks());
+    let per_cycle = per_hour * INTERVAL_SECS as usize / 3600;
+    for k in 0..cycles {
+        let t = now_ms();
+        sim.sim.add_traces(
+            simulator::DEMO_PROJECT_ID,
+            evs_noise(per_cycle, t - 10_000, t, &format!("s{k}")),
+        );
+        tokio::time::sleep(Duration::from_secs(INTERVAL_SECS)).await;
+    }
+    let requests = (sim.sim.cts_requests().len() - req0) as f64 / cycles as f64;
+    let cpu_ms = (p.cpu_ticks() - cpu0) as f64 * 10.0 / cycles as f64;
+    println!(
+        "- steady state over {cycles} cycles: {requests:.1} CTS requests per cycle (window = interval + 5 min overlap, about {} traces), {cpu_ms:.1} ms CPU per cycle (whole exporter process, its 30 s refresh included)",
+        per_hour * (INTERVAL_SECS as usize + 300) / 3600
+    );
+
+    // A burst: jobs begun a few minutes ago appear at once, found by the next cycle.
+    let rss0 = p.rss_kib();
+    let found0 = metric(c, &p.base, found).await;
+    let burst_scripts: Vec<JobScript> = (0..burst)
+        .map(|i| {
+            job(
+                format!("b{i:06}"),
+                sim.sim.now_secs() - 240.0 + 150.0 * i as f64 / burst as f64,
+            )
+        })
+        .collect();
+    let (req1, cpu1) = (sim.sim.cts_requests().len(), p.cpu_ticks());
+    sim.sim.add_jobs(burst_scripts);
+    let started = Instant::now();
+    while metric(c, &p.base, found).await < found0 + burst as f64 {
+        assert!(started.elapsed() < Duration::from_secs(120), "burst");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let tracked = "huaweicloud_job_exporter_tracked_jobs{";
+    while metric(c, &p.base, tracked).await < found0 + burst as f64 {
+        assert!(started.elapsed() < Duration::from_secs(180), "tracked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let the poller fetch them once (they are finished) and settle.
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let rss1 = p.rss_kib();
+    println!(
+        "- burst of {burst} jobs ({} traces): found in {:.1} s with {} CTS requests and {:.0} ms CPU (fetching them included); RSS {} -> {} KiB, {:.2} KiB per discovered and tracked job",
+        2 * burst,
+        started.elapsed().as_secs_f64(),
+        sim.sim.cts_requests().len() - req1,
+        (p.cpu_ticks() - cpu1) as f64 * 10.0,
+        rss0,
+        rss1,
+        (rss1 as f64 - rss0 as f64) / burst as f64
+    );
+    p.terminate();
 }

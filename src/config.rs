@@ -147,6 +147,33 @@ struct RawTarget {
     endpoint: Option<String>,
     #[serde(default)]
     jobs: Vec<String>,
+    discover: Option<RawDiscover>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiscover {
+    cts: Option<RawCts>,
+    failure_jobs: Option<RawFailureJobs>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCts {
+    endpoint: Option<String>,
+    interval: Option<String>,
+    lookback: Option<String>,
+    #[serde(default)]
+    trace_names: Vec<String>,
+    max_pages: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFailureJobs {
+    endpoint: Option<String>,
+    interval: Option<String>,
+    max_pages: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +188,7 @@ struct RawConfig {
     max_requests_per_second: Option<f64>,
     max_response_bytes: Option<usize>,
     terminal_retention: Option<String>,
+    max_discovered_jobs: Option<usize>,
     #[serde(default)]
     accounts: Vec<RawAccount>,
     #[serde(default)]
@@ -307,6 +335,68 @@ pub struct Target {
     pub endpoint: String,
     /// Job ids, de-duplicated, in the order first given.
     pub jobs: Vec<String>,
+    /// Where this target's jobs are discovered, besides `jobs`.
+    pub discover: Discover,
+}
+
+/// Shortest discovery `interval`: each CTS cycle costs at least one request, and the traces
+/// themselves arrive about a minute late, so asking more often finds nothing sooner.
+pub const MIN_DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How far back CTS can be queried at all; `lookback` and a resumed cursor stop there.
+pub const CTS_RETENTION: Duration = Duration::from_secs(7 * 86400);
+
+/// Default `max_discovered_jobs`: a busy project creates a few thousand asynchronous jobs a
+/// week (the simulated busy project of BENCHMARKS.md makes 10,000 traces an hour, about a
+/// tenth of them with a job), and the poller handles 10,000 active jobs per replica in about 1%
+/// of a core. Beyond this, a runaway script or a misconfigured target should not be able to
+/// grow the tracked set without bound: jobs past it are counted and logged, not tracked.
+pub const DEFAULT_MAX_DISCOVERED_JOBS: usize = 10_000;
+
+/// Default `max_pages` of one discovery cycle: 50 pages of 200 traces is 10,000 traces, an
+/// hour of the busiest project we measured, in 50 requests; the rest is picked up next cycle.
+pub const DEFAULT_MAX_PAGES: u32 = 50;
+
+/// A target's discovery sources (`discover:`); both absent when it has none.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Discover {
+    /// Cloud Trace Service.
+    pub cts: Option<CtsDiscovery>,
+    /// The SDRS task centre's failed jobs.
+    pub failure_jobs: Option<FailureJobsDiscovery>,
+}
+
+impl Discover {
+    /// True when no source is configured.
+    pub fn is_empty(&self) -> bool {
+        self.cts.is_none() && self.failure_jobs.is_none()
+    }
+}
+
+/// `discover.cts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtsDiscovery {
+    /// Base URL of CTS (default `https://cts.{region}.myhuaweicloud.com`).
+    pub endpoint: String,
+    /// How often to ask.
+    pub interval: Duration,
+    /// How far back the first query reaches (at most seven days).
+    pub lookback: Duration,
+    /// Glob patterns on `trace_name`; empty matches every trace.
+    pub trace_names: Vec<String>,
+    /// Pages one cycle may read before it stops and carries on next cycle.
+    pub max_pages: u32,
+}
+
+/// `discover.failure_jobs` (SDRS only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureJobsDiscovery {
+    /// Base URL of SDRS (default: the target's endpoint).
+    pub endpoint: String,
+    /// How often to ask.
+    pub interval: Duration,
+    /// Pages one cycle may read.
+    pub max_pages: u32,
 }
 
 /// A validated configuration.
@@ -336,6 +426,8 @@ pub struct Config {
     pub api_token_file: Option<PathBuf>,
     /// Where registered jobs are persisted.
     pub state_file: Option<PathBuf>,
+    /// Per target, the most discovered jobs tracked at once.
+    pub max_discovered_jobs: usize,
     /// The file this configuration was loaded from, if any (reloads read it again).
     pub path: Option<PathBuf>,
     /// `jobs_files` globs, made absolute (reloads and the file watcher re-expand them).
@@ -362,6 +454,7 @@ impl Default for Config {
             targets: Vec::new(),
             api_token_file: None,
             state_file: None,
+            max_discovered_jobs: DEFAULT_MAX_DISCOVERED_JOBS,
             path: None,
             jobs_file_patterns: Vec::new(),
             shard: crate::shard::Shard::default(),
@@ -406,7 +499,7 @@ impl Config {
     /// Settings that only a restart applies, for a warning when a reload changes them.
     pub fn restart_settings(&self) -> String {
         format!(
-            "mode={:?} refresh_interval={:?} scrape_timeout={:?} request_timeout={:?} max_concurrency={} max_requests_per_second={} max_response_bytes={} terminal_retention={:?} api={:?} state_file={:?}",
+            "mode={:?} refresh_interval={:?} scrape_timeout={:?} request_timeout={:?} max_concurrency={} max_requests_per_second={} max_response_bytes={} terminal_retention={:?} api={:?} state_file={:?} max_discovered_jobs={}",
             self.mode,
             self.refresh_interval,
             self.scrape_timeout,
@@ -416,7 +509,8 @@ impl Config {
             self.max_response_bytes,
             self.terminal_retention,
             self.api_token_file,
-            self.state_file
+            self.state_file,
+            self.max_discovered_jobs
         )
     }
 
@@ -456,6 +550,9 @@ impl Config {
             targets: Vec::new(),
             api_token_file: raw.api.map(|a| a.token_file),
             state_file: raw.state_file,
+            max_discovered_jobs: raw
+                .max_discovered_jobs
+                .unwrap_or(defaults.max_discovered_jobs),
             path: None,
             shard: crate::shard::Shard::default(),
             shard_url_template: None,
@@ -484,6 +581,15 @@ impl Config {
                     "must be between 1024 and {}, got {}",
                     64 << 20,
                     cfg.max_response_bytes
+                ),
+            );
+        }
+        if !(1..=1_000_000).contains(&cfg.max_discovered_jobs) {
+            v.problem(
+                "max_discovered_jobs",
+                format!(
+                    "must be between 1 and 1000000, got {}",
+                    cfg.max_discovered_jobs
                 ),
             );
         }
@@ -892,6 +998,16 @@ impl Validator<'_> {
                 );
             }
         }
+        let discover = match t.discover {
+            Some(d) => self.discover(
+                &format!("{path}.discover"),
+                d,
+                &t.cloud_service,
+                &t.cloud_region,
+                &endpoint,
+            ),
+            None => Discover::default(),
+        };
         if self.problems.len() > before {
             return;
         }
@@ -913,6 +1029,16 @@ impl Validator<'_> {
                     );
                     return;
                 }
+                if !discover.is_empty() {
+                    if !o.discover.is_empty() && o.discover != discover {
+                        self.problem(
+                            &format!("{path}.discover"),
+                            "differs from the discover given for the same account, service, region and project; give it once".into(),
+                        );
+                        return;
+                    }
+                    o.discover = discover;
+                }
                 for id in t.jobs {
                     if !o.jobs.contains(&id) {
                         o.jobs.push(id);
@@ -933,9 +1059,120 @@ impl Validator<'_> {
                     project_id,
                     endpoint,
                     jobs,
+                    discover,
                 });
             }
         }
+    }
+
+    fn discover(
+        &mut self,
+        path: &str,
+        d: RawDiscover,
+        service: &str,
+        region: &str,
+        target_endpoint: &str,
+    ) -> Discover {
+        let mut out = Discover::default();
+        if d.cts.is_none() && d.failure_jobs.is_none() {
+            self.problem(
+                path,
+                "names no source; give cts, failure_jobs or both".into(),
+            );
+        }
+        if let Some(c) = d.cts {
+            let p = format!("{path}.cts");
+            let endpoint = match c.endpoint {
+                Some(e) => validate_endpoint(&e).unwrap_or_else(|m| {
+                    self.problem(&format!("{p}.endpoint"), m);
+                    String::new()
+                }),
+                None => format!("https://cts.{region}.myhuaweicloud.com"),
+            };
+            let interval = self.discovery_interval(&p, c.interval.as_deref(), 60);
+            let lookback = self
+                .duration(&format!("{p}.lookback"), c.lookback.as_deref())
+                .unwrap_or(Duration::from_secs(3600));
+            if lookback > CTS_RETENTION {
+                self.problem(
+                    &format!("{p}.lookback"),
+                    format!(
+                        "{:?} reaches beyond the 7d that CTS keeps",
+                        c.lookback.as_deref().unwrap_or_default()
+                    ),
+                );
+            }
+            for (i, g) in c.trace_names.iter().enumerate() {
+                if let Err(e) = glob::Pattern::new(g) {
+                    self.problem(
+                        &format!("{p}.trace_names[{i}]"),
+                        format!("{g:?} is not a valid glob: {e}"),
+                    );
+                }
+            }
+            let max_pages = self.max_pages(&p, c.max_pages);
+            out.cts = Some(CtsDiscovery {
+                endpoint,
+                interval,
+                lookback,
+                trace_names: c.trace_names,
+                max_pages,
+            });
+        }
+        if let Some(f) = d.failure_jobs {
+            let p = format!("{path}.failure_jobs");
+            if service != "sdrs" {
+                self.problem(
+                    &p,
+                    format!("the task centre is an SDRS API; this target's cloud_service is {service:?}, not \"sdrs\""),
+                );
+            }
+            let endpoint = match f.endpoint {
+                Some(e) => validate_endpoint(&e).unwrap_or_else(|m| {
+                    self.problem(&format!("{p}.endpoint"), m);
+                    String::new()
+                }),
+                None => target_endpoint.to_string(),
+            };
+            let interval = self.discovery_interval(&p, f.interval.as_deref(), 300);
+            let max_pages = self.max_pages(&p, f.max_pages);
+            out.failure_jobs = Some(FailureJobsDiscovery {
+                endpoint,
+                interval,
+                max_pages,
+            });
+        }
+        out
+    }
+
+    fn discovery_interval(&mut self, path: &str, value: Option<&str>, default: u64) -> Duration {
+        let field = format!("{path}.interval");
+        match self.duration(&field, value) {
+            Some(d) if d < MIN_DISCOVERY_INTERVAL => {
+                self.problem(
+                    &field,
+                    format!(
+                        "{:?} is shorter than the {}s minimum",
+                        value.unwrap_or_default(),
+                        MIN_DISCOVERY_INTERVAL.as_secs()
+                    ),
+                );
+                MIN_DISCOVERY_INTERVAL
+            }
+            Some(d) => d,
+            None => Duration::from_secs(default),
+        }
+    }
+
+    fn max_pages(&mut self, path: &str, value: Option<u32>) -> u32 {
+        let n = value.unwrap_or(DEFAULT_MAX_PAGES);
+        if !(1..=10_000).contains(&n) {
+            self.problem(
+                &format!("{path}.max_pages"),
+                format!("must be between 1 and 10000, got {n}"),
+            );
+        }
+        n
     }
 
     fn jobs_files(
@@ -1498,5 +1735,97 @@ targets:
             validate_endpoint("https://h:8443/base/"),
             Ok("https://h:8443/base".to_string())
         );
+    }
+
+    const DISCOVER: &str = r#"
+accounts: [{name: a, access_key: x, secret_key: y}]
+targets:
+  - account: a
+    cloud_service: evs
+    cloud_region: cn-north-4
+    project_id: p1
+    discover:
+      cts: {lookback: 2h, trace_names: [createVolume, "extend*"]}
+  - account: a
+    cloud_service: sdrs
+    cloud_region: cn-north-4
+    project_id: p1
+    jobs: [j1]
+    discover:
+      cts: {endpoint: "http://10.0.0.1:8080/cts/", interval: 30s, max_pages: 5}
+      failure_jobs: {}
+"#;
+
+    #[test]
+    fn discovery_defaults_and_overrides() {
+        let cfg = parse(DISCOVER).expect("valid");
+        assert_eq!(cfg.max_discovered_jobs, DEFAULT_MAX_DISCOVERED_JOBS);
+        let evs = &cfg.targets[0];
+        assert!(evs.jobs.is_empty());
+        let cts = evs.discover.cts.as_ref().expect("cts");
+        assert_eq!(cts.endpoint, "https://cts.cn-north-4.myhuaweicloud.com");
+        assert_eq!(cts.interval, Duration::from_secs(60));
+        assert_eq!(cts.lookback, Duration::from_secs(7200));
+        assert_eq!(cts.trace_names, vec!["createVolume", "extend*"]);
+        assert_eq!(cts.max_pages, DEFAULT_MAX_PAGES);
+        assert_eq!(evs.discover.failure_jobs, None);
+        let sdrs = &cfg.targets[1];
+        let cts = sdrs.discover.cts.as_ref().expect("cts");
+        assert_eq!(cts.endpoint, "http://10.0.0.1:8080/cts");
+        assert_eq!((cts.interval, cts.max_pages), (Duration::from_secs(30), 5));
+        let f = sdrs.discover.failure_jobs.as_ref().expect("failure_jobs");
+        assert_eq!(f.endpoint, "https://sdrs.cn-north-4.myhuaweicloud.com");
+        assert_eq!(f.interval, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn discovery_problems_name_the_field_and_value() {
+        let bad = DISCOVER
+            .replace("lookback: 2h", "lookback: 8d, interval: 5s, colour: red")
+            .replace("\"extend*\"", "\"[oops\"")
+            .replace("cloud_service: sdrs", "cloud_service: ecs")
+            .replace("max_pages: 5", "max_pages: 0")
+            .replace("http://10.0.0.1:8080/cts/", "ftp://x");
+        let p = problems(&bad);
+        // An unknown key stops parsing first, and says where.
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].path, "targets[0].discover.cts.colour");
+        let p = problems(&bad.replace(", colour: red", ""));
+        let paths: Vec<(&str, &str)> = p
+            .iter()
+            .map(|p| (p.path.as_str(), p.message.as_str()))
+            .collect();
+        let has = |path: &str, needle: &str| {
+            assert!(
+                paths.iter().any(|(p, m)| *p == path && m.contains(needle)),
+                "{path}: {needle} in {paths:?}"
+            );
+        };
+        has(
+            "targets[0].discover.cts.interval",
+            "\"5s\" is shorter than the 10s minimum",
+        );
+        has(
+            "targets[0].discover.cts.lookback",
+            "\"8d\" reaches beyond the 7d",
+        );
+        has(
+            "targets[0].discover.cts.trace_names[1]",
+            "\"[oops\" is not a valid glob",
+        );
+        has("targets[1].discover.failure_jobs", "not \"sdrs\"");
+        has("targets[1].discover.cts.max_pages", "got 0");
+        has(
+            "targets[1].discover.cts.endpoint",
+            "\"ftp://x\" must start with https://",
+        );
+        assert_eq!(paths.len(), 6, "{paths:?}");
+        let p = problems(&DISCOVER.replace("failure_jobs: {}", "").replace(
+            "    discover:\n      cts: {lookback: 2h, trace_names: [createVolume, \"extend*\"]}",
+            "    discover: {}",
+        ));
+        assert_eq!(p[0].path, "targets[0].discover");
+        let p = problems(&format!("max_discovered_jobs: 0\n{DISCOVER}"));
+        assert_eq!(p[0].path, "max_discovered_jobs");
     }
 }

@@ -3,6 +3,12 @@
 //! The fleet is seeded, so every run shows the same story: some jobs already finished (a few
 //! failed, with error codes), some running with sub-jobs, and the rest finishing over the next
 //! fifteen minutes, a handful of them failing.
+//!
+//! Only a third of the jobs are listed in the demo's configuration; the others are discovered
+//! while it runs, as in production: EVS, ECS and SDRS jobs through the simulator's Cloud Trace
+//! Service (once their trace is recorded, a minute after they start), failed SDRS jobs through
+//! its task centre. The landing page's Discovery table and `GET /api/v1/jobs`'s `source` show
+//! which is which.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -10,7 +16,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Account, AccountAuth, Config, SecretRef, Target};
+use crate::config::{
+    Account, AccountAuth, Config, CtsDiscovery, Discover, FailureJobsDiscovery, SecretRef, Target,
+};
 use crate::simulator::{self, Fault, FleetShape, GlobalFault, JobScript, Simulator};
 use crate::{Exporter, Result, WebOptions};
 
@@ -67,8 +75,19 @@ pub fn faults() -> Vec<GlobalFault> {
     ]
 }
 
+/// How often the demo's targets ask CTS and the task centre: the shortest interval allowed, so
+/// discovered jobs show up within seconds of their trace.
+pub const DEMO_DISCOVERY_INTERVAL: Duration = crate::config::MIN_DISCOVERY_INTERVAL;
+
+/// True for the jobs the demo lists in its configuration (one in three); the rest are left to
+/// discovery.
+pub fn listed(index: usize) -> bool {
+    index.is_multiple_of(3)
+}
+
 /// The configuration the demo runs with: one target per service, all on the simulator; EVS and
-/// ECS sign with AK/SK, SDRS uses an IAM password token.
+/// ECS sign with AK/SK, SDRS uses an IAM password token. Every target discovers through CTS,
+/// and SDRS also through the task centre.
 pub fn config(simulator_base: &str, jobs: &[JobScript], refresh_interval: Duration) -> Config {
     let mut targets: Vec<Target> = Vec::new();
     for service in ["evs", "sdrs", "ecs"] {
@@ -85,9 +104,24 @@ pub fn config(simulator_base: &str, jobs: &[JobScript], refresh_interval: Durati
             endpoint: format!("{simulator_base}/{service}"),
             jobs: jobs
                 .iter()
-                .filter(|j| j.service == service)
-                .map(|j| j.job_id.clone())
+                .enumerate()
+                .filter(|(i, j)| j.service == service && listed(*i))
+                .map(|(_, j)| j.job_id.clone())
                 .collect(),
+            discover: Discover {
+                cts: Some(CtsDiscovery {
+                    endpoint: simulator_base.to_string(),
+                    interval: DEMO_DISCOVERY_INTERVAL,
+                    lookback: Duration::from_secs(3600),
+                    trace_names: Vec::new(),
+                    max_pages: crate::config::DEFAULT_MAX_PAGES,
+                }),
+                failure_jobs: (service == "sdrs").then(|| FailureJobsDiscovery {
+                    endpoint: format!("{simulator_base}/{service}"),
+                    interval: DEMO_DISCOVERY_INTERVAL,
+                    max_pages: crate::config::DEFAULT_MAX_PAGES,
+                }),
+            },
         });
     }
     let mut accounts = BTreeMap::new();
@@ -141,8 +175,9 @@ pub async fn run(
     } else {
         addr.to_string()
     };
+    let listed = (0..jobs.len()).filter(|i| listed(*i)).count();
     println!(
-        "huaweicloud-job-exporter demo: {} jobs (EVS, SDRS, ECS) on the built-in simulator",
+        "huaweicloud-job-exporter demo: {} jobs (EVS, SDRS, ECS) on the built-in simulator; {listed} listed in the configuration, the rest discovered through CTS and the SDRS task centre as their traces appear",
         jobs.len()
     );
     println!("  exporter:  http://{host}/");

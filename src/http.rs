@@ -278,6 +278,32 @@ async fn landing(State(app): State<App>) -> Html<String> {
     if errors.is_empty() {
         errors.push_str("<tr><td colspan=\"5\">none</td></tr>");
     }
+    let mut discovery = String::new();
+    let mut statuses = app.control.discovery().status();
+    statuses.sort_by(|a, b| (&a.scope, a.source).cmp(&(&b.scope, b.source)));
+    for d in statuses {
+        let when = d
+            .last_success
+            .and_then(|t| chrono::DateTime::from_timestamp(t as i64, 0))
+            .map_or_else(
+                || "never".to_string(),
+                |d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            );
+        let _ = write!(
+            discovery,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape_html(&d.scope.cloud_service),
+            escape_html(&d.scope.cloud_region),
+            escape_html(&d.scope.project_id),
+            d.source.as_str(),
+            when,
+            d.jobs_found,
+            escape_html(d.last_error.as_deref().unwrap_or("none"))
+        );
+    }
+    if discovery.is_empty() {
+        discovery.push_str("<tr><td colspan=\"7\">no target discovers jobs (discover: in the configuration)</td></tr>");
+    }
     Html(format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Huawei Cloud Job Exporter</title>\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left}}</style></head>\
@@ -285,6 +311,7 @@ async fn landing(State(app): State<App>) -> Html<String> {
 <p>Version {version} (revision {revision}), mode <b>{mode}</b>, {ready}.</p>\
 <ul><li><a href=\"{path}\">Metrics</a></li><li><a href=\"/-/healthy\">Health</a></li><li><a href=\"/-/ready\">Readiness</a></li></ul>\
 <h2>Tracked jobs</h2><table><tr><th>cloud_service</th><th>cloud_region</th><th>project_id</th><th>active</th><th>terminal</th><th>last fetch failed</th></tr>{rows}</table>\
+<h2>Discovery</h2><table><tr><th>cloud_service</th><th>cloud_region</th><th>project_id</th><th>source</th><th>last success</th><th>jobs found</th><th>last error</th></tr>{discovery}</table>\
 <h2>Recent fetch errors</h2><table><tr><th>time</th><th>target</th><th>job_id</th><th>reason</th><th>error</th></tr>{errors}</table>\
 </body></html>\n",
         version = env!("CARGO_PKG_VERSION"),

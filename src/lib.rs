@@ -7,10 +7,11 @@
 //! How the pieces fit, following one job from configuration to `/metrics`:
 //!
 //! ```text
-//!  config ─┐                                                          Huawei Cloud
-//!  registry (API, state file) ─► reload::Control ─► poller ─(cloud::Client)─► or simulator
-//!  shard ──┘   (what is tracked;     (jobs, limits,   signer, model,
-//!              file watch, SIGHUP)    cached / on-demand)  auth: AK/SK, IAM, metadata
+//!  config ──────────────────────┐                                          Huawei Cloud
+//!  registry (API, state file) ──┼─► reload::Control ─► poller ─(cloud::Client)─► or simulator
+//!  discovery (CTS, task centre) ┤   (what is tracked;   (jobs, limits,    signer, model,
+//!  shard ───────────────────────┘    file watch, SIGHUP) cached / on-demand) auth: AK/SK, IAM,
+//!     discovery asks the cloud itself: cloud::Client::get_api (traces, failure jobs)  metadata
 //!                                      │ renders changed jobs (exposition)
 //!                                      ▼
 //!                                   snapshot ──► http (/metrics, /api/v1/jobs) ◄── Prometheus
@@ -21,10 +22,15 @@
 //! - [`cli`]: the command line (exporter-toolkit flag names).
 //! - [`cloud`]: the HTTP client with retries, SDK-HMAC-SHA256 signing ([`cloud::signer`]),
 //!   credentials at run time ([`cloud::auth`]) and lenient decoding of job and error bodies
-//!   ([`cloud::model`]), with the bounded failure reasons. Job fetches go over keep-alive
+//!   ([`cloud::model`]), of CTS traces ([`cloud::cts`]) and of the SDRS task centre
+//!   ([`cloud::task_center`]), with the bounded failure reasons. Job fetches go over keep-alive
 //!   connections that the fetching task drives itself (`cloud::conn`, on hyper); reqwest makes
 //!   the other calls, and all of them behind a proxy.
-//! - [`reload`]: the tracked set: configuration reloads and the registration API.
+//! - [`discovery`]: jobs nobody listed, found per target through the Cloud Trace Service
+//!   ([`discovery::cts`]) and the SDRS task centre ([`discovery::failure_jobs`]), with its store
+//!   seam ([`discovery::Store`]: discovered jobs, cursors, jobs never to add again) and clock.
+//! - [`reload`]: the tracked set: configuration reloads, the registration API and discovered
+//!   jobs, merged in [`reload::Control::apply`].
 //! - [`registry`]: registered jobs and their fsynced state file.
 //! - [`shard`]: which replica owns a job.
 //! - [`poller`]: tracked jobs, concurrency and rate limits, cached and on-demand collection.
@@ -41,6 +47,7 @@ pub mod cli;
 pub mod cloud;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod exposition;
 pub mod http;
 pub mod poller;
@@ -169,6 +176,16 @@ impl Exporter {
     /// Validates the web configuration, builds the client and poller from `config` and binds
     /// the listen address (in that order: a bad file never binds a port).
     pub async fn bind(config: Config, web: WebOptions) -> Result<Self> {
+        Self::bind_with(config, web, discovery::Options::default()).await
+    }
+
+    /// [`Exporter::bind`] with discovery's clock and store given (tests run discovery on the
+    /// simulator's clock, and restart an exporter on the same store).
+    pub async fn bind_with(
+        config: Config,
+        web: WebOptions,
+        discovery: discovery::Options,
+    ) -> Result<Self> {
         let web_state = Arc::new(web::Web::new(
             web.config_file.as_deref(),
             web.limits.clone(),
@@ -188,6 +205,13 @@ impl Exporter {
             poller::Settings::from(&config),
             Arc::clone(&telemetry),
         );
+        let discovery = discovery::Discovery::new(
+            discovery,
+            client.clone(),
+            &telemetry,
+            config.shard,
+            config.max_discovered_jobs,
+        );
         // Secrets are looked up in the process environment again on reloads.
         let env: reload::Env = Arc::new(|k: &str| std::env::var(k).ok());
         let control = Arc::new(reload::Control::new(
@@ -195,6 +219,7 @@ impl Exporter {
             env,
             client,
             registry,
+            discovery,
             poller.clone(),
             Arc::clone(&telemetry),
         ));

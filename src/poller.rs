@@ -1126,6 +1126,7 @@ mod tests {
                 project_id: "p1".into(),
                 endpoint: format!("http://{host}"),
                 jobs: vec![],
+                discover: Default::default(),
             },
             Credentials {
                 access_key: Secret::new("a"),

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cloud::{self, auth::Provider};
 use crate::config::{self, Config};
+use crate::discovery::{Discovery, Scope};
 use crate::poller::{Poller, TargetJobs};
 use crate::registry::{JobRef, Registry};
 use crate::shard::Shard;
@@ -71,7 +72,7 @@ pub struct Listed {
     pub project_id: String,
     /// Job id.
     pub job_id: String,
-    /// `config` or `api`.
+    /// `config`, `api`, or the discovery source that found it (`cts`, `failure_jobs`).
     pub source: &'static str,
     /// False for a registration another shard owns (left over from a resharding; DELETE it
     /// and register it again).
@@ -89,6 +90,7 @@ pub struct Control {
     env: Env,
     client: cloud::Client,
     registry: Registry,
+    discovery: Discovery,
     poller: Poller,
     telemetry: Arc<Telemetry>,
 }
@@ -108,12 +110,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Control {
-    /// Takes over `config` and `registry`, and gives the poller its jobs.
+    /// Takes over `config`, `registry` and `discovery`, and gives the poller its jobs.
+    /// Discovery's tasks start with [`Control::run`].
     pub fn new(
         config: Config,
         env: Env,
         client: cloud::Client,
         registry: Registry,
+        discovery: Discovery,
         poller: Poller,
         telemetry: Arc<Telemetry>,
     ) -> Self {
@@ -125,6 +129,7 @@ impl Control {
             env,
             client,
             registry,
+            discovery,
             poller,
             telemetry,
         };
@@ -138,9 +143,16 @@ impl Control {
         self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Hands the poller the configured jobs plus the registered ones.
+    /// The discovery tasks (their status, for the landing page).
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
+    }
+
+    /// Hands the poller the configured jobs plus the registered and discovered ones, and
+    /// discovery its targets.
     pub fn apply(&self) {
         let registered = self.registry.jobs();
+        let discovered = self.discovery.jobs();
         let targets: TargetJobs = {
             let mut cur = self.lock();
             let cur = &mut *cur;
@@ -157,7 +169,19 @@ impl Control {
                 providers.insert(name.clone(), (account.auth.clone(), provider));
             }
             cur.providers = providers;
+            let discovering: Vec<_> = cur
+                .config
+                .targets
+                .iter()
+                .filter(|t| !t.discover.is_empty())
+                .filter_map(|t| Some((t, Arc::clone(&cur.providers.get(&t.account)?.1))))
+                .collect();
+            self.discovery.set_targets(&discovering);
             let mut claimed = vec![false; registered.len()];
+            let mut found: BTreeMap<Scope, Vec<String>> = BTreeMap::new();
+            for d in discovered {
+                found.entry(d.scope).or_default().push(d.job_id);
+            }
             cur.config
                 .targets
                 .iter()
@@ -173,6 +197,12 @@ impl Control {
                             claimed[i] = true;
                             jobs.push(r.job_id.clone());
                         }
+                    }
+                    // Discovered jobs are fetched through the target that discovers them.
+                    if !t.discover.is_empty()
+                        && let Some(more) = found.remove(&Scope::of(t))
+                    {
+                        jobs.extend(more);
                     }
                     Some((
                         Arc::new(cloud::Target::with_provider(t, Arc::clone(provider))),
@@ -221,6 +251,7 @@ impl Control {
                         fresh.terminal_retention = cur.config.terminal_retention;
                         fresh.api_token_file = cur.config.api_token_file.clone();
                         fresh.state_file = cur.config.state_file.clone();
+                        fresh.max_discovered_jobs = cur.config.max_discovered_jobs;
                     }
                     cur.config = fresh;
                 }
@@ -255,6 +286,23 @@ impl Control {
         if expired.is_empty() {
             return;
         }
+        let scoped: Vec<(Scope, String)> = expired
+            .iter()
+            .map(|j| {
+                (
+                    Scope::new(&j.cloud_service, &j.cloud_region, &j.project_id),
+                    j.job_id.clone(),
+                )
+            })
+            .collect();
+        let forgotten = self.discovery.forget(&scoped);
+        if forgotten > 0 {
+            tracing::info!(
+                removed = forgotten,
+                "finished discovered jobs past terminal_retention dropped; they will not be discovered again"
+            );
+            self.apply();
+        }
         match self.registry.remove(&expired) {
             Ok(0) => {}
             Ok(n) => {
@@ -270,6 +318,8 @@ impl Control {
 
     /// Watches the configuration files and SIGHUP until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        self.discovery.start(&shutdown);
+        let discovered = self.discovery.changed();
         let mut seen = self.lock().config.fingerprint();
         #[cfg(unix)]
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -287,6 +337,7 @@ impl Control {
             let hangup = std::future::pending::<()>();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = discovered.notified() => self.apply(),
                 _ = hangup => {
                     tracing::info!("SIGHUP: reloading");
                     let _ = self.reload();
@@ -437,6 +488,21 @@ impl Control {
                 project_id: r.project_id,
                 job_id: r.job_id,
                 source: "api",
+                tracked,
+            });
+        }
+        for d in self.discovery.jobs() {
+            let tracked = cur
+                .config
+                .targets
+                .iter()
+                .any(|t| !t.discover.is_empty() && Scope::of(t) == d.scope);
+            out.push(Listed {
+                cloud_service: d.scope.cloud_service,
+                cloud_region: d.scope.cloud_region,
+                project_id: d.scope.project_id,
+                job_id: d.job_id,
+                source: d.source.as_str(),
                 tracked,
             });
         }

@@ -30,6 +30,196 @@ pub struct Telemetry {
     pub config_reload_ok: IntGauge,
     /// When the configuration was last loaded successfully.
     pub config_reload_ts: Gauge,
+    /// Discovery's families.
+    pub discovery: DiscoveryMetrics,
+}
+
+/// The discovery families; every series of a (target, source) is created when its task starts,
+/// so `rate()` and alerts see the first error or job.
+#[derive(Clone)]
+pub struct DiscoveryMetrics {
+    last_success: GaugeVec,
+    errors: IntCounterVec,
+    jobs: IntCounterVec,
+    skipped: IntCounterVec,
+    over_limit: IntCounterVec,
+    page_limit: IntCounterVec,
+    gap: prometheus::CounterVec,
+    lag: GaugeVec,
+}
+
+/// (cloud_service, cloud_region, project_id, source): the labels of one discovery task.
+pub type DiscoveryLabels<'a> = [&'a str; 4];
+
+impl DiscoveryMetrics {
+    fn new() -> Self {
+        let key = ["cloud_service", "cloud_region", "project_id", "source"];
+        let with = |extra: &'static str| {
+            let mut v = key.to_vec();
+            v.push(extra);
+            v
+        };
+        Self {
+            last_success: GaugeVec::new(
+                opts(
+                    "discovery_last_success_timestamp_seconds",
+                    "When the last discovery cycle of this target and source completed, as Unix time.",
+                ),
+                &key,
+            )
+            .expect("valid metric"),
+            errors: IntCounterVec::new(
+                opts(
+                    "discovery_errors_total",
+                    "Discovery requests that failed, by bounded reason; the cycle is retried with backoff.",
+                ),
+                &with("reason"),
+            )
+            .expect("valid metric"),
+            jobs: IntCounterVec::new(
+                opts(
+                    "discovered_jobs_total",
+                    "Jobs discovered and added to the tracked set, each counted once.",
+                ),
+                &key,
+            )
+            .expect("valid metric"),
+            skipped: IntCounterVec::new(
+                opts(
+                    "discovery_skipped_traces_total",
+                    "CTS traces read but revealing no job: failed_call (code >= 400), order (a purchase order, no job), no_job, unparsable (response unreadable).",
+                ),
+                &with("reason"),
+            )
+            .expect("valid metric"),
+            over_limit: IntCounterVec::new(
+                opts(
+                    "discovery_jobs_over_limit_total",
+                    "Discovered jobs not tracked because the target already tracks max_discovered_jobs discovered jobs.",
+                ),
+                &key,
+            )
+            .expect("valid metric"),
+            page_limit: IntCounterVec::new(
+                opts(
+                    "discovery_page_limit_reached_total",
+                    "Discovery cycles stopped by max_pages; the rest is read in the following cycles.",
+                ),
+                &key,
+            )
+            .expect("valid metric"),
+            gap: prometheus::CounterVec::new(
+                opts(
+                    "discovery_gap_seconds_total",
+                    "Seconds of CTS history that could not be read because they fell out of the 7 days CTS keeps (after a long stop).",
+                ),
+                &key,
+            )
+            .expect("valid metric"),
+            lag: GaugeVec::new(
+                opts(
+                    "discovery_cursor_lag_seconds",
+                    "How far behind the present the CTS cursor is (everything before it has been read).",
+                ),
+                &key,
+            )
+            .expect("valid metric"),
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.last_success.clone()),
+            Box::new(self.errors.clone()),
+            Box::new(self.jobs.clone()),
+            Box::new(self.skipped.clone()),
+            Box::new(self.over_limit.clone()),
+            Box::new(self.page_limit.clone()),
+            Box::new(self.gap.clone()),
+            Box::new(self.lag.clone()),
+        ]
+    }
+
+    /// Creates every series of a task at zero; `skip_reasons` only for CTS.
+    pub fn register(&self, l: DiscoveryLabels<'_>, skip_reasons: &[&str]) {
+        for r in crate::cloud::Reason::ALL {
+            self.errors
+                .with_label_values(&[l[0], l[1], l[2], l[3], r.as_str()]);
+        }
+        for r in skip_reasons {
+            self.skipped.with_label_values(&[l[0], l[1], l[2], l[3], r]);
+        }
+        self.jobs.with_label_values(&l);
+        self.over_limit.with_label_values(&l);
+        self.page_limit.with_label_values(&l);
+        if !skip_reasons.is_empty() {
+            self.gap.with_label_values(&l);
+        }
+    }
+
+    /// Removes every series of a task whose target or source is gone.
+    pub fn unregister(&self, l: DiscoveryLabels<'_>, skip_reasons: &[&str]) {
+        for r in crate::cloud::Reason::ALL {
+            let _ = self
+                .errors
+                .remove_label_values(&[l[0], l[1], l[2], l[3], r.as_str()]);
+        }
+        for r in skip_reasons {
+            let _ = self
+                .skipped
+                .remove_label_values(&[l[0], l[1], l[2], l[3], r]);
+        }
+        for v in [&self.jobs, &self.over_limit, &self.page_limit] {
+            let _ = v.remove_label_values(&l);
+        }
+        let _ = self.gap.remove_label_values(&l);
+        let _ = self.last_success.remove_label_values(&l);
+        let _ = self.lag.remove_label_values(&l);
+    }
+
+    /// A cycle completed at `unix_seconds`.
+    pub fn success(&self, l: DiscoveryLabels<'_>, unix_seconds: f64) {
+        self.last_success.with_label_values(&l).set(unix_seconds);
+    }
+
+    /// A request failed.
+    pub fn error(&self, l: DiscoveryLabels<'_>, reason: crate::cloud::Reason) {
+        self.errors
+            .with_label_values(&[l[0], l[1], l[2], l[3], reason.as_str()])
+            .inc();
+    }
+
+    /// `n` jobs were added.
+    pub fn discovered(&self, l: DiscoveryLabels<'_>, n: u64) {
+        self.jobs.with_label_values(&l).inc_by(n);
+    }
+
+    /// `n` traces were skipped for `reason`.
+    pub fn skipped(&self, l: DiscoveryLabels<'_>, reason: &str, n: u64) {
+        self.skipped
+            .with_label_values(&[l[0], l[1], l[2], l[3], reason])
+            .inc_by(n);
+    }
+
+    /// `n` jobs were not added: the target's bound is reached.
+    pub fn over_limit(&self, l: DiscoveryLabels<'_>, n: u64) {
+        self.over_limit.with_label_values(&l).inc_by(n);
+    }
+
+    /// A cycle stopped at `max_pages`.
+    pub fn page_limit(&self, l: DiscoveryLabels<'_>) {
+        self.page_limit.with_label_values(&l).inc();
+    }
+
+    /// `seconds` of history could not be read.
+    pub fn gap(&self, l: DiscoveryLabels<'_>, seconds: f64) {
+        self.gap.with_label_values(&l).inc_by(seconds);
+    }
+
+    /// The cursor is `seconds` behind the present.
+    pub fn lag(&self, l: DiscoveryLabels<'_>, seconds: f64) {
+        self.lag.with_label_values(&l).set(seconds);
+    }
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -136,9 +326,10 @@ impl Telemetry {
                 "When the configuration was last loaded successfully, as Unix time.",
             ))
             .expect("valid metric"),
+            discovery: DiscoveryMetrics::new(),
             registry,
         };
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+        let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(build_info),
             Box::new(t.api_requests.clone()),
             Box::new(t.api_duration.clone()),
@@ -153,6 +344,7 @@ impl Telemetry {
             Box::new(t.config_reload_ts.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
+        collectors.extend(t.discovery.collectors());
         for c in collectors {
             t.registry.register(c).expect("metric names are unique");
         }

@@ -591,18 +591,54 @@ async fn http_endpoints_gzip_readiness_and_graceful_stop() {
 
 #[tokio::test]
 async fn demo_serves_its_fleet() {
-    let (sim, base, sim_stop) = simulator(vec![]).await;
+    // Started now, as the demo's own simulator is, so that CTS holds the fleet's traces.
+    let sim = huaweicloud_job_exporter::simulator::Simulator::new();
     let jobs = huaweicloud_job_exporter::demo::setup(&sim);
-    let mut cfg = huaweicloud_job_exporter::demo::config(&base, &jobs, Duration::from_secs(60));
+    let sim_stop = tokio_util::sync::CancellationToken::new();
+    let addr = sim
+        .spawn("127.0.0.1:0", sim_stop.clone())
+        .await
+        .expect("simulator");
+    let base = format!("http://{addr}");
+    let mut cfg = huaweicloud_job_exporter::demo::config(&base, &jobs, Duration::from_secs(1));
     cfg.max_requests_per_second = 1000.0;
+    let listed: usize = cfg.targets.iter().map(|t| t.jobs.len()).sum();
+    assert!(listed > 0 && listed < jobs.len());
     let exp = exporter(cfg).await;
     exp.wait_ready().await;
-    let text = exp.metrics().await;
+    // The jobs begun over a minute ago have a recorded trace: discovery adds them to the
+    // listed ones, and the failed SDRS ones come from the task centre as well.
+    let recorded = jobs
+        .iter()
+        .enumerate()
+        .filter(|(i, j)| !huaweicloud_job_exporter::demo::listed(*i) && j.start_secs < -61.0)
+        .count();
+    assert!(recorded > 0);
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = exp.metrics().await;
+        let fetched = text
+            .lines()
+            .filter(|l| l.starts_with("huaweicloud_job_fetch_success{") && l.ends_with(" 1"))
+            .count();
+        if fetched >= listed + recorded {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let fetched = text
         .lines()
         .filter(|l| l.starts_with("huaweicloud_job_fetch_success{") && l.ends_with(" 1"))
         .count();
-    assert_eq!(fetched, jobs.len());
+    assert!(
+        fetched >= listed + recorded,
+        "{fetched} < {listed} + {recorded}"
+    );
+    assert!(text.lines().any(
+        |l| l.starts_with("huaweicloud_job_exporter_discovered_jobs_total{")
+            && l.contains("source=\"cts\"")
+            && !l.ends_with(" 0")
+    ));
     for svc in ["evs", "sdrs", "ecs"] {
         assert!(
             text.contains(&format!("huaweicloud_jobs{{cloud_service=\"{svc}\"")),

@@ -95,6 +95,7 @@ fn client_and_target(base: &str) -> (cloud::Client, cloud::Target) {
             project_id: PROJECT.into(),
             endpoint: base.to_string(),
             jobs: vec![],
+            discover: Default::default(),
         },
         config::Credentials {
             access_key: config::Secret::new(DEMO_ACCESS_KEY),

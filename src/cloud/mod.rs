@@ -3,8 +3,10 @@
 
 pub mod auth;
 mod conn;
+pub mod cts;
 pub mod model;
 pub mod signer;
+pub mod task_center;
 
 use std::future::Future;
 use std::hash::BuildHasher as _;
@@ -600,15 +602,14 @@ impl Client {
                 .map(|job| Fetched::Job(job, Some(digest)))
                 .map_err(|e| FetchError::Decode(e.to_string()));
         }
-        let err = model::decode_error(&body);
-        let header = |name: &str| {
-            resp_headers
-                .get(name)
+        let err = api_error(status, &resp_headers, &body);
+        if let FetchError::Api { code: Some(c), .. } = &err
+            && c == "APIGW.0303"
+        {
+            let offset = resp_headers
+                .get("date")
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        if err.code.as_deref() == Some("APIGW.0303") {
-            let offset = header("date").and_then(|d| clock_offset(&d, chrono::Utc::now()));
+                .and_then(|d| clock_offset(d, chrono::Utc::now()));
             tracing::warn!(
                 account = %target.account,
                 endpoint = %target.endpoint,
@@ -616,15 +617,94 @@ impl Client {
                 "the cloud rejected the request time (APIGW.0303): this host's clock is off by more than 15 minutes"
             );
         }
-        Err(FetchError::Api {
-            status: status.as_u16(),
-            code: err.code,
-            message: err.message.map(|m| m.chars().take(300).collect()),
-            request_id: header("x-request-id"),
-            retry_after: header("retry-after")
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs),
-        })
+        Err(err)
+    }
+
+    /// `GET {endpoint}{path}?{query}` on an API other than the job API (CTS traces, the SDRS
+    /// task centre), authenticated with the target's account; the query takes part in the
+    /// signature, encoded as the signer encodes it. Returns the 2xx body, at most the client's
+    /// body limit. A 401 with a token or temporary keys is retried once with fresh ones, and
+    /// transient failures by the [`RetryPolicy`].
+    pub async fn get_api(
+        &self,
+        target: &Target,
+        path: &str,
+        query: &[(String, String)],
+    ) -> Result<Vec<u8>> {
+        let mut attempt = 0;
+        loop {
+            let err = match self.get_api_once(target, path, query).await {
+                Ok(body) => return Ok(body),
+                Err(e) => e,
+            };
+            let Some(delay) = self.retry.delay(&err, attempt) else {
+                return Err(err);
+            };
+            attempt += 1;
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn get_api_once(
+        &self,
+        target: &Target,
+        path: &str,
+        query: &[(String, String)],
+    ) -> Result<Vec<u8>> {
+        let material = self.material(target).await?;
+        match self.get_api_with(target, path, query, &material).await {
+            Err(FetchError::Api { status: 401, .. })
+                if target.auth.invalidate(&target.project_id, &material).await =>
+            {
+                let fresh = self.material(target).await?;
+                self.get_api_with(target, path, query, &fresh).await
+            }
+            other => other,
+        }
+    }
+
+    async fn get_api_with(
+        &self,
+        target: &Target,
+        path: &str,
+        query: &[(String, String)],
+        material: &Material,
+    ) -> Result<Vec<u8>> {
+        let prepared = target
+            .request
+            .as_ref()
+            .map_err(|e| FetchError::Connect(e.clone()))?;
+        let full_path = format!("{}{path}", target.path_prefix);
+        let headers = match material {
+            Material::Keys(creds) => sign_query(
+                target,
+                prepared,
+                creds,
+                &full_path,
+                query,
+                chrono::Utc::now(),
+            )?,
+            Material::Token(token) => token_headers(prepared, token)?,
+        };
+        let url = format!("{}{path}{}", target.endpoint, query_string(query));
+        let url = reqwest::Url::parse(&url).map_err(|e| FetchError::Connect(e.to_string()))?;
+        let started = Instant::now();
+        let result = self.send_url(url, headers).await;
+        let code = match &result {
+            Ok((status, _, _)) => status.as_str(),
+            Err(e) => e.reason().as_str(),
+        };
+        self.telemetry.observe_api_request(
+            &target.cloud_service,
+            &target.cloud_region,
+            code,
+            started.elapsed(),
+        );
+        let (status, resp_headers, body) = result?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        Err(api_error(status, &resp_headers, &body))
     }
 
     async fn send(
@@ -645,9 +725,18 @@ impl Client {
                 .map_err(|_| FetchError::Timeout)??;
             return Ok((resp.status, resp.headers, resp.body));
         }
+        self.send_url(prepared.url(job_id), headers).await
+    }
+
+    /// A GET through reqwest, the body bounded by the client's limit.
+    async fn send_url(
+        &self,
+        url: reqwest::Url,
+        headers: HeaderMap,
+    ) -> Result<(reqwest::StatusCode, HeaderMap, Vec<u8>)> {
         let mut resp = self
             .http
-            .get(prepared.url(job_id))
+            .get(url)
             .headers(headers)
             .send()
             .await
@@ -674,6 +763,41 @@ impl Client {
             body.extend_from_slice(&chunk);
         }
         Ok((status, headers, body))
+    }
+}
+
+/// `?k=v&…`, sorted and encoded exactly as the signer's canonical query (the SDK sends what it
+/// signs); empty without parameters.
+fn query_string(query: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = query.iter().collect();
+    sorted.sort();
+    let mut out = String::new();
+    for (i, (k, v)) in sorted.into_iter().enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        out.extend(percent_encoding::utf8_percent_encode(k, signer::UNRESERVED));
+        out.push('=');
+        out.extend(percent_encoding::utf8_percent_encode(v, signer::UNRESERVED));
+    }
+    out
+}
+
+/// The error of a non-2xx answer, from its body and headers.
+fn api_error(status: reqwest::StatusCode, headers: &HeaderMap, body: &[u8]) -> FetchError {
+    let err = model::decode_error(body);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    FetchError::Api {
+        status: status.as_u16(),
+        code: err.code,
+        message: err.message.map(|m| m.chars().take(300).collect()),
+        request_id: header("x-request-id"),
+        retry_after: header("retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs),
     }
 }
 
@@ -758,6 +882,18 @@ fn sign(
     path: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<HeaderMap> {
+    sign_query(target, prepared, creds, path, &[], now)
+}
+
+/// [`sign`] with query parameters, which the signature covers.
+fn sign_query(
+    target: &Target,
+    prepared: &Prepared,
+    creds: &Credentials,
+    path: &str,
+    query: &[(String, String)],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<HeaderMap> {
     let date = sdk_date(now);
     let token = creds.security_token.as_ref().map(|t| t.expose());
     let all = [
@@ -771,7 +907,7 @@ fn sign(
     let canonical = signer::canonical_request(&signer::Request {
         method: "GET",
         path,
-        query: &[],
+        query,
         headers: signed,
         body: b"",
     });
@@ -849,6 +985,7 @@ mod tests {
             project_id: "0a1b2c3d4e5f60718293a4b5c6d7e8f9".into(),
             endpoint: "https://sdrs.cn-east-3.myhuaweicloud.com".into(),
             jobs: vec![],
+            discover: Default::default(),
         };
         let creds = Credentials {
             access_key: Secret::new("HPUAL9EXAMPLEAK00001"),
@@ -948,6 +1085,21 @@ mod tests {
             ..RetryPolicy::default()
         };
         assert!(big.delay(&api(500, None, None), 39).expect("d") <= big.max_backoff);
+    }
+
+    #[test]
+    fn query_string_is_the_sdks() {
+        // Vector v3 of the SDK: `...?detail=true&limit=10&marker=a%20b%2Fc~d`.
+        let q = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            query_string(&[
+                q("marker", "a b/c~d"),
+                q("limit", "10"),
+                q("detail", "true")
+            ]),
+            "?detail=true&limit=10&marker=a%20b%2Fc~d"
+        );
+        assert_eq!(query_string(&[]), "");
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub enum DecodeError {
     NotAnObject(&'static str),
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(super) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -86,7 +86,7 @@ pub fn decode_job(body: &[u8]) -> Result<Job, DecodeError> {
 }
 
 /// A string field: strings as they are, numbers and booleans as text, anything else absent.
-fn text(map: &Map<String, Value>, key: &str) -> Option<String> {
+pub(super) fn text(map: &Map<String, Value>, key: &str) -> Option<String> {
     match map.get(key)? {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
