@@ -2,6 +2,8 @@
 //! `prometheus` crate registry: they are few and small, so the crate's cost does not matter here
 //! (the per-job families are rendered by [`crate::exposition`] instead).
 
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus::{
@@ -10,6 +12,28 @@ use prometheus::{
 };
 
 const PREFIX: &str = "huaweicloud_job_exporter";
+
+/// Longest failure message kept per account for the landing page.
+const FAILURE_MESSAGE_MAX: usize = 300;
+
+/// How an account's credentials are doing, for the landing page.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AccountStatus {
+    /// Where the credentials come from (`config`, `env`, `file`, `iam`, `metadata`).
+    pub source: &'static str,
+    /// When the current token or temporary credentials expire, Unix seconds.
+    pub token_expiry: Option<f64>,
+    /// Requests rejected as unauthenticated, and failures to get credentials.
+    pub failures: u64,
+    /// When the last failure happened (Unix seconds) and what it said.
+    pub last_failure: Option<(f64, String)>,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
 
 /// Self-metrics of one exporter instance.
 pub struct Telemetry {
@@ -30,6 +54,7 @@ pub struct Telemetry {
     pub config_reload_ok: IntGauge,
     /// When the configuration was last loaded successfully.
     pub config_reload_ts: Gauge,
+    accounts: Mutex<BTreeMap<String, AccountStatus>>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -137,6 +162,7 @@ impl Telemetry {
             ))
             .expect("valid metric"),
             registry,
+            accounts: Mutex::default(),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(build_info),
@@ -169,9 +195,27 @@ impl Telemetry {
             .observe(took.as_secs_f64());
     }
 
-    /// Counts a 401 for `account`.
-    pub fn auth_failure(&self, account: &str) {
+    fn account(&self, account: &str, f: impl FnOnce(&mut AccountStatus)) {
+        let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
+        match accounts.get_mut(account) {
+            Some(a) => f(a),
+            None => {
+                let mut a = AccountStatus::default();
+                f(&mut a);
+                accounts.insert(account.to_string(), a);
+            }
+        }
+    }
+
+    /// Counts a 401, or a failure to get credentials, for `account`; `detail` says what
+    /// happened (without secrets).
+    pub fn auth_failure(&self, account: &str, detail: &str) {
         self.auth_failures.with_label_values(&[account]).inc();
+        self.account(account, |a| {
+            a.failures += 1;
+            let detail = detail.chars().take(FAILURE_MESSAGE_MAX).collect();
+            a.last_failure = Some((unix_now(), detail));
+        });
     }
 
     /// Records that the cloud just accepted `account`'s credentials. Alerts compare this with
@@ -190,11 +234,33 @@ impl Telemetry {
         self.auth_token_expiry
             .with_label_values(&[account])
             .set(unix_seconds);
+        self.account(account, |a| a.token_expiry = Some(unix_seconds));
+    }
+
+    /// Records where the account's credentials come from.
+    pub fn set_account_source(&self, account: &str, source: &'static str) {
+        self.account(account, |a| a.source = source);
+    }
+
+    /// Every account seen, by name.
+    pub fn accounts(&self) -> Vec<(String, AccountStatus)> {
+        let accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
+        accounts
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// When the last cached-mode refresh finished, Unix seconds; `None` before the first.
+    pub fn last_refresh(&self) -> Option<f64> {
+        let v = self.last_refresh.get();
+        (v > 0.0).then_some(v)
     }
 
     /// Makes sure the account has a zero-valued failure series from the start.
     pub fn register_account(&self, account: &str) {
         self.auth_failures.with_label_values(&[account]);
+        self.account(account, |_| {});
     }
 
     /// Sets the tracked-job gauges; series of targets no longer present are removed.
