@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
 use axum::extract::{DefaultBodyLimit, Path};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -376,5 +376,4 @@ mod tests {
             assert_eq!(scrape_timeout(&h), None, "{bad}");
         }
     }
-
 }

@@ -296,7 +296,10 @@ mod tests {
         assert_eq!(l.rows[0].error_code.as_deref(), Some("EVS.1"));
         assert_eq!(l.rows[5].status, PENDING);
 
-        let two = Query { limit: 2, ..all.clone() };
+        let two = Query {
+            limit: 2,
+            ..all.clone()
+        };
         let l = select(items(), &two, now);
         assert_eq!((l.matched, l.rows.len()), (8, 2));
         assert_eq!(l.rows[1].job_id, "fail-old");

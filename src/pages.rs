@@ -16,11 +16,13 @@ h1{font-size:1.6em;margin:.2em 0 .4em}h2{font-size:1.2em;margin:1.4em 0 .4em}\
 a{color:#0969da}table{border-collapse:collapse;margin:.4em 0}\
 th,td{border-bottom:1px solid #d0d7de;padding:.3em .6em;text-align:left;vertical-align:top}\
 th{background:#f6f8fa;font-weight:600}tr:hover td{background:#f6f8fa}\
-td.num{text-align:right;font-variant-numeric:tabular-nums}code,.id{font-family:ui-monospace,monospace;font-size:.92em}\
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}code,.id{font-family:ui-monospace,monospace;font-size:.92em}\
 .st{display:inline-block;padding:0 .5em;border-radius:1em;font-weight:600;font-size:.85em;color:#fff}\
 .st-failed{background:#cf222e}.st-stuck{background:#bc4c00}.st-running{background:#0969da}.st-succeeded{background:#1a7f37}\
 .bad{color:#cf222e}.muted{color:#656d76}.note{background:#fff8c5;border:1px solid #d4a72c;padding:.4em .8em;display:inline-block}\
-form{margin:.6em 0}form label{margin-right:.8em}input,select{font:inherit;padding:.1em .3em}";
+form{margin:.6em 0}form label{margin-right:.8em}input,select{font:inherit;padding:.1em .3em}\
+table.jobs{font-size:.93em}table.jobs td.t{white-space:nowrap}table.jobs td.why{min-width:14em;max-width:30em}table.jobs td.ent{max-width:24em}\
+table.jobs td.ent{font-size:.9em}tr.failed td{background:#fff5f5}tr.stuck td{background:#fff8f0}";
 
 /// Escapes `s` for HTML text and attribute values.
 pub fn escape_html(s: &str) -> String {
@@ -42,6 +44,13 @@ pub fn escape_html(s: &str) -> String {
 pub fn time(unix: f64) -> String {
     chrono::DateTime::from_timestamp(unix as i64, 0)
         .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
+
+/// Unix seconds as `11-30 23:40:21` (UTC, the year left out to keep table columns narrow).
+fn short_time(unix: f64) -> String {
+    chrono::DateTime::from_timestamp(unix as i64, 0)
+        .map(|d| d.format("%m-%d %H:%M:%S").to_string())
         .unwrap_or_default()
 }
 
@@ -163,8 +172,16 @@ fn input(out: &mut String, name: &str, value: &Option<String>) {
     );
 }
 
-fn opt_time(t: Option<f64>) -> String {
-    t.map(time).unwrap_or_default()
+/// A table cell with a short time, the full one on hover.
+fn time_cell(t: Option<f64>) -> String {
+    match t {
+        Some(t) => format!(
+            "<td class=\"t\" title=\"{}\">{}</td>",
+            time(t),
+            short_time(t)
+        ),
+        None => "<td></td>".into(),
+    }
 }
 
 /// The `/jobs` page.
@@ -196,13 +213,19 @@ pub fn jobs_html(listing: &Listing, params: &Params) -> String {
         let entities: Vec<String> = r
             .entities
             .iter()
-            .map(|(k, v)| format!("{}=<span class=\"id\">{}</span>", escape_html(k), escape_html(v)))
+            .map(|(k, v)| {
+                format!(
+                    "{}=<span class=\"id\">{}</span>",
+                    escape_html(k),
+                    escape_html(v)
+                )
+            })
             .collect();
         let _ = write!(
             rows,
             "<tr class=\"{group}\"><td><span class=\"st st-{group}\">{status}</span>{fetch}</td>\
-<td>{job_type}</td><td class=\"id\">{job_id}</td><td>{svc}/{region}<br><span class=\"id muted\">{project}</span></td>\
-<td class=\"id\">{code}</td><td>{reason}</td><td>{entities}</td><td>{begin}</td><td>{end}</td>\
+<td>{job_type}</td><td class=\"id\">{job_id}</td><td class=\"t\" title=\"project_id {project}\">{svc}/{region}</td>\
+<td class=\"id\">{code}</td><td class=\"why\">{reason}</td><td class=\"ent\">{entities}</td>{begin}{end}\
 <td class=\"num\">{age}</td><td>{source}</td></tr>",
             group = r.group.as_str(),
             status = escape_html(&r.status),
@@ -219,8 +242,8 @@ pub fn jobs_html(listing: &Listing, params: &Params) -> String {
             code = escape_html(r.error_code.as_deref().unwrap_or("")),
             reason = escape_html(r.fail_reason.as_deref().unwrap_or("")),
             entities = entities.join("<br>"),
-            begin = opt_time(r.begin),
-            end = opt_time(r.end),
+            begin = time_cell(r.begin),
+            end = time_cell(r.end),
             age = r.age_seconds.map(age).unwrap_or_default(),
             source = escape_html(r.source),
         );
@@ -248,7 +271,7 @@ pub fn jobs_html(listing: &Listing, params: &Params) -> String {
 <p><a href=\"/\">Home</a> · {matched} matched, {shown} listed: failed first, then stuck (running over {stuck} h), then running by age, then succeeded. \
 <a href=\"/jobs?{json}\">JSON</a></p>{form}{note}\
 <table class=\"jobs\"><tr><th>status</th><th>job_type</th><th>job_id</th><th>target</th><th>error_code</th><th>fail_reason</th>\
-<th>entities</th><th>begin</th><th>end</th><th>age</th><th>source</th></tr>{rows}</table>{note}</body></html>\n",
+<th>entities</th><th>begin (UTC)</th><th>end (UTC)</th><th>age</th><th>source</th></tr>{rows}</table>{note}</body></html>\n",
         matched = listing.matched,
         shown = listing.rows.len(),
         stuck = listing::STUCK_AFTER_SECONDS / 3600.0,

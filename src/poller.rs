@@ -825,7 +825,9 @@ impl Poller {
                     .or_default() += 1;
                 let t = &entry.tracked.target;
                 if reason == Reason::Unauthorized {
-                    self.inner.telemetry.auth_failure(&t.account, &e.to_string());
+                    self.inner
+                        .telemetry
+                        .auth_failure(&t.account, &e.to_string());
                 }
                 let target = format!("{}/{}/{}", t.cloud_service, t.cloud_region, t.project_id);
                 // Per job at debug: a broken endpoint fails thousands of jobs at once, and
@@ -1445,19 +1447,40 @@ mod tests {
             retry_after: None,
         };
         for (i, rid) in ["r1", "r2", "r3"].into_iter().enumerate() {
-            remember_error(&mut errors, i as f64, "evs/r/p".into(), &format!("j{i}"), &api(rid));
+            remember_error(
+                &mut errors,
+                i as f64,
+                "evs/r/p".into(),
+                &format!("j{i}"),
+                &api(rid),
+            );
         }
-        remember_error(&mut errors, 5.0, "evs/r/p".into(), "j9", &FetchError::Timeout);
+        remember_error(
+            &mut errors,
+            5.0,
+            "evs/r/p".into(),
+            "j9",
+            &FetchError::Timeout,
+        );
         assert_eq!(errors.len(), 2);
         let e = &errors[0];
-        assert_eq!((e.count, e.first_at, e.at, e.job_id.as_str()), (3, 0.0, 2.0, "j2"));
+        assert_eq!(
+            (e.count, e.first_at, e.at, e.job_id.as_str()),
+            (3, 0.0, 2.0, "j2")
+        );
         assert!(!e.message.contains("request id"), "{}", e.message);
         assert_eq!((errors[1].reason, errors[1].count), (Reason::Timeout, 1));
         // The alike one seen again moves to the end.
         remember_error(&mut errors, 6.0, "evs/r/p".into(), "j3", &api("r4"));
         assert_eq!((errors[1].count, errors[1].at), (4, 6.0));
         for i in 0..RECENT_ERRORS + 5 {
-            remember_error(&mut errors, 10.0, format!("t{i}"), "j", &FetchError::Timeout);
+            remember_error(
+                &mut errors,
+                10.0,
+                format!("t{i}"),
+                "j",
+                &FetchError::Timeout,
+            );
         }
         assert_eq!(errors.len(), RECENT_ERRORS);
         assert_eq!(errors[0].target, "t5");

@@ -350,7 +350,7 @@ async fn faults_keep_last_values_and_recover(mode: &str) {
     let landing = exp.get("/").await.1;
     for (id, _, reason, _) in &faults {
         assert!(
-            landing.contains(&format!("<td>{id}</td><td>{reason}</td>")),
+            landing.contains(&format!("<td class=\"id\">{id}</td><td>{reason}</td>")),
             "{mode} {id} should count {reason}: {landing}"
         );
     }
