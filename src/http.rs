@@ -15,6 +15,7 @@ use serde_json::json;
 use tower_http::compression::CompressionLayer;
 
 use crate::config::Mode;
+use crate::exposition::Format;
 use crate::pages::{self, escape_html};
 use crate::poller::Poller;
 use crate::registry::JobRef;
@@ -22,7 +23,7 @@ use crate::reload::{ApiError, Control};
 use crate::telemetry::Telemetry;
 
 /// Content type of the text exposition format.
-pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const TEXT_FORMAT: &str = crate::exposition::TEXT_CONTENT_TYPE;
 
 #[derive(Clone)]
 struct App {
@@ -94,17 +95,19 @@ fn scrape_timeout(headers: &HeaderMap) -> Option<Duration> {
 const METRICS_CHUNK: usize = 64 * 1024;
 
 async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let snapshot = app.poller.scrape(scrape_timeout(&headers)).await;
     let mut own = Vec::with_capacity(16 * 1024);
-    app.telemetry.encode(&mut own);
+    app.telemetry.encode_in(&mut own, format);
+    own.extend_from_slice(format.trailer().as_bytes());
     // The body is written chunk by chunk as the connection takes it: a scrape of 100,000 jobs
     // (320 MB of text) holds a chunk at a time, not a copy of the whole text (issue 7).
     let chunks = snapshot
-        .chunks(METRICS_CHUNK)
+        .chunks_in(METRICS_CHUNK, format)
         .chain(std::iter::once(bytes::Bytes::from(own)))
         .map(Ok::<_, std::convert::Infallible>);
     let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
-    ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response()
+    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 
 async fn ready(State(app): State<App>) -> Response {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::exposition::{self, Format};
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -276,6 +277,18 @@ impl Telemetry {
         }
     }
 
+    /// Appends every self-metric in `format` (without OpenMetrics' closing `# EOF`).
+    pub fn encode_in(&self, out: &mut Vec<u8>, format: Format) {
+        match format {
+            Format::Text => self.encode(out),
+            Format::OpenMetrics => {
+                let mut text = Vec::with_capacity(16 * 1024);
+                self.encode(&mut text);
+                to_openmetrics(&String::from_utf8_lossy(&text), out);
+            }
+        }
+    }
+
     /// Appends the text exposition of every self-metric.
     pub fn encode(&self, out: &mut Vec<u8>) {
         // Encoding into a Vec cannot fail for I/O; a failure would be a metric-definition bug,
@@ -286,8 +299,88 @@ impl Telemetry {
     }
 }
 
+/// Rewrites the `prometheus` crate's text exposition as OpenMetrics: the crate has no
+/// OpenMetrics encoder, and the two differ here only in the header lines (see
+/// [`exposition::family_name`]) and HELP escaping; sample lines are the same.
+fn to_openmetrics(text: &str, out: &mut Vec<u8>) {
+    // The crate writes HELP before TYPE; the HELP line waits for the TYPE, which decides the
+    // family's OpenMetrics name.
+    let mut help: Option<(&str, &str)> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, h) = rest.split_once(' ').unwrap_or((rest, ""));
+            help = Some((name, h));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (family, kind) = exposition::family_name(name, kind, Format::OpenMetrics);
+            if let Some((hname, h)) = help.take()
+                && hname == name
+            {
+                out.extend_from_slice(b"# HELP ");
+                out.extend_from_slice(family.as_bytes());
+                out.push(b' ');
+                // The text format escaped backslash and newline already; OpenMetrics also
+                // escapes the double quote.
+                out.extend_from_slice(h.replace('"', "\\\"").as_bytes());
+                out.push(b'\n');
+            }
+            out.extend_from_slice(b"# TYPE ");
+            out.extend_from_slice(family.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(if kind == "untyped" { "unknown" } else { kind }.as_bytes());
+            out.push(b'\n');
+            continue;
+        }
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+}
+
 impl Default for Telemetry {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_metrics_in_openmetrics_rename_only_counter_and_info_families() {
+        let t = Telemetry::new();
+        t.auth_failure("prod", "HTTP 401");
+        let mut text = Vec::new();
+        t.encode(&mut text);
+        let mut om = Vec::new();
+        t.encode_in(&mut om, Format::OpenMetrics);
+        let (text, om) = (
+            String::from_utf8(text).expect("utf8"),
+            String::from_utf8(om).expect("utf8"),
+        );
+        assert!(om.contains("# TYPE huaweicloud_job_exporter_auth_failures counter\n"));
+        assert!(om.contains("# HELP huaweicloud_job_exporter_auth_failures Requests"));
+        assert!(om.contains("# TYPE huaweicloud_job_exporter_build info\n"));
+        assert!(om.contains("# TYPE process_cpu_seconds counter\n"));
+        assert!(!om.contains("untyped"));
+        // Sample lines are untouched.
+        let samples = |s: &str| -> Vec<String> {
+            s.lines()
+                .filter(|l| !l.starts_with('#') && !l.starts_with("process_"))
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(samples(&text), samples(&om));
+        assert!(om.contains("huaweicloud_job_exporter_auth_failures_total{account=\"prod\"} 1\n"));
+        let status = &t.accounts()[0].1;
+        assert_eq!(
+            (
+                status.failures,
+                status.last_failure.as_ref().map(|f| f.1.as_str())
+            ),
+            (1, Some("HTTP 401"))
+        );
     }
 }
