@@ -1,4 +1,4 @@
-//! The HTTP server: `/` landing page, `/metrics`, `/-/healthy` and `/-/ready` (SPEC §6).
+//! The HTTP server: `/` landing page, `/jobs`, `/metrics`, `/-/healthy` and `/-/ready`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::{DefaultBodyLimit, Path};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -15,13 +15,15 @@ use serde_json::json;
 use tower_http::compression::CompressionLayer;
 
 use crate::config::Mode;
+use crate::exposition::Format;
+use crate::pages::{self, escape_html};
 use crate::poller::Poller;
 use crate::registry::JobRef;
 use crate::reload::{ApiError, Control};
 use crate::telemetry::Telemetry;
 
 /// Content type of the text exposition format.
-pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const TEXT_FORMAT: &str = crate::exposition::TEXT_CONTENT_TYPE;
 
 #[derive(Clone)]
 struct App {
@@ -56,6 +58,7 @@ pub fn router(
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT));
     Router::new()
         .route("/", get(landing))
+        .route("/jobs", get(jobs_page))
         .route(telemetry_path, get(metrics))
         .route("/-/healthy", get(|| async { "Healthy\n" }))
         .route("/-/ready", get(ready))
@@ -92,17 +95,19 @@ fn scrape_timeout(headers: &HeaderMap) -> Option<Duration> {
 const METRICS_CHUNK: usize = 64 * 1024;
 
 async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let snapshot = app.poller.scrape(scrape_timeout(&headers)).await;
     let mut own = Vec::with_capacity(16 * 1024);
-    app.telemetry.encode(&mut own);
+    app.telemetry.encode_in(&mut own, format);
+    own.extend_from_slice(format.trailer().as_bytes());
     // The body is written chunk by chunk as the connection takes it: a scrape of 100,000 jobs
     // (320 MB of text) holds a chunk at a time, not a copy of the whole text (issue 7).
     let chunks = snapshot
-        .chunks(METRICS_CHUNK)
+        .chunks_in(METRICS_CHUNK, format)
         .chain(std::iter::once(bytes::Bytes::from(own)))
         .map(Ok::<_, std::convert::Infallible>);
     let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
-    ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response()
+    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 
 async fn ready(State(app): State<App>) -> Response {
@@ -226,19 +231,71 @@ async fn unregister_job(
     }
 }
 
-fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
+/// `/jobs`: the tracked jobs, failed first, as HTML or (`?format=json`, `Accept:
+/// application/json`) JSON. Read-only like `/metrics`, so behind the same web-config auth and
+/// not the API token.
+async fn jobs_page(
+    State(app): State<App>,
+    headers: HeaderMap,
+    params: Result<Query<pages::Params>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(params)) = params else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "bad query: expected cloud_service, cloud_region, project_id, status, limit (a number) or format\n",
+        )
+            .into_response();
+    };
+    let query = params.query();
+    let poller = app.poller.clone();
+    let control = Arc::clone(&app.control);
+    // Sorting 100,000 jobs and looking up where each listed one comes from is a few
+    // milliseconds of CPU: off the async workers.
+    let listing = tokio::task::spawn_blocking(move || {
+        let mut listing = poller.list_jobs(&query);
+        let wanted: std::collections::HashMap<(&str, &str, &str, &str), usize> = listing
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let key = (
+                    r.cloud_service.as_str(),
+                    r.cloud_region.as_str(),
+                    r.project_id.as_str(),
+                    r.job_id.as_str(),
+                );
+                (key, i)
+            })
+            .collect();
+        let mut sources = vec![""; listing.rows.len()];
+        for l in control.list() {
+            let key = (
+                l.cloud_service.as_str(),
+                l.cloud_region.as_str(),
+                l.project_id.as_str(),
+                l.job_id.as_str(),
+            );
+            if let Some(&i) = wanted.get(&key)
+                && sources[i].is_empty()
+            {
+                sources[i] = l.source;
+            }
         }
+        for (row, source) in listing.rows.iter_mut().zip(sources) {
+            row.source = source;
+        }
+        listing
+    })
+    .await;
+    let Ok(listing) = listing else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if params.wants_json(accept) {
+        axum::Json(pages::JobsJson::new(&listing)).into_response()
+    } else {
+        Html(pages::jobs_html(&listing, &params)).into_response()
     }
-    out
 }
 
 async fn landing(State(app): State<App>) -> Html<String> {
@@ -249,34 +306,26 @@ async fn landing(State(app): State<App>) -> Html<String> {
     let path = escape_html(&app.telemetry_path);
     let mut rows = String::new();
     for s in app.poller.summary() {
+        let filter = serde_urlencoded::to_string([
+            ("cloud_service", s.cloud_service.as_str()),
+            ("cloud_region", s.cloud_region.as_str()),
+            ("project_id", s.project_id.as_str()),
+        ])
+        .unwrap_or_default();
         let _ = write!(
             rows,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"id\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td><a href=\"/jobs?{}\">jobs</a></td></tr>",
             escape_html(&s.cloud_service),
             escape_html(&s.cloud_region),
             escape_html(&s.project_id),
             s.active,
             s.terminal,
-            s.failing
+            s.failing,
+            escape_html(&filter),
         );
     }
-    let mut errors = String::new();
-    for e in app.poller.recent_errors().iter().rev() {
-        let when = chrono::DateTime::from_timestamp(e.at as i64, 0)
-            .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-            .unwrap_or_default();
-        let _ = write!(
-            errors,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            when,
-            escape_html(&e.target),
-            escape_html(&e.job_id),
-            e.reason.as_str(),
-            escape_html(&e.message)
-        );
-    }
-    if errors.is_empty() {
-        errors.push_str("<tr><td colspan=\"5\">none</td></tr>");
+    if rows.is_empty() {
+        rows.push_str("<tr><td colspan=\"7\" class=\"muted\">none</td></tr>");
     }
     let mut discovery = String::new();
     let mut statuses = app.control.discovery().status();
@@ -304,16 +353,28 @@ async fn landing(State(app): State<App>) -> Html<String> {
     if discovery.is_empty() {
         discovery.push_str("<tr><td colspan=\"7\">no target discovers jobs (discover: in the configuration)</td></tr>");
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let refreshed = match (app.poller.mode(), app.telemetry.last_refresh()) {
+        (Mode::OnDemand, _) => "each scrape collects (on demand)".to_string(),
+        (Mode::Cached, Some(t)) => format!("{} ({} ago)", pages::time(t), pages::age(now - t)),
+        (Mode::Cached, None) => "not yet".to_string(),
+    };
+    let accounts = pages::accounts_html(&app.telemetry.accounts(), now);
+    let errors = pages::errors_html(&app.poller.recent_errors());
     Html(format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Huawei Cloud Job Exporter</title>\
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left}}</style></head>\
+<style>{style}</style></head>\
 <body><h1>Huawei Cloud Job Exporter</h1>\
-<p>Version {version} (revision {revision}), mode <b>{mode}</b>, {ready}.</p>\
-<ul><li><a href=\"{path}\">Metrics</a></li><li><a href=\"/-/healthy\">Health</a></li><li><a href=\"/-/ready\">Readiness</a></li></ul>\
-<h2>Tracked jobs</h2><table><tr><th>cloud_service</th><th>cloud_region</th><th>project_id</th><th>active</th><th>terminal</th><th>last fetch failed</th></tr>{rows}</table>\
+<p>Version {version} (revision {revision}), mode <b>{mode}</b>, {ready}. Last refresh: {refreshed}.</p>\
+<ul><li><a href=\"/jobs\">Jobs</a> (failed and stuck first)</li><li><a href=\"{path}\">Metrics</a></li><li><a href=\"/-/healthy\">Health</a></li><li><a href=\"/-/ready\">Readiness</a></li></ul>\
+<h2>Tracked jobs</h2><table><tr><th>cloud_service</th><th>cloud_region</th><th>project_id</th><th>active</th><th>terminal</th><th>last fetch failed</th><th></th></tr>{rows}</table>\
 <h2>Discovery</h2><table><tr><th>cloud_service</th><th>cloud_region</th><th>project_id</th><th>source</th><th>last success</th><th>jobs found</th><th>last error</th></tr>{discovery}</table>\
-<h2>Recent fetch errors</h2><table><tr><th>time</th><th>target</th><th>job_id</th><th>reason</th><th>error</th></tr>{errors}</table>\
+<h2>Credentials</h2>{accounts}\
+<h2>Recent fetch errors</h2>{errors}\
 </body></html>\n",
+        style = pages::STYLE,
         version = env!("CARGO_PKG_VERSION"),
         revision = crate::REVISION,
         ready = if app.poller.is_ready() {
@@ -344,13 +405,5 @@ mod tests {
             );
             assert_eq!(scrape_timeout(&h), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(
-            escape_html("<a href=\"x\">&'"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
-        );
     }
 }

@@ -33,11 +33,13 @@
 //!   jobs, merged in [`reload::Control::apply`].
 //! - [`registry`]: registered jobs and their fsynced state file.
 //! - [`shard`]: which replica owns a job.
+//! - [`listing`]: which tracked jobs the `/jobs` page shows, failed ones first, bounded.
+//! - [`pages`]: the HTML of `/jobs` and of the landing page's sections.
 //! - [`poller`]: tracked jobs, concurrency and rate limits, cached and on-demand collection.
 //! - [`exposition`]: the text format, rendered per job when the job changes.
 //! - [`snapshot`]: the immutable view a scrape serves.
 //! - [`telemetry`]: the exporter's own metrics.
-//! - [`http`]: the landing page, `/metrics`, health, readiness, `/-/reload` and `/api/v1/jobs`.
+//! - [`http`]: the landing page, `/jobs`, `/metrics`, health, readiness, `/-/reload` and `/api/v1/jobs`.
 //! - [`web`]: `--web.config.file` (TLS, basic auth, headers) and the HTTP limits; served by
 //!   [`Exporter::run`]'s own accept loop (hyper), which also stops gracefully.
 //! - [`simulator`]: a faithful stand-in for the cloud, for `demo`, tests and benchmarks.
@@ -50,6 +52,8 @@ pub mod demo;
 pub mod discovery;
 pub mod exposition;
 pub mod http;
+pub mod listing;
+pub mod pages;
 pub mod poller;
 pub mod registry;
 pub mod reload;

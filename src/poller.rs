@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cloud::{self, BodyDigest, FetchError, Fetched, Job, Reason};
 use crate::config::Mode;
 use crate::exposition::{self, AGGREGATE, Aggregate, JobText, JobView};
+use crate::listing;
 use crate::snapshot::Snapshot;
 use crate::telemetry::Telemetry;
 
@@ -102,19 +103,63 @@ impl From<&crate::config::Config> for Settings {
     }
 }
 
-/// A failed fetch, for the landing page.
+/// Failed fetches with the same target, reason and message, for the landing page.
 #[derive(Debug, Clone)]
 pub struct RecentError {
-    /// Unix seconds.
+    /// Unix seconds, of the latest.
     pub at: f64,
+    /// Unix seconds, of the first.
+    pub first_at: f64,
+    /// How many.
+    pub count: u64,
     /// `service/region/project`.
     pub target: String,
-    /// The job.
+    /// The job of the latest.
     pub job_id: String,
     /// Bounded reason.
     pub reason: Reason,
-    /// The error, without secrets.
+    /// The error, without secrets or request id.
     pub message: String,
+}
+
+/// Adds a failed fetch to `errors`: counted with an equal one (same target, reason and message,
+/// request ids aside, since each request has its own), else added, dropping the one seen longest
+/// ago when [`RECENT_ERRORS`] are kept. One broken endpoint failing 10,000 jobs is one line.
+fn remember_error(
+    errors: &mut VecDeque<RecentError>,
+    now: f64,
+    target: String,
+    job_id: &str,
+    e: &FetchError,
+) {
+    let mut e = e.clone();
+    if let FetchError::Api { request_id, .. } = &mut e {
+        *request_id = None;
+    }
+    let reason = e.reason();
+    let message = e.to_string();
+    let same = errors
+        .iter()
+        .position(|r| r.reason == reason && r.target == target && r.message == message);
+    let mut entry = match same.and_then(|i| errors.remove(i)) {
+        Some(r) => r,
+        None => RecentError {
+            at: now,
+            first_at: now,
+            count: 0,
+            target,
+            job_id: String::new(),
+            reason,
+            message,
+        },
+    };
+    entry.at = now;
+    entry.count += 1;
+    job_id.clone_into(&mut entry.job_id);
+    if errors.len() >= RECENT_ERRORS {
+        errors.pop_front();
+    }
+    errors.push_back(entry);
 }
 
 /// Counts for the landing page and `tracked_jobs`.
@@ -780,22 +825,15 @@ impl Poller {
                     .or_default() += 1;
                 let t = &entry.tracked.target;
                 if reason == Reason::Unauthorized {
-                    self.inner.telemetry.auth_failure(&t.account);
+                    self.inner
+                        .telemetry
+                        .auth_failure(&t.account, &e.to_string());
                 }
                 let target = format!("{}/{}/{}", t.cloud_service, t.cloud_region, t.project_id);
                 // Per job at debug: a broken endpoint fails thousands of jobs at once, and
                 // collect() logs one summary per round at warn.
                 tracing::debug!(target_id = %target, job_id = %key.1, reason = reason.as_str(), error = %e, "fetch failed");
-                if state.recent_errors.len() == RECENT_ERRORS {
-                    state.recent_errors.pop_front();
-                }
-                state.recent_errors.push_back(RecentError {
-                    at: now,
-                    target,
-                    job_id: key.1.clone(),
-                    reason,
-                    message: e.to_string(),
-                });
+                remember_error(&mut state.recent_errors, now, target, &key.1, &e);
             }
         }
         if unchanged {
@@ -809,9 +847,26 @@ impl Poller {
             // A finished job is never fetched or rendered again: its text is final, and the
             // aggregates need only its type and status. Dropping the rest took RSS at 100,000
             // tracked jobs from 346 MiB towards 250 (issue 7: the decoded job was ~1 KB a job).
+            // The times sit inline, so keeping them for the jobs page costs nothing; a failed
+            // job also keeps what the page shows of its failure (a few hundred bytes, and
+            // failed jobs are few).
+            let failed = job.status.as_deref() == Some("FAIL");
             *job = Job {
                 job_type: job.job_type.take(),
                 status: job.status.take(),
+                begin: job.begin,
+                end: job.end,
+                error_code: job.error_code.take().filter(|_| failed),
+                fail_reason: job
+                    .fail_reason
+                    .take()
+                    .filter(|_| failed)
+                    .map(|r| r.chars().take(exposition::FAIL_REASON_MAX).collect()),
+                entities: if failed {
+                    std::mem::take(&mut job.entities)
+                } else {
+                    Vec::new()
+                },
                 ..Job::default()
             };
         }
@@ -855,9 +910,22 @@ impl Poller {
         summarize(&self.state())
     }
 
-    /// The last failed fetches, newest last.
+    /// The last failed fetches, alike ones counted together, latest last.
     pub fn recent_errors(&self) -> Vec<RecentError> {
         self.state().recent_errors.iter().cloned().collect()
+    }
+
+    /// The tracked jobs that match `query`, failed ones first; see [`crate::listing`].
+    pub fn list_jobs(&self, query: &listing::Query) -> listing::Listing {
+        let now = self.inner.clock.now();
+        let state = self.state();
+        let items = state.jobs.values().map(|e| listing::Item {
+            target: &e.tracked.target,
+            job_id: &e.job_id,
+            job: e.job.as_ref(),
+            fetch_ok: e.fetch_ok,
+        });
+        listing::select(items, query, now)
     }
 }
 
@@ -1367,6 +1435,93 @@ mod tests {
         assert!(t.contains("job_id=\"slow\"} 0\n"), "{t}");
         assert!(t.contains("status=\"RUNNING\"} 1"), "last value kept: {t}");
         assert!(t.contains("reason=\"timeout\"} 1"));
+    }
+
+    #[test]
+    fn alike_errors_are_counted_together_and_the_list_stays_bounded() {
+        let mut errors = VecDeque::new();
+        let api = |rid: &str| FetchError::Api {
+            status: 500,
+            code: Some("EVS.5000".into()),
+            message: Some("boom".into()),
+            request_id: Some(rid.into()),
+            retry_after: None,
+        };
+        for (i, rid) in ["r1", "r2", "r3"].into_iter().enumerate() {
+            remember_error(
+                &mut errors,
+                i as f64,
+                "evs/r/p".into(),
+                &format!("j{i}"),
+                &api(rid),
+            );
+        }
+        remember_error(
+            &mut errors,
+            5.0,
+            "evs/r/p".into(),
+            "j9",
+            &FetchError::Timeout,
+        );
+        assert_eq!(errors.len(), 2);
+        let e = &errors[0];
+        assert_eq!(
+            (e.count, e.first_at, e.at, e.job_id.as_str()),
+            (3, 0.0, 2.0, "j2")
+        );
+        assert!(!e.message.contains("request id"), "{}", e.message);
+        assert_eq!((errors[1].reason, errors[1].count), (Reason::Timeout, 1));
+        // The alike one seen again moves to the end.
+        remember_error(&mut errors, 6.0, "evs/r/p".into(), "j3", &api("r4"));
+        assert_eq!((errors[1].count, errors[1].at), (4, 6.0));
+        for i in 0..RECENT_ERRORS + 5 {
+            remember_error(
+                &mut errors,
+                10.0,
+                format!("t{i}"),
+                "j",
+                &FetchError::Timeout,
+            );
+        }
+        assert_eq!(errors.len(), RECENT_ERRORS);
+        assert_eq!(errors[0].target, "t5");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_job_keeps_what_the_jobs_page_shows_and_a_succeeded_one_only_times() {
+        let fake = Fake::new(Duration::ZERO);
+        let mut f = failed(Some("EVS.1"));
+        f.entities = vec![("volume_id".into(), "v1".into())];
+        f.sub_jobs = vec![job("SUCCESS", 1.0, Some(2.0))];
+        fake.script("f", vec![Ok(f)]);
+        let mut ok = job("SUCCESS", 10.0, Some(20.0));
+        ok.entities = vec![("volume_id".into(), "v2".into())];
+        fake.script("ok", vec![Ok(ok)]);
+        fake.script("run", vec![Ok(job("RUNNING", 1.0, None))]);
+        let p = poller(&fake, &["f", "ok", "run"], settings(Mode::Cached));
+        p.collect(None).await;
+        let all = listing::Query {
+            limit: 10,
+            ..listing::Query::default()
+        };
+        let l = p.list_jobs(&all);
+        let ids: Vec<&str> = l.rows.iter().map(|r| r.job_id.as_str()).collect();
+        assert_eq!(ids, ["f", "run", "ok"]);
+        let f = &l.rows[0];
+        assert_eq!(f.error_code.as_deref(), Some("EVS.1"));
+        assert!(f.fail_reason.is_some());
+        assert_eq!(f.entities, [("volume_id".to_string(), "v1".to_string())]);
+        let ok = &l.rows[2];
+        assert_eq!((ok.begin, ok.end), (Some(10.0), Some(20.0)));
+        assert!(ok.entities.is_empty());
+        let state = p.state();
+        let held = state
+            .jobs
+            .values()
+            .find(|e| e.job_id == "f")
+            .and_then(|e| e.job.as_ref())
+            .expect("job");
+        assert!(held.sub_jobs.is_empty());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::exposition::{self, AGGREGATE, JobText, ORDER, PER_JOB, Slot};
+use crate::exposition::{self, AGGREGATE, Format, JobText, ORDER, PER_JOB, Slot};
 
 /// What one scrape serves.
 #[derive(Debug, Default)]
@@ -93,24 +93,36 @@ impl Snapshot {
 
     /// Appends the text exposition of the job families.
     pub fn write(&self, out: &mut Vec<u8>) {
+        self.write_in(out, Format::Text);
+    }
+
+    /// Appends the job families in `format` (without OpenMetrics' closing `# EOF`: more
+    /// families follow).
+    pub fn write_in(&self, out: &mut Vec<u8>, format: Format) {
         out.reserve(self.bytes);
         let mut cursor = Cursor::default();
-        self.fill(&mut cursor, out, usize::MAX);
+        self.fill(&mut cursor, out, usize::MAX, format);
     }
 
     /// The text of [`Snapshot::write`] in pieces of about `chunk` bytes (more when one job's
     /// family is longer), each made when asked for.
     pub fn chunks(self: Arc<Self>, chunk: usize) -> Chunks {
+        self.chunks_in(chunk, Format::Text)
+    }
+
+    /// [`Snapshot::write_in`] in pieces, as [`Snapshot::chunks`].
+    pub fn chunks_in(self: Arc<Self>, chunk: usize, format: Format) -> Chunks {
         Chunks {
             snapshot: self,
             cursor: Cursor::default(),
             chunk: chunk.max(1),
+            format,
         }
     }
 
     /// Writes from `cursor` until `out` holds `limit` bytes or everything is written; returns
-    /// true when everything is.
-    fn fill(&self, cursor: &mut Cursor, out: &mut Vec<u8>, limit: usize) -> bool {
+    /// true when everything is. Only the family headers depend on `format`.
+    fn fill(&self, cursor: &mut Cursor, out: &mut Vec<u8>, limit: usize, format: Format) -> bool {
         while let Some(slot) = ORDER.get(cursor.slot) {
             if out.len() >= limit {
                 return false;
@@ -120,7 +132,12 @@ impl Snapshot {
                     let next = match cursor.job {
                         Some(j) => j,
                         None => {
-                            exposition::write_header(out, &PER_JOB[f as usize], self.cached);
+                            exposition::write_header(
+                                out,
+                                &PER_JOB[f as usize],
+                                self.cached,
+                                format,
+                            );
                             0
                         }
                     };
@@ -144,7 +161,7 @@ impl Snapshot {
                     }
                 }
                 Slot::Aggregate(a) => {
-                    exposition::write_header(out, &AGGREGATE[a as usize], self.cached);
+                    exposition::write_header(out, &AGGREGATE[a as usize], self.cached, format);
                     out.extend_from_slice(self.aggregates[a as usize].as_bytes());
                 }
             }
@@ -161,6 +178,7 @@ pub struct Chunks {
     snapshot: Arc<Snapshot>,
     cursor: Cursor,
     chunk: usize,
+    format: Format,
 }
 
 impl Iterator for Chunks {
@@ -172,7 +190,8 @@ impl Iterator for Chunks {
         }
         // Head room for the job that crosses the limit, so the buffer rarely grows.
         let mut out = Vec::with_capacity(self.chunk + 8 * 1024);
-        self.snapshot.fill(&mut self.cursor, &mut out, self.chunk);
+        self.snapshot
+            .fill(&mut self.cursor, &mut out, self.chunk, self.format);
         (!out.is_empty()).then(|| Bytes::from(out))
     }
 }

@@ -2,14 +2,39 @@
 //! `prometheus` crate registry: they are few and small, so the crate's cost does not matter here
 //! (the per-job families are rendered by [`crate::exposition`] instead).
 
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::exposition::{self, Format};
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const PREFIX: &str = "huaweicloud_job_exporter";
+
+/// Longest failure message kept per account for the landing page.
+const FAILURE_MESSAGE_MAX: usize = 300;
+
+/// How an account's credentials are doing, for the landing page.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AccountStatus {
+    /// Where the credentials come from (`config`, `env`, `file`, `iam`, `metadata`).
+    pub source: &'static str,
+    /// When the current token or temporary credentials expire, Unix seconds.
+    pub token_expiry: Option<f64>,
+    /// Requests rejected as unauthenticated, and failures to get credentials.
+    pub failures: u64,
+    /// When the last failure happened (Unix seconds) and what it said.
+    pub last_failure: Option<(f64, String)>,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
 
 /// Self-metrics of one exporter instance.
 pub struct Telemetry {
@@ -32,6 +57,7 @@ pub struct Telemetry {
     pub config_reload_ts: Gauge,
     /// Discovery's families.
     pub discovery: DiscoveryMetrics,
+    accounts: Mutex<BTreeMap<String, AccountStatus>>,
 }
 
 /// The discovery families; every series of a (target, source) is created when its task starts,
@@ -328,6 +354,7 @@ impl Telemetry {
             .expect("valid metric"),
             discovery: DiscoveryMetrics::new(),
             registry,
+            accounts: Mutex::default(),
         };
         let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(build_info),
@@ -361,9 +388,27 @@ impl Telemetry {
             .observe(took.as_secs_f64());
     }
 
-    /// Counts a 401 for `account`.
-    pub fn auth_failure(&self, account: &str) {
+    fn account(&self, account: &str, f: impl FnOnce(&mut AccountStatus)) {
+        let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
+        match accounts.get_mut(account) {
+            Some(a) => f(a),
+            None => {
+                let mut a = AccountStatus::default();
+                f(&mut a);
+                accounts.insert(account.to_string(), a);
+            }
+        }
+    }
+
+    /// Counts a 401, or a failure to get credentials, for `account`; `detail` says what
+    /// happened (without secrets).
+    pub fn auth_failure(&self, account: &str, detail: &str) {
         self.auth_failures.with_label_values(&[account]).inc();
+        self.account(account, |a| {
+            a.failures += 1;
+            let detail = detail.chars().take(FAILURE_MESSAGE_MAX).collect();
+            a.last_failure = Some((unix_now(), detail));
+        });
     }
 
     /// Records that the cloud just accepted `account`'s credentials. Alerts compare this with
@@ -382,11 +427,33 @@ impl Telemetry {
         self.auth_token_expiry
             .with_label_values(&[account])
             .set(unix_seconds);
+        self.account(account, |a| a.token_expiry = Some(unix_seconds));
+    }
+
+    /// Records where the account's credentials come from.
+    pub fn set_account_source(&self, account: &str, source: &'static str) {
+        self.account(account, |a| a.source = source);
+    }
+
+    /// Every account seen, by name.
+    pub fn accounts(&self) -> Vec<(String, AccountStatus)> {
+        let accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
+        accounts
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// When the last cached-mode refresh finished, Unix seconds; `None` before the first.
+    pub fn last_refresh(&self) -> Option<f64> {
+        let v = self.last_refresh.get();
+        (v > 0.0).then_some(v)
     }
 
     /// Makes sure the account has a zero-valued failure series from the start.
     pub fn register_account(&self, account: &str) {
         self.auth_failures.with_label_values(&[account]);
+        self.account(account, |_| {});
     }
 
     /// Sets the tracked-job gauges; series of targets no longer present are removed.
@@ -402,6 +469,18 @@ impl Telemetry {
         }
     }
 
+    /// Appends every self-metric in `format` (without OpenMetrics' closing `# EOF`).
+    pub fn encode_in(&self, out: &mut Vec<u8>, format: Format) {
+        match format {
+            Format::Text => self.encode(out),
+            Format::OpenMetrics => {
+                let mut text = Vec::with_capacity(16 * 1024);
+                self.encode(&mut text);
+                to_openmetrics(&String::from_utf8_lossy(&text), out);
+            }
+        }
+    }
+
     /// Appends the text exposition of every self-metric.
     pub fn encode(&self, out: &mut Vec<u8>) {
         // Encoding into a Vec cannot fail for I/O; a failure would be a metric-definition bug,
@@ -412,8 +491,88 @@ impl Telemetry {
     }
 }
 
+/// Rewrites the `prometheus` crate's text exposition as OpenMetrics: the crate has no
+/// OpenMetrics encoder, and the two differ here only in the header lines (see
+/// [`exposition::family_name`]) and HELP escaping; sample lines are the same.
+fn to_openmetrics(text: &str, out: &mut Vec<u8>) {
+    // The crate writes HELP before TYPE; the HELP line waits for the TYPE, which decides the
+    // family's OpenMetrics name.
+    let mut help: Option<(&str, &str)> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, h) = rest.split_once(' ').unwrap_or((rest, ""));
+            help = Some((name, h));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (family, kind) = exposition::family_name(name, kind, Format::OpenMetrics);
+            if let Some((hname, h)) = help.take()
+                && hname == name
+            {
+                out.extend_from_slice(b"# HELP ");
+                out.extend_from_slice(family.as_bytes());
+                out.push(b' ');
+                // The text format escaped backslash and newline already; OpenMetrics also
+                // escapes the double quote.
+                out.extend_from_slice(h.replace('"', "\\\"").as_bytes());
+                out.push(b'\n');
+            }
+            out.extend_from_slice(b"# TYPE ");
+            out.extend_from_slice(family.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(if kind == "untyped" { "unknown" } else { kind }.as_bytes());
+            out.push(b'\n');
+            continue;
+        }
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+}
+
 impl Default for Telemetry {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_metrics_in_openmetrics_rename_only_counter_and_info_families() {
+        let t = Telemetry::new();
+        t.auth_failure("prod", "HTTP 401");
+        let mut text = Vec::new();
+        t.encode(&mut text);
+        let mut om = Vec::new();
+        t.encode_in(&mut om, Format::OpenMetrics);
+        let (text, om) = (
+            String::from_utf8(text).expect("utf8"),
+            String::from_utf8(om).expect("utf8"),
+        );
+        assert!(om.contains("# TYPE huaweicloud_job_exporter_auth_failures counter\n"));
+        assert!(om.contains("# HELP huaweicloud_job_exporter_auth_failures Requests"));
+        assert!(om.contains("# TYPE huaweicloud_job_exporter_build info\n"));
+        assert!(om.contains("# TYPE process_cpu_seconds counter\n"));
+        assert!(!om.contains("untyped"));
+        // Sample lines are untouched.
+        let samples = |s: &str| -> Vec<String> {
+            s.lines()
+                .filter(|l| !l.starts_with('#') && !l.starts_with("process_"))
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(samples(&text), samples(&om));
+        assert!(om.contains("huaweicloud_job_exporter_auth_failures_total{account=\"prod\"} 1\n"));
+        let status = &t.accounts()[0].1;
+        assert_eq!(
+            (
+                status.failures,
+                status.last_failure.as_ref().map(|f| f.1.as_str())
+            ),
+            (1, Some("HTTP 401"))
+        );
     }
 }

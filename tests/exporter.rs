@@ -346,12 +346,36 @@ async fn faults_keep_last_values_and_recover(mode: &str) {
             assert!(got >= want, "{mode} {reason}: {got} < {want}");
         }
     }
-    // Per job, the landing page's recent errors tell which reason each fault counted.
+    // The landing page's recent errors count alike failures together (same reason and
+    // message): each reason has at least as many as the faults that map to it, and the last
+    // job named for it is one of them.
     let landing = exp.get("/").await.1;
+    let errors = landing
+        .split("Recent fetch errors")
+        .nth(1)
+        .expect("recent errors table");
+    let mut counted: std::collections::BTreeMap<String, (f64, Vec<String>)> = Default::default();
+    for row in errors.split("<tr>").skip(2) {
+        let cells: Vec<String> = row
+            .split("</td>")
+            .map(|c| c.rsplit('>').next().unwrap_or("").to_string())
+            .collect();
+        // last seen, count, first seen, target, last job_id, reason, error
+        let e = counted.entry(cells[5].clone()).or_default();
+        e.0 += cells[1].parse::<f64>().expect("count");
+        e.1.push(cells[4].clone());
+    }
     for (id, _, reason, _) in &faults {
+        let (n, jobs) = counted.get(*reason).cloned().unwrap_or_default();
+        let want = expected.get(reason).copied().unwrap_or(0.0);
         assert!(
-            landing.contains(&format!("<td>{id}</td><td>{reason}</td>")),
-            "{mode} {id} should count {reason}: {landing}"
+            n >= want,
+            "{mode} {id}: {reason} counted {n} < {want}: {landing}"
+        );
+        assert!(
+            jobs.iter()
+                .all(|j| faults.iter().any(|f| f.0 == j && f.2 == *reason)),
+            "{mode} {reason}: {jobs:?}"
         );
     }
     for (id, ..) in &faults {

@@ -306,6 +306,9 @@ impl Provider {
                 keys: Refresher::new(),
             },
         };
+        if let Some(t) = &telemetry {
+            t.set_account_source(&account.name, account.auth.source());
+        }
         Self {
             account: account.name.clone(),
             kind,
@@ -325,7 +328,7 @@ impl Provider {
         }
         tracing::warn!(account = %self.account, error = %e, "cannot get credentials");
         if let Some(t) = &self.telemetry {
-            t.auth_failure(&self.account);
+            t.auth_failure(&self.account, &e.to_string());
         }
     }
 
