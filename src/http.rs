@@ -15,6 +15,7 @@ use serde_json::json;
 use tower_http::compression::CompressionLayer;
 
 use crate::config::Mode;
+use crate::gzip;
 use crate::poller::Poller;
 use crate::registry::JobRef;
 use crate::reload::{ApiError, Control};
@@ -95,6 +96,31 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     let snapshot = app.poller.scrape(scrape_timeout(&headers)).await;
     let mut own = Vec::with_capacity(16 * 1024);
     app.telemetry.encode(&mut own);
+    let wants_gzip = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(gzip::accepted));
+    if wants_gzip {
+        // The job families were compressed when they changed (see `gzip`): only the
+        // exporter's own metrics are compressed here, and every scraper shares the rest.
+        let stored = gzip::compress(&own)
+            .ok()
+            .and_then(|tail| Arc::clone(&snapshot).gzip_chunks(tail, METRICS_CHUNK));
+        if let Some(chunks) = stored {
+            let body = axum::body::Body::from_stream(futures_util::stream::iter(
+                chunks.map(Ok::<_, std::convert::Infallible>),
+            ));
+            return (
+                [
+                    (header::CONTENT_TYPE, TEXT_FORMAT),
+                    (header::CONTENT_ENCODING, "gzip"),
+                    (header::VARY, "accept-encoding"),
+                ],
+                body,
+            )
+                .into_response();
+        }
+    }
     // The body is written chunk by chunk as the connection takes it: a scrape of 100,000 jobs
     // (320 MB of text) holds a chunk at a time, not a copy of the whole text (issue 7).
     let chunks = snapshot

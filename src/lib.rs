@@ -29,7 +29,8 @@
 //! - [`shard`]: which replica owns a job.
 //! - [`poller`]: tracked jobs, concurrency and rate limits, cached and on-demand collection.
 //! - [`exposition`]: the text format, rendered per job when the job changes.
-//! - [`snapshot`]: the immutable view a scrape serves.
+//! - [`snapshot`]: the immutable view a scrape serves, plain and as stored deflate blocks.
+//! - [`gzip`]: gzip bodies joined from deflate blocks compressed once, when their text changed.
 //! - [`telemetry`]: the exporter's own metrics.
 //! - [`http`]: the landing page, `/metrics`, health, readiness, `/-/reload` and `/api/v1/jobs`.
 //! - [`web`]: `--web.config.file` (TLS, basic auth, headers) and the HTTP limits; served by
@@ -42,6 +43,7 @@ pub mod cloud;
 pub mod config;
 pub mod demo;
 pub mod exposition;
+pub mod gzip;
 pub mod http;
 pub mod poller;
 pub mod registry;
