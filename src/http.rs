@@ -62,9 +62,11 @@ pub fn router(
         .route("/-/ready", get(ready))
         .route("/-/reload", post(reload).put(reload))
         .merge(api)
-        // Fastest level: at the default level gzip took 340 ms for the 33 MB of 10,000 jobs,
-        // against 19 ms for the text itself (issue 7, callgrind); the fastest level is several
-        // times quicker for a body still about a tenth of the size.
+        // `/metrics` sends its own gzip body, joined from blocks compressed when jobs changed
+        // (see `gzip`); this layer compresses the other pages, and `/metrics` only should the
+        // stored blocks be missing. Fastest level: at the default level gzip took 340 ms for
+        // the 33 MB of 10,000 jobs, against 19 ms for the text itself (callgrind,
+        // BENCHMARKS.md).
         .layer(
             CompressionLayer::new()
                 .gzip(true)
