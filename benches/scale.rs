@@ -240,7 +240,9 @@ fn start_exporter(config: &std::path::Path) -> Proc {
 /// `BENCH_BASELINE`: an earlier build of the binary, run beside this one (interleaved scrapes)
 /// in `latency`, `concurrent` and `prometheus`, so that before/after ratios come from one run.
 fn baseline() -> Option<String> {
-    std::env::var("BENCH_BASELINE").ok().filter(|p| !p.is_empty())
+    std::env::var("BENCH_BASELINE")
+        .ok()
+        .filter(|p| !p.is_empty())
 }
 
 fn start_exporter_bin(bin: &str, config: &std::path::Path) -> Proc {
@@ -785,7 +787,10 @@ impl Prom {
         let bin = std::env::var("BENCH_PROMETHEUS").unwrap_or_else(|_| "prometheus".into());
         let child = Command::new(bin)
             .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", data.join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                data.join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--enable-feature=extra-scrape-metrics")
             .arg("--log.level=error")
@@ -804,16 +809,10 @@ impl Prom {
 
     /// The first value of an instant query, if any.
     async fn value(&self, c: &reqwest::Client, expr: &str) -> Option<f64> {
-        let url = format!("{}/api/v1/query", self.proc.base);
-        let body: serde_json::Value = c
-            .get(url)
-            .query(&[("query", expr)])
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let q = percent_encoding::utf8_percent_encode(expr, percent_encoding::NON_ALPHANUMERIC);
+        let url = format!("{}/api/v1/query?query={q}", self.proc.base);
+        let bytes = c.get(url).send().await.ok()?.bytes().await.ok()?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
         body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     }
 }
