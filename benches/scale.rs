@@ -1,5 +1,6 @@
-//! `cargo bench --bench scale -- [latency|upstream|ondemand|memory|idle|profile|all]`: issue 7's
-//! figures, measured end to end over loopback.
+//! `cargo bench --bench scale --
+//! [latency|concurrent|prometheus|upstream|ondemand|memory|idle|profile|all]`: figures at scale,
+//! measured end to end over loopback.
 //!
 //! The simulator runs in this process (on 127.0.0.1, port 0) with a generated fleet whose
 //! terminal share is fixed; the exporter runs as a separate process (the crate's own binary,
@@ -15,7 +16,10 @@
 //! (scrapes per size, default 41; 100,000-job sizes use a fifth of it, at least 9),
 //! `BENCH_ROUNDS` (memory: refreshes, default 120 = an hour at 30 s), `BENCH_IDLE_SECS` (default
 //! 60), `BENCH_IDLE_SHARES` (finished shares for idle, default 0.9,0.0), `BENCH_PYTHON`, `BENCH_PEER` (the peer script), `BENCH_EXPORTER` (another
-//! build of the binary, for before/after in one run), `BENCH_WRAPPER` (a command put before the exporter, e.g. valgrind for
+//! build of the binary), `BENCH_BASELINE` (an earlier build run beside this one, for before/after
+//! ratios from one run), `BENCH_SCRAPERS`, `BENCH_CONCURRENT_JOBS`, `BENCH_CONCURRENT_ROUNDS`
+//! (`concurrent`), `BENCH_PROM_JOBS`, `BENCH_PROM_SECS`, `BENCH_PROM_INTERVAL`,
+//! `BENCH_PROMETHEUS` (`prometheus`: a real Prometheus, default the one on the PATH), `BENCH_WRAPPER` (a command put before the exporter, e.g. valgrind for
 //! `profile`). Everything is bounded in time and count and only 127.0.0.1 is contacted. No timing
 //! is asserted: the figures are printed as Markdown tables.
 
@@ -230,11 +234,23 @@ fn exporter_path() -> String {
 }
 
 fn start_exporter(config: &std::path::Path) -> Proc {
+    start_exporter_bin(&exporter_path(), config)
+}
+
+/// `BENCH_BASELINE`: an earlier build of the binary, run beside this one (interleaved scrapes)
+/// in `latency`, `concurrent` and `prometheus`, so that before/after ratios come from one run.
+fn baseline() -> Option<String> {
+    std::env::var("BENCH_BASELINE")
+        .ok()
+        .filter(|p| !p.is_empty())
+}
+
+fn start_exporter_bin(bin: &str, config: &std::path::Path) -> Proc {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let wrapper = std::env::var("BENCH_WRAPPER").unwrap_or_default();
     let mut words: Vec<String> = wrapper.split_whitespace().map(str::to_string).collect();
-    words.push(exporter_path());
+    words.push(bin.to_string());
     let mut cmd = Command::new(&words[0]);
     cmd.args(&words[1..])
         .arg(format!("--config.file={}", config.display()))
@@ -342,6 +358,38 @@ async fn scrapes(c: &reqwest::Client, url: &str, gzip: bool, runs: usize) -> Ser
     }
 }
 
+/// `runs` scrapes of each of `urls`, taken in turn (one of each, then again), so that the
+/// machine's mood weighs on all of them alike.
+async fn scrapes_interleaved(
+    c: &reqwest::Client,
+    urls: &[String],
+    gzip: bool,
+    runs: usize,
+) -> Vec<Series> {
+    let mut bytes = Vec::new();
+    for url in urls {
+        bytes.push(scrape(c, url, gzip).await.1); // warm-up
+    }
+    let mut times = vec![Vec::with_capacity(runs); urls.len()];
+    for _ in 0..runs {
+        for (url, t) in urls.iter().zip(&mut times) {
+            t.push(scrape(c, url, gzip).await.0);
+        }
+    }
+    times
+        .into_iter()
+        .zip(bytes)
+        .map(|(mut t, bytes)| {
+            t.sort();
+            Series {
+                p50: percentile(&t, 0.5),
+                p99: percentile(&t, 0.99),
+                bytes,
+            }
+        })
+        .collect()
+}
+
 async fn exporter_for(
     dir: &std::path::Path,
     sim: &Sim,
@@ -380,20 +428,45 @@ async fn latency(dir: &std::path::Path, c: &reqwest::Client) {
             refresh_interval: "1h",
             max_concurrency: 64,
         };
-        let (mut exp, _) = exporter_for(dir, &sim, &scripts, &settings, c).await;
-        let url = format!("{}/metrics", exp.base);
-        for gzip in [false, true] {
-            let s = scrapes(c, &url, gzip, runs_n).await;
-            println!(
-                "| this | {n} | {} | {} | {} | {} | {runs_n} | {} MiB |",
-                if gzip { "yes" } else { "no" },
-                mb(s.bytes),
-                ms(s.p50),
-                ms(s.p99),
-                exp.rss_kib() / 1024
-            );
+        let (exp, _) = exporter_for(dir, &sim, &scripts, &settings, c).await;
+        let mut exps = vec![("this", exp)];
+        if let Some(bin) = baseline() {
+            let config = write_config(dir, &sim, &scripts, &settings);
+            let mut before = start_exporter_bin(&bin, &config);
+            let url = format!("{}/-/ready", before.base);
+            wait_ok(c, &mut before, &url, Duration::from_secs(1800)).await;
+            exps.push(("before", before));
         }
-        exp.terminate();
+        let urls: Vec<String> = exps
+            .iter()
+            .map(|(_, e)| format!("{}/metrics", e.base))
+            .collect();
+        let mut p50s = vec![Vec::new(); exps.len()];
+        for gzip in [false, true] {
+            let series = scrapes_interleaved(c, &urls, gzip, runs_n).await;
+            for (((name, exp), s), p50) in exps.iter().zip(&series).zip(&mut p50s) {
+                p50.push(s.p50);
+                println!(
+                    "| {name} | {n} | {} | {} | {} | {} | {runs_n} | {} MiB |",
+                    if gzip { "yes" } else { "no" },
+                    mb(s.bytes),
+                    ms(s.p50),
+                    ms(s.p99),
+                    exp.rss_kib() / 1024
+                );
+            }
+        }
+        for ((name, _), p50) in exps.iter().zip(&p50s) {
+            if let [plain, gz] = p50[..] {
+                println!(
+                    "| {name} | {n} | gzip p50 / plain p50 | {:.2}× | | | | |",
+                    gz.as_secs_f64() / plain.as_secs_f64()
+                );
+            }
+        }
+        for (_, mut exp) in exps {
+            exp.terminate();
+        }
         drop(sim);
         if let Some(py) = python() {
             let mut peer = start_python(&py, n);
@@ -632,6 +705,219 @@ async fn idle(dir: &std::path::Path, c: &reqwest::Client) {
     }
 }
 
+/// Many scrapers at once, all asking for gzip as Prometheus does: `BENCH_SCRAPERS` (50) tasks
+/// each scraping `BENCH_CONCURRENT_ROUNDS` (4) times a cached exporter of
+/// `BENCH_CONCURRENT_JOBS` (10,000) jobs, 90% finished. This build, then `BENCH_BASELINE`'s.
+async fn concurrent(dir: &std::path::Path, c: &reqwest::Client) {
+    let n: usize = env_or("BENCH_CONCURRENT_JOBS", 10_000);
+    let scrapers: usize = env_or("BENCH_SCRAPERS", 50);
+    let rounds: usize = env_or("BENCH_CONCURRENT_ROUNDS", 4);
+    println!("\n## {scrapers} concurrent gzip scrapers, {n} jobs, {rounds} scrapes each\n");
+    println!(
+        "| exporter | scrapes | p50 | p99 | max | gzip bytes | exporter CPU per scrape |\n|---|---:|---:|---:|---:|---:|---:|"
+    );
+    let scripts = fleet(n, 0.9, 7);
+    let sim = Sim::start(scripts.clone()).await;
+    let settings = Settings {
+        mode: "cached",
+        refresh_interval: "1h",
+        max_concurrency: 64,
+    };
+    let mut bins = vec![("this", exporter_path())];
+    bins.extend(baseline().map(|b| ("before", b)));
+    for (name, bin) in bins {
+        let config = write_config(dir, &sim, &scripts, &settings);
+        let mut exp = start_exporter_bin(&bin, &config);
+        let ready = format!("{}/-/ready", exp.base);
+        wait_ok(c, &mut exp, &ready, Duration::from_secs(1800)).await;
+        let url = format!("{}/metrics", exp.base);
+        let (_, bytes) = scrape(c, &url, true).await;
+        let t0 = exp.cpu_ticks();
+        let tasks: Vec<_> = (0..scrapers)
+            .map(|_| {
+                let c = client();
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let mut t = Vec::new();
+                    for _ in 0..rounds {
+                        t.push(scrape(&c, &url, true).await.0);
+                    }
+                    t
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("scraper"));
+        }
+        let cpu = (exp.cpu_ticks() - t0) as f64 / 100.0;
+        all.sort();
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            all.len(),
+            ms(percentile(&all, 0.5)),
+            ms(percentile(&all, 0.99)),
+            ms(*all.last().unwrap_or(&Duration::ZERO)),
+            mb(bytes),
+            ms(Duration::from_secs_f64(cpu / all.len().max(1) as f64))
+        );
+        exp.terminate();
+    }
+}
+
+/// A real Prometheus (`BENCH_PROMETHEUS`, default `prometheus` on the PATH) scraping one target.
+struct Prom {
+    proc: Proc,
+}
+
+impl Prom {
+    fn start(dir: &std::path::Path, name: &str, target: &str, interval: &str) -> Prom {
+        let port = free_port();
+        let data = dir.join(format!("prom-{name}-{port}"));
+        std::fs::create_dir_all(&data).expect("prometheus dir");
+        let cfg = data.join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global:\n  scrape_interval: {interval}\n  scrape_timeout: {interval}\n\
+                 scrape_configs:\n  - job_name: {name}\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )
+        .expect("prometheus config");
+        let bin = std::env::var("BENCH_PROMETHEUS").unwrap_or_else(|_| "prometheus".into());
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                data.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--enable-feature=extra-scrape-metrics")
+            .arg("--log.level=error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus (set BENCH_PROMETHEUS)");
+        Prom {
+            proc: Proc {
+                child,
+                base: format!("http://127.0.0.1:{port}"),
+            },
+        }
+    }
+
+    /// The first value of an instant query, if any.
+    async fn value(&self, c: &reqwest::Client, expr: &str) -> Option<f64> {
+        let q = percent_encoding::utf8_percent_encode(expr, percent_encoding::NON_ALPHANUMERIC);
+        let url = format!("{}/api/v1/query?query={q}", self.proc.base);
+        let bytes = c.get(url).send().await.ok()?.bytes().await.ok()?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+/// What Prometheus pays: a real Prometheus per target, side by side, scraping this exporter and
+/// the Python peer over `BENCH_PROM_SECS` (default 120) at `BENCH_PROM_INTERVAL` (default 10s),
+/// for `BENCH_PROM_JOBS` (default 1000,10000) jobs. Reported from each Prometheus' own series:
+/// `scrape_duration_seconds` (median over the window), `scrape_samples_scraped`,
+/// `scrape_body_size_bytes` (the uncompressed body), and the Prometheus process' CPU time
+/// (`/proc`, the same as its `process_cpu_seconds_total`) over the window divided by the
+/// scrapes in it. Bytes on the wire, plain and gzip, come from one scrape by this bench.
+async fn prometheus(dir: &std::path::Path, c: &reqwest::Client) {
+    let secs: u64 = env_or("BENCH_PROM_SECS", 120);
+    let interval: String = env_or("BENCH_PROM_INTERVAL", "10s".to_string());
+    println!(
+        "\n## What Prometheus pays: one Prometheus 2 per target, scrape interval {interval}, {secs} s window\n"
+    );
+    println!(
+        "| target | jobs | scrapes | scrape_duration p50 | samples per scrape | body (uncompressed) | bytes plain | bytes gzip | Prometheus CPU per scrape | per 1,000 samples |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for n in env_list("BENCH_PROM_JOBS", &[1_000, 10_000]) {
+        let scripts = fleet(n, 0.9, 7);
+        let sim = Sim::start(scripts.clone()).await;
+        let settings = Settings {
+            mode: "cached",
+            refresh_interval: "30s",
+            max_concurrency: 64,
+        };
+        let (exp, _) = exporter_for(dir, &sim, &scripts, &settings, c).await;
+        let mut targets = vec![("this", exp)];
+        if let Some(bin) = baseline() {
+            let config = write_config(dir, &sim, &scripts, &settings);
+            let mut before = start_exporter_bin(&bin, &config);
+            let url = format!("{}/-/ready", before.base);
+            wait_ok(c, &mut before, &url, Duration::from_secs(1800)).await;
+            targets.push(("before", before));
+        }
+        if let Some(py) = python() {
+            let mut peer = start_python(&py, n);
+            let url = format!("{}/metrics", peer.base);
+            wait_ok(c, &mut peer, &url, Duration::from_secs(600)).await;
+            targets.push(("python_peer", peer));
+        }
+        let mut proms = Vec::new();
+        for (name, t) in &targets {
+            let prom = Prom::start(dir, name, t.base.trim_start_matches("http://"), &interval);
+            proms.push(prom);
+        }
+        for p in &mut proms {
+            let url = format!("{}/-/ready", p.proc.base);
+            wait_ok(c, &mut p.proc, &url, Duration::from_secs(120)).await;
+        }
+        // Past the first scrape, which also creates every series.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let t0: Vec<u64> = proms.iter().map(|p| p.proc.cpu_ticks()).collect();
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let cpu: Vec<f64> = proms
+            .iter()
+            .zip(&t0)
+            .map(|(p, t)| (p.proc.cpu_ticks() - t) as f64 / 100.0)
+            .collect();
+        for (((name, t), p), cpu) in targets.iter().zip(&proms).zip(cpu) {
+            let w = format!("{secs}s");
+            let scrapes = p
+                .value(c, &format!("count_over_time(scrape_duration_seconds[{w}])"))
+                .await
+                .unwrap_or(0.0);
+            let p50 = p
+                .value(
+                    c,
+                    &format!("quantile_over_time(0.5, scrape_duration_seconds[{w}])"),
+                )
+                .await
+                .unwrap_or(f64::NAN);
+            let samples = p
+                .value(c, "scrape_samples_scraped")
+                .await
+                .unwrap_or(f64::NAN);
+            let body = p
+                .value(c, "scrape_body_size_bytes")
+                .await
+                .unwrap_or(f64::NAN);
+            let url = format!("{}/metrics", t.base);
+            let (_, plain) = scrape(c, &url, false).await;
+            let (_, gz) = scrape(c, &url, true).await;
+            let per_scrape = cpu / scrapes.max(1.0);
+            println!(
+                "| {name} | {n} | {scrapes:.0} | {} | {samples:.0} | {} | {} | {} | {} | {:.2} ms |",
+                ms(Duration::from_secs_f64(p50.max(0.0))),
+                mb(body.max(0.0) as u64),
+                mb(plain),
+                mb(gz),
+                ms(Duration::from_secs_f64(per_scrape)),
+                per_scrape * 1e6 / samples.max(1.0)
+            );
+        }
+        for mut p in proms {
+            p.proc.terminate();
+        }
+        for (_, mut t) in targets {
+            t.terminate();
+        }
+    }
+}
+
 /// Point 6: the exporter under `BENCH_WRAPPER` (callgrind): first refresh of 10,000 jobs (all
 /// active), one more refresh, then 5 scrapes; then a clean stop so the profile is written.
 async fn profile(dir: &std::path::Path, c: &reqwest::Client) {
@@ -698,6 +984,12 @@ fn main() {
         }
         if wants("ondemand") {
             ondemand(dir.path(), &c).await;
+        }
+        if wants("concurrent") {
+            concurrent(dir.path(), &c).await;
+        }
+        if wants("prometheus") {
+            prometheus(dir.path(), &c).await;
         }
         if wants("memory") {
             memory(dir.path(), &c).await;

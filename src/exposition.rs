@@ -595,6 +595,18 @@ impl JobText {
         first(0) ^ first(start as usize)
     }
 
+    /// The job's common labels, which name it: no two tracked jobs share them.
+    pub fn base(&self) -> &[u8] {
+        &self.text[..self.base_len as usize]
+    }
+
+    /// True when `other` writes the same lines of `family` (the same text shared, or equal
+    /// labels and line tails).
+    pub fn same_section(&self, other: &JobText, family: PerJob) -> bool {
+        Arc::ptr_eq(&self.text, &other.text)
+            || (self.base() == other.base() && self.tails(family) == other.tails(family))
+    }
+
     /// Appends the lines of one family.
     pub fn write_section(&self, family: PerJob, out: &mut Vec<u8>) {
         let open = OPEN[family as usize].as_bytes();

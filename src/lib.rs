@@ -37,7 +37,8 @@
 //! - [`pages`]: the HTML of `/jobs` and of the landing page's sections.
 //! - [`poller`]: tracked jobs, concurrency and rate limits, cached and on-demand collection.
 //! - [`exposition`]: the text format, rendered per job when the job changes.
-//! - [`snapshot`]: the immutable view a scrape serves.
+//! - [`snapshot`]: the immutable view a scrape serves, plain and as stored deflate blocks.
+//! - [`gzip`]: gzip bodies joined from deflate blocks compressed once, when their text changed.
 //! - [`telemetry`]: the exporter's own metrics.
 //! - [`http`]: the landing page, `/jobs`, `/metrics`, health, readiness, `/-/reload` and `/api/v1/jobs`.
 //! - [`web`]: `--web.config.file` (TLS, basic auth, headers) and the HTTP limits; served by
@@ -51,6 +52,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod exposition;
+pub mod gzip;
 pub mod http;
 pub mod listing;
 pub mod pages;

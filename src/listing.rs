@@ -228,6 +228,7 @@ mod tests {
             project_id: "p".into(),
             endpoint: "http://127.0.0.1:1".into(),
             jobs: Vec::new(),
+            discover: Default::default(),
         };
         Target::new(
             &t,

@@ -393,6 +393,8 @@ struct Inner {
     limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
     ready: std::sync::atomic::AtomicBool,
     inflight: Mutex<Option<Shared<BoxFuture<'static, Arc<Snapshot>>>>>,
+    /// Held while a snapshot is built and installed.
+    publishing: Mutex<()>,
 }
 
 /// Tracks jobs and keeps their snapshot current. Cheap to clone.
@@ -420,6 +422,7 @@ impl Poller {
                 limiters: Mutex::new(HashMap::new()),
                 ready: std::sync::atomic::AtomicBool::new(!cached),
                 inflight: Mutex::new(None),
+                publishing: Mutex::new(()),
                 settings,
             }),
         };
@@ -876,12 +879,20 @@ impl Poller {
     /// Builds and installs a snapshot of the current state.
     fn publish(&self) {
         let cached = self.inner.settings.mode == Mode::Cached;
-        let (snap, summary) = {
+        // One publisher at a time, so that snapshots are installed in the order they were
+        // taken; the compression of changed segments happens outside the state's lock.
+        let _publishing = self
+            .inner
+            .publishing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (mut snap, summary) = {
             let state = self.state();
             let jobs = state.jobs.values().map(|e| e.text.clone());
-            let snap = Snapshot::new(cached, jobs, render_aggregates(&state));
+            let snap = Snapshot::uncompressed(cached, jobs, render_aggregates(&state));
             (snap, summarize(&state))
         };
+        snap.compress_after(Some(&self.current()));
         let counts: Vec<((&str, &str, &str), i64, i64)> = summary
             .iter()
             .map(|s| {

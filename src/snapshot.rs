@@ -6,27 +6,70 @@
 //! connection takes them, so a scrape holds a chunk at a time rather than a copy of the whole
 //! exposition (320 MB for 100,000 jobs).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::exposition::{self, AGGREGATE, Format, JobText, ORDER, PER_JOB, Slot};
+use crate::exposition::{
+    self, AGGREGATE, ALL_PER_JOB, Format, JobText, ORDER, PER_JOB, PerJob, Slot,
+};
+use crate::gzip::{self, Block, Deflater, Sum};
 
 /// What one scrape serves.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     cached: bool,
-    /// The jobs in segments of [`SEGMENT`].
+    /// The jobs in segments of about [`SEGMENT`] (see [`starts_segment`]).
     jobs: Vec<Vec<JobText>>,
     job_count: usize,
     aggregates: [String; AGGREGATE.len()],
     bytes: usize,
+    /// The same text compressed, or `None` if the encoder failed (gzip is then done per scrape).
+    gzip: Option<Compressed>,
 }
 
-/// Jobs per segment of a snapshot (64 KiB). With one vector of every job (6.4 MB at 100,000
+/// The exposition as deflate blocks (see [`crate::gzip`]): each family's lines of each segment
+/// compressed on its own, so that a snapshot compresses only the segments whose lines changed
+/// since the previous one and a gzip scrape sends stored bytes.
+///
+/// The blocks of job lines do not depend on the format's family headers, which are blocks of
+/// their own (`heads`): another text format whose job lines are the same can reuse `segments`
+/// with its own headers.
+#[derive(Debug, Default)]
+struct Compressed {
+    /// Per segment, one block per per-job family, in [`PER_JOB`] order.
+    segments: Vec<[Block; PER_JOB.len()]>,
+    /// Per slot of [`ORDER`]: its family header, followed for an aggregate by its samples.
+    heads: Vec<Block>,
+    /// CRC-32 and length of the whole text.
+    sum: Sum,
+    /// Compressed bytes.
+    bytes: usize,
+    /// Blocks of job lines compressed for this snapshot (the others came from the previous one).
+    compressed: usize,
+}
+
+/// Jobs per segment of a snapshot, on average. With one vector of every job (6.4 MB at 100,000
 /// jobs) allocated and freed per refresh beside long-lived job texts, RSS at 100,000 tracked
 /// jobs rose from 258 to 291 MiB over an hour of refreshes; in segments, from 252 to 275 MiB.
+/// A segment is also the unit of compression: one changed job compresses its segment's lines
+/// again, and a block per job would cost a sync flush and a fresh dictionary each.
 const SEGMENT: usize = 1024;
+
+/// Longest segment, should the job names happen not to start one for a long run.
+const MAX_SEGMENT: usize = 4 * SEGMENT;
+
+/// Whether `job` starts a new segment. Decided by the job's own labels rather than its position,
+/// so that adding or dropping a job changes only its own segment's boundaries, and the other
+/// segments keep their compressed blocks.
+fn starts_segment(job: &JobText) -> bool {
+    // FNV-1a: stable across runs and processes, and enough to spread job ids.
+    let h = job.base().iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    h % SEGMENT as u64 == 0
+}
 
 /// Jobs whose text is touched together before it is copied. At 100,000 jobs the held text
 /// (105 MB) is far beyond the caches and each job's section is a cache miss; batching lets the
@@ -35,17 +78,30 @@ const SEGMENT: usize = 1024;
 /// (BENCHMARKS.md).
 const WARM_BATCH: usize = 8;
 
-/// Where a write stopped: the family in [`ORDER`], and the next job within a per-job family
-/// (`None` before the family's header).
+/// Where a write stopped: the family in [`ORDER`], and the next segment and job within a
+/// per-job family (`None` before the family's header).
 #[derive(Debug, Clone, Copy, Default)]
 struct Cursor {
     slot: usize,
-    job: Option<usize>,
+    job: Option<(usize, usize)>,
 }
 
 impl Snapshot {
-    /// A snapshot of `jobs` (in exposition order) and the rendered aggregate families.
+    /// A snapshot of `jobs` (in exposition order) and the rendered aggregate families, every
+    /// block compressed.
     pub fn new(
+        cached: bool,
+        jobs: impl IntoIterator<Item = JobText>,
+        aggregates: [String; AGGREGATE.len()],
+    ) -> Self {
+        let mut snap = Self::uncompressed(cached, jobs, aggregates);
+        snap.compress_after(None);
+        snap
+    }
+
+    /// A snapshot whose text is not compressed yet: [`Snapshot::compress_after`] does it, so
+    /// that the caller can gather the jobs under its lock and compress outside it.
+    pub fn uncompressed(
         cached: bool,
         jobs: impl IntoIterator<Item = JobText>,
         aggregates: [String; AGGREGATE.len()],
@@ -54,7 +110,7 @@ impl Snapshot {
         let mut job_count = 0;
         for job in jobs {
             match segments.last_mut() {
-                Some(seg) if seg.len() < SEGMENT => seg.push(job),
+                Some(seg) if seg.len() < MAX_SEGMENT && !starts_segment(&job) => seg.push(job),
                 _ => {
                     let mut seg = Vec::with_capacity(SEGMENT);
                     seg.push(job);
@@ -73,7 +129,91 @@ impl Snapshot {
             job_count,
             aggregates,
             bytes,
+            gzip: None,
         }
+    }
+
+    /// Compresses the text: the blocks of segments whose lines are the same as in `previous`
+    /// are taken from it, the others compressed.
+    pub fn compress_after(&mut self, previous: Option<&Snapshot>) {
+        self.gzip = match self.compress(previous) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot compress the exposition; gzip scrapes compress it each time");
+                None
+            }
+        };
+    }
+
+    /// Whether the help text says values are as of the last refresh (cached mode).
+    pub fn is_cached(&self) -> bool {
+        self.cached
+    }
+
+    /// Compresses every block, or takes it from `previous` when its text is the same.
+    fn compress(&self, previous: Option<&Snapshot>) -> gzip::Result<Compressed> {
+        let mut d = Deflater::new();
+        let mut out = Compressed::default();
+        let previous = previous.and_then(|p| Some((p, p.gzip.as_ref()?)));
+        // Segments are matched by their first job, which names them.
+        let index: HashMap<&[u8], usize> = previous
+            .map(|(p, _)| {
+                p.jobs
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, seg)| Some((seg.first()?.base(), i)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for seg in &self.jobs {
+            let old = previous.and_then(|(p, gz)| {
+                let i = *index.get(seg.first()?.base())?;
+                let jobs = p.jobs.get(i).filter(|o| o.len() == seg.len())?;
+                Some((jobs, gz.segments.get(i)?))
+            });
+            let mut blocks: [Block; PER_JOB.len()] = Default::default();
+            for f in ALL_PER_JOB {
+                let same =
+                    old.filter(|(jobs, _)| jobs.iter().zip(seg).all(|(a, b)| a.same_section(b, f)));
+                blocks[f as usize] = match same {
+                    Some((_, b)) => b[f as usize].clone(),
+                    None => {
+                        out.compressed += 1;
+                        compress_section(&mut d, seg, f)?
+                    }
+                };
+            }
+            out.segments.push(blocks);
+        }
+        for slot in ORDER {
+            let buf = d.buffer();
+            match slot {
+                Slot::PerJob(f) => {
+                    exposition::write_header(buf, &PER_JOB[f as usize], self.cached, Format::Text)
+                }
+                Slot::Aggregate(a) => {
+                    exposition::write_header(
+                        buf,
+                        &AGGREGATE[a as usize],
+                        self.cached,
+                        Format::Text,
+                    );
+                    buf.extend_from_slice(self.aggregates[a as usize].as_bytes());
+                }
+            }
+            out.heads.push(d.finish()?);
+        }
+        for (i, slot) in ORDER.iter().enumerate() {
+            out.sum.add(&out.heads[i]);
+            out.bytes += out.heads[i].data().len();
+            if let Slot::PerJob(f) = slot {
+                for seg in &out.segments {
+                    out.sum.add(&seg[*f as usize]);
+                    out.bytes += seg[*f as usize].data().len();
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// An empty snapshot, before the first refresh.
@@ -89,6 +229,11 @@ impl Snapshot {
     /// Roughly how many bytes [`Snapshot::write`] appends.
     pub fn size_hint(&self) -> usize {
         self.bytes
+    }
+
+    /// Bytes of the compressed text held, if it is.
+    pub fn compressed_size(&self) -> Option<usize> {
+        self.gzip.as_ref().map(|c| c.bytes)
     }
 
     /// Appends the text exposition of the job families.
@@ -120,6 +265,24 @@ impl Snapshot {
         }
     }
 
+    /// One gzip member of the text of [`Snapshot::write`] followed by `tail`'s, in pieces of at
+    /// least `chunk` bytes (stored blocks larger than that are sent as they are). No text is
+    /// compressed here; `None` when the snapshot holds no compressed text.
+    pub fn gzip_chunks(self: Arc<Self>, tail: Block, chunk: usize) -> Option<GzipChunks> {
+        let gz = self.gzip.as_ref()?;
+        let mut sum = gz.sum.clone();
+        sum.add(&tail);
+        let trailer = Bytes::copy_from_slice(&sum.trailer());
+        Some(GzipChunks {
+            snapshot: self,
+            next: Piece::Header,
+            tail: Some(tail),
+            trailer: Some(trailer),
+            held: None,
+            chunk: chunk.max(1),
+        })
+    }
+
     /// Writes from `cursor` until `out` holds `limit` bytes or everything is written; returns
     /// true when everything is. Only the family headers depend on `format`.
     fn fill(&self, cursor: &mut Cursor, out: &mut Vec<u8>, limit: usize, format: Format) -> bool {
@@ -129,35 +292,29 @@ impl Snapshot {
             }
             match *slot {
                 Slot::PerJob(f) => {
-                    let next = match cursor.job {
-                        Some(j) => j,
-                        None => {
-                            exposition::write_header(
-                                out,
-                                &PER_JOB[f as usize],
-                                self.cached,
-                                format,
-                            );
-                            0
+                    if cursor.job.is_none() {
+                        exposition::write_header(out, &PER_JOB[f as usize], self.cached, format);
+                        cursor.job = Some((0, 0));
+                    }
+                    while let Some((s, j)) = cursor.job
+                        && let Some(seg) = self.jobs.get(s)
+                    {
+                        let mut j = j.min(seg.len());
+                        for batch in seg[j..].chunks(WARM_BATCH) {
+                            if out.len() >= limit {
+                                return false;
+                            }
+                            // Touch every job of the batch before copying any: the loads miss
+                            // the cache independently, so the CPU waits for them together.
+                            let warm = batch.iter().fold(0u8, |acc, job| acc ^ job.touch(f));
+                            std::hint::black_box(warm);
+                            for job in batch {
+                                job.write_section(f, out);
+                            }
+                            j += batch.len();
+                            cursor.job = Some((s, j));
                         }
-                    };
-                    cursor.job = Some(next);
-                    let rest = self.jobs.iter().enumerate().flat_map(|(i, seg)| {
-                        let skip = next.saturating_sub(i * SEGMENT).min(seg.len());
-                        seg[skip..].chunks(WARM_BATCH)
-                    });
-                    for batch in rest {
-                        if out.len() >= limit {
-                            return false;
-                        }
-                        // Touch every job of the batch before copying any: the loads miss
-                        // the cache independently, so the CPU waits for them together.
-                        let warm = batch.iter().fold(0u8, |acc, job| acc ^ job.touch(f));
-                        std::hint::black_box(warm);
-                        for job in batch {
-                            job.write_section(f, out);
-                        }
-                        cursor.job = cursor.job.map(|j| j + batch.len());
+                        cursor.job = Some((s + 1, 0));
                     }
                 }
                 Slot::Aggregate(a) => {
@@ -170,6 +327,15 @@ impl Snapshot {
         }
         true
     }
+}
+
+/// Compresses the lines of `family` of every job of `jobs` as one block.
+fn compress_section(d: &mut Deflater, jobs: &[JobText], family: PerJob) -> gzip::Result<Block> {
+    for job in jobs {
+        job.write_section(family, d.buffer());
+        d.flush_if_full()?;
+    }
+    d.finish()
 }
 
 /// The chunks of one snapshot's text; see [`Snapshot::chunks`].
@@ -196,11 +362,93 @@ impl Iterator for Chunks {
     }
 }
 
+/// The next stored piece of a gzip body.
+#[derive(Debug, Clone, Copy)]
+enum Piece {
+    Header,
+    /// The head block of a slot of [`ORDER`].
+    Head(usize),
+    /// A segment's block of the per-job family of a slot.
+    Segment(usize, usize),
+    Tail,
+    Done,
+}
+
+/// The pieces of one gzip body; see [`Snapshot::gzip_chunks`].
+#[derive(Debug)]
+pub struct GzipChunks {
+    snapshot: Arc<Snapshot>,
+    next: Piece,
+    tail: Option<Block>,
+    trailer: Option<Bytes>,
+    /// A large block met while small ones were being gathered, sent next.
+    held: Option<Bytes>,
+    chunk: usize,
+}
+
+impl GzipChunks {
+    fn piece(&mut self) -> Option<Bytes> {
+        let gz = self.snapshot.gzip.as_ref()?;
+        loop {
+            let (piece, next) = match self.next {
+                Piece::Header => (Some(Bytes::from_static(&gzip::HEADER)), Piece::Head(0)),
+                Piece::Head(slot) if slot >= ORDER.len() => (None, Piece::Tail),
+                Piece::Head(slot) => (
+                    gz.heads.get(slot).map(|b| b.data().clone()),
+                    match ORDER[slot] {
+                        Slot::PerJob(_) => Piece::Segment(slot, 0),
+                        Slot::Aggregate(_) => Piece::Head(slot + 1),
+                    },
+                ),
+                Piece::Segment(slot, s) => match (ORDER[slot], gz.segments.get(s)) {
+                    (Slot::PerJob(f), Some(seg)) => (
+                        Some(seg[f as usize].data().clone()),
+                        Piece::Segment(slot, s + 1),
+                    ),
+                    _ => (None, Piece::Head(slot + 1)),
+                },
+                Piece::Tail => (self.tail.take().map(|b| b.data().clone()), Piece::Done),
+                Piece::Done => return self.trailer.take(),
+            };
+            self.next = next;
+            if let Some(p) = piece.filter(|p| !p.is_empty()) {
+                return Some(p);
+            }
+        }
+    }
+}
+
+impl Iterator for GzipChunks {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        let mut out: Vec<u8> = Vec::new();
+        loop {
+            let Some(piece) = self.held.take().or_else(|| self.piece()) else {
+                break;
+            };
+            if piece.len() >= self.chunk {
+                if out.is_empty() {
+                    return Some(piece);
+                }
+                self.held = Some(piece);
+                break;
+            }
+            out.extend_from_slice(&piece);
+            if out.len() >= self.chunk {
+                break;
+            }
+        }
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cloud::Job;
     use crate::exposition::{JobView, render_job};
+    use crate::gzip;
 
     fn job(i: usize) -> JobText {
         let j = Job {
@@ -272,6 +520,137 @@ mod tests {
             let pieces: Vec<Bytes> = Arc::clone(&snap).chunks(size).collect();
             assert_eq!(pieces.concat(), whole, "chunk size {size}");
         }
+    }
+
+    impl Snapshot {
+        fn following(previous: &Snapshot, jobs: Vec<JobText>, agg: [String; 5]) -> Snapshot {
+            let mut s = Snapshot::uncompressed(previous.cached, jobs, agg);
+            s.compress_after(Some(previous));
+            s
+        }
+    }
+
+    fn gunzip(pieces: &[Bytes]) -> Vec<u8> {
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(&pieces.concat()[..]),
+            &mut text,
+        )
+        .expect("valid gzip");
+        text
+    }
+
+    fn gzip_pieces(snap: &Arc<Snapshot>, tail: &[u8], chunk: usize) -> Vec<Bytes> {
+        let tail = gzip::compress(tail).expect("deflate");
+        Arc::clone(snap)
+            .gzip_chunks(tail, chunk)
+            .expect("compressed")
+            .collect()
+    }
+
+    #[test]
+    fn the_stored_gzip_body_decodes_to_the_plain_text() {
+        let n = SEGMENT * 3 + 17;
+        let mut aggregates: [String; AGGREGATE.len()] = Default::default();
+        aggregates[1] = "huaweicloud_job_completed_duration_seconds_count{a=\"b\"} 3\n".into();
+        let snap = Arc::new(Snapshot::new(true, (0..n).map(job), aggregates));
+        let mut plain = Vec::new();
+        snap.write(&mut plain);
+        let tail = b"process_cpu_seconds_total 1.5\n";
+        for chunk in [1, 1000, 64 * 1024, 1 << 30] {
+            let pieces = gzip_pieces(&snap, tail, chunk);
+            assert!(pieces.iter().all(|p| !p.is_empty()));
+            let mut expected = plain.clone();
+            expected.extend_from_slice(tail);
+            assert_eq!(gunzip(&pieces), expected, "chunk {chunk}");
+        }
+        let size = snap.compressed_size().expect("compressed");
+        assert!(size * 5 < plain.len(), "{size} of {}", plain.len());
+        let empty = Arc::new(Snapshot::empty(false));
+        assert_eq!(gunzip(&gzip_pieces(&empty, b"", 10)).len(), {
+            let mut t = Vec::new();
+            empty.write(&mut t);
+            t.len()
+        });
+    }
+
+    /// The block of `family` of every segment, by address.
+    fn block_addresses(snap: &Snapshot, family: PerJob) -> Vec<*const u8> {
+        let gz = snap.gzip.as_ref().expect("compressed");
+        gz.segments
+            .iter()
+            .map(|s| s[family as usize].data().as_ptr())
+            .collect()
+    }
+
+    #[test]
+    fn only_segments_whose_lines_changed_are_compressed_again() {
+        let n = SEGMENT * 6;
+        let jobs: Vec<JobText> = (0..n).map(job).collect();
+        let first = Snapshot::new(true, jobs.clone(), Default::default());
+        let segments = first.jobs.len();
+        assert!(segments > 2, "{segments} segments");
+        assert_eq!(
+            first.gzip.as_ref().map(|g| g.compressed),
+            Some(segments * 9)
+        );
+
+        // The same jobs again, one rendered anew with the same text: nothing is compressed.
+        let mut same = jobs.clone();
+        same[5] = job(5);
+        let again = Snapshot::following(&first, same, Default::default());
+        assert_eq!(again.gzip.as_ref().map(|g| g.compressed), Some(0));
+        assert_eq!(
+            block_addresses(&again, PerJob::Status),
+            block_addresses(&first, PerJob::Status)
+        );
+
+        // One job's entity changes: one block, the rest shared.
+        let mut changed = jobs.clone();
+        let mut j = Job {
+            job_type: Some("createVolume".into()),
+            status: Some("RUNNING".into()),
+            begin: Some(100.0),
+            end: Some(150.0),
+            entities: vec![("volume_id".into(), "other".into())],
+            ..Job::default()
+        };
+        changed[n / 2] = render_job(&JobView {
+            target_labels: "cloud_service=\"evs\"",
+            job_id: &format!("j{}", n / 2),
+            job: Some(&j),
+            fetch_ok: true,
+            last_success: Some(200.0),
+        });
+        let next = Arc::new(Snapshot::following(
+            &again,
+            changed.clone(),
+            Default::default(),
+        ));
+        assert_eq!(next.gzip.as_ref().map(|g| g.compressed), Some(1));
+        let before = block_addresses(&again, PerJob::EntityInfo);
+        let after = block_addresses(&next, PerJob::EntityInfo);
+        assert_eq!(before.iter().zip(&after).filter(|(a, b)| a != b).count(), 1);
+        let mut plain = Vec::new();
+        next.write(&mut plain);
+        assert_eq!(gunzip(&gzip_pieces(&next, b"", 4096)), plain);
+
+        // A job dropped from the middle: its own segment is compressed again, not the ones
+        // after it, whose boundaries do not move.
+        j.entities.clear();
+        changed.remove(n / 3);
+        let dropped = Snapshot::following(&next, changed, Default::default());
+        let compressed = dropped.gzip.as_ref().map_or(0, |g| g.compressed);
+        assert!(
+            (1..=2 * 9).contains(&compressed),
+            "{compressed} blocks compressed"
+        );
+        let mut plain = Vec::new();
+        dropped.write(&mut plain);
+        assert_eq!(
+            gunzip(&gzip_pieces(&Arc::new(dropped), b"x 1\n", 70_000)),
+            [&plain[..], b"x 1\n"].concat()
+        );
     }
 
     #[test]

@@ -116,6 +116,22 @@ async fn full_metrics_text_for_a_scripted_scenario() {
         .expect("write golden");
     }
     assert_eq!(got, GOLDEN);
+    // The gzip body, joined from blocks compressed at refresh time, decodes (zlib's decoder,
+    // through flate2) to the same text.
+    let r = reqwest::Client::new()
+        .get(exp.url("/metrics"))
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .expect("gzip scrape");
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let body = r.bytes().await.expect("body");
+    let mut unzipped = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut unzipped)
+        .expect("valid gzip");
+    assert_eq!(job_families(&unzipped), GOLDEN);
+    assert!(unzipped.contains("huaweicloud_job_exporter_build_info{"));
+    assert!(unzipped.ends_with('\n'));
     // Self-metrics are there too, and nothing carries a timestamp.
     assert!(text.contains("huaweicloud_job_exporter_build_info{"));
     // The demo account's requests were answered 200: its credentials are proven good.

@@ -1,0 +1,295 @@
+//! Gzip bodies assembled from raw-deflate blocks that were compressed once.
+//!
+//! Prometheus asks for gzip on every scrape. Compressing a whole exposition per scrape (33 MB of
+//! text for 10,000 jobs) costs several times the text itself, and again for every scraper. So the
+//! text is compressed in pieces as it changes: each [`Block`] is raw deflate data that starts with
+//! an empty dictionary (it refers to nothing before it) and ends with a sync flush (on a byte
+//! boundary, not final). Such blocks can follow each other in any order and still form one valid
+//! deflate stream; a gzip member is then the fixed [`HEADER`], the blocks, and a [`trailer`]: a
+//! final empty stored block, the CRC-32 of the whole text (combined from the blocks' own, see
+//! [`Sum`]) and its length modulo 2^32 (RFC 1951 §3.2.4, RFC 1952 §2.3).
+//!
+//! Each block costs its sync flush (5 bytes) and a dictionary started afresh, so blocks are
+//! kept large: a family's lines for a whole segment of jobs, not one job (BENCHMARKS.md).
+
+use bytes::Bytes;
+use flate2::{Compress, Compression, FlushCompress};
+
+/// What can go wrong while compressing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The deflate encoder refused its input (it should not; the body is then sent plain).
+    #[error("deflate failed: {0}")]
+    Deflate(#[from] flate2::CompressError),
+}
+
+/// The result of this module's operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A gzip member header: deflate, no name or comment, no modification time, unknown OS.
+pub const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+
+/// The end of a member whose text has CRC-32 `crc` and `len` bytes: a final empty stored block
+/// (BFINAL set, type 00, LEN 0, NLEN 0xffff), then the CRC and the length modulo 2^32, both
+/// little-endian.
+pub fn trailer(crc: u32, len: u64) -> [u8; 13] {
+    let mut t = [0u8; 13];
+    t[..5].copy_from_slice(&[0x01, 0x00, 0x00, 0xff, 0xff]);
+    t[5..9].copy_from_slice(&crc.to_le_bytes());
+    // ISIZE is the length modulo 2^32 by definition.
+    t[9..].copy_from_slice(&((len & u64::from(u32::MAX)) as u32).to_le_bytes());
+    t
+}
+
+/// A piece of text compressed on its own: raw deflate from an empty dictionary, ended by a sync
+/// flush. Cloning shares the bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Block {
+    data: Bytes,
+    crc: u32,
+    len: u64,
+}
+
+impl Block {
+    /// The compressed bytes.
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// Bytes of text the block decompresses to.
+    pub fn text_len(&self) -> u64 {
+        self.len
+    }
+}
+
+/// The CRC-32 and length of a sequence of blocks, combined without reading their text again.
+#[derive(Debug, Clone, Default)]
+pub struct Sum {
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl Sum {
+    /// Appends `block`'s text to the sum.
+    pub fn add(&mut self, block: &Block) {
+        self.crc.combine(&crc32fast::Hasher::new_with_initial_len(
+            block.crc, block.len,
+        ));
+        self.len += block.len;
+    }
+
+    /// The [`trailer`] of a member whose blocks are those added.
+    pub fn trailer(&self) -> [u8; 13] {
+        trailer(self.crc.clone().finalize(), self.len)
+    }
+}
+
+/// Compresses text into [`Block`]s, reusing its encoder and buffers between blocks.
+pub struct Deflater {
+    z: Compress,
+    /// Text not yet handed to the encoder; fed in pieces so a block's text is never held whole.
+    pending: Vec<u8>,
+    out: Vec<u8>,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+/// Text gathered before it is handed to the encoder.
+const FEED: usize = 32 * 1024;
+
+impl Default for Deflater {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Deflater {
+    /// An encoder at the fastest level: a scrape's text is repetitive enough that the fastest
+    /// level already makes it about a tenth of its size.
+    pub fn new() -> Self {
+        Self {
+            z: Compress::new(Compression::fast(), false),
+            pending: Vec::with_capacity(FEED + 16 * 1024),
+            out: Vec::new(),
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        }
+    }
+
+    /// The buffer the next text goes into; call [`Deflater::flush_if_full`] after writing.
+    pub fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.pending
+    }
+
+    /// Hands the buffered text to the encoder once there is enough of it.
+    pub fn flush_if_full(&mut self) -> Result<()> {
+        if self.pending.len() >= FEED {
+            self.feed(FlushCompress::None)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the block of the text written since the last one, and starts a new one.
+    pub fn finish(&mut self) -> Result<Block> {
+        let done = self.feed(FlushCompress::Sync).map(|()| Block {
+            data: Bytes::copy_from_slice(&self.out),
+            crc: std::mem::take(&mut self.crc).finalize(),
+            len: self.len,
+        });
+        self.z.reset();
+        self.out.clear();
+        self.pending.clear();
+        self.crc = crc32fast::Hasher::new();
+        self.len = 0;
+        done
+    }
+
+    /// Compresses `text` as one block.
+    pub fn block(&mut self, text: &[u8]) -> Result<Block> {
+        self.pending.extend_from_slice(text);
+        self.finish()
+    }
+
+    fn feed(&mut self, flush: FlushCompress) -> Result<()> {
+        self.crc.update(&self.pending);
+        self.len += self.pending.len() as u64;
+        let mut input = &self.pending[..];
+        loop {
+            if self.out.capacity() - self.out.len() < 1024 {
+                self.out
+                    .reserve(self.out.len().max(input.len() / 4).max(8 * 1024));
+            }
+            let before = self.z.total_in();
+            self.z.compress_vec(input, &mut self.out, flush)?;
+            let used = usize::try_from(self.z.total_in() - before).unwrap_or(input.len());
+            input = &input[used.min(input.len())..];
+            // Done when every byte is taken and the encoder stopped short of filling the output:
+            // it had nothing more to write for this flush.
+            if input.is_empty() && self.out.len() < self.out.capacity() {
+                break;
+            }
+        }
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// An encoder per thread for [`compress`]: making one allocates a few hundred KiB of
+    /// tables, more than the text a scrape compresses with it.
+    static DEFLATER: std::cell::RefCell<Option<Deflater>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses `text` as one block with this thread's encoder.
+pub fn compress(text: &[u8]) -> Result<Block> {
+    DEFLATER.with(|d| d.borrow_mut().get_or_insert_with(Deflater::new).block(text))
+}
+
+/// Whether an `Accept-Encoding` value accepts gzip: a `gzip` or `*` coding whose quality is not
+/// zero (RFC 9110 §12.5.3).
+pub fn accepted(accept_encoding: &str) -> bool {
+    accept_encoding.split(',').any(|coding| {
+        let mut parts = coding.split(';');
+        let name = parts.next().unwrap_or_default().trim();
+        let named =
+            name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") || name == "*";
+        let refused = parts.any(|p| {
+            let p = p.trim();
+            p.get(..2).is_some_and(|k| k.eq_ignore_ascii_case("q="))
+                && p[2..].trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+        });
+        named && !refused
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn member(blocks: &[Block]) -> Vec<u8> {
+        let mut sum = Sum::default();
+        let mut out = HEADER.to_vec();
+        for b in blocks {
+            sum.add(b);
+            out.extend_from_slice(b.data());
+        }
+        out.extend_from_slice(&sum.trailer());
+        out
+    }
+
+    fn gunzip(body: &[u8]) -> Vec<u8> {
+        let mut text = Vec::new();
+        flate2::read::GzDecoder::new(body)
+            .read_to_end(&mut text)
+            .expect("valid gzip");
+        text
+    }
+
+    #[test]
+    fn blocks_in_any_order_make_one_valid_member() {
+        let mut d = Deflater::new();
+        let texts: Vec<Vec<u8>> = vec![
+            b"metric_a{x=\"1\"} 1\n".repeat(5000),
+            Vec::new(),
+            (0..70_000u32).flat_map(|i| i.to_le_bytes()).collect(),
+            b"# HELP x y\n".to_vec(),
+        ];
+        let blocks: Vec<Block> = texts.iter().map(|t| d.block(t).expect("deflate")).collect();
+        for order in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 0]] {
+            let picked: Vec<Block> = order.iter().map(|&i| blocks[i].clone()).collect();
+            let expected: Vec<u8> = order.iter().flat_map(|&i| texts[i].clone()).collect();
+            assert_eq!(gunzip(&member(&picked)), expected, "{order:?}");
+        }
+        assert!(blocks[0].data().len() < texts[0].len() / 10);
+        assert_eq!(blocks[2].text_len(), 280_000);
+    }
+
+    #[test]
+    fn text_fed_in_pieces_equals_text_fed_whole() {
+        let mut d = Deflater::new();
+        let line = b"huaweicloud_job_status{job_id=\"j\",status=\"RUNNING\"} 0\n";
+        for _ in 0..3000 {
+            d.buffer().extend_from_slice(line);
+            d.flush_if_full().expect("feed");
+        }
+        let pieces = d.finish().expect("deflate");
+        assert_eq!(gunzip(&member(&[pieces])), line.repeat(3000));
+    }
+
+    #[test]
+    fn accept_encoding_is_read_with_its_qualities() {
+        for yes in [
+            "gzip",
+            "GZIP",
+            "deflate, gzip;q=0.5",
+            "*",
+            "br, x-gzip",
+            "gzip;q=1.0",
+        ] {
+            assert!(accepted(yes), "{yes}");
+        }
+        for no in [
+            "",
+            "identity",
+            "gzip;q=0",
+            "gzip; q=0.000",
+            "br, deflate",
+            "gzipx",
+        ] {
+            assert!(!accepted(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn an_empty_member_is_valid() {
+        assert_eq!(gunzip(&member(&[])), b"");
+    }
+
+    #[test]
+    fn length_is_kept_modulo_two_to_the_32() {
+        let t = trailer(7, (1 << 32) + 5);
+        assert_eq!(&t[9..], &5u32.to_le_bytes());
+        assert_eq!(&t[5..9], &7u32.to_le_bytes());
+    }
+}
