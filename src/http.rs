@@ -16,7 +16,7 @@ use tower_http::compression::CompressionLayer;
 
 use crate::config::Mode;
 use crate::poller::Poller;
-use crate::registry::JobRef;
+use crate::state::JobRef;
 use crate::reload::{ApiError, Control};
 use crate::telemetry::Telemetry;
 
@@ -135,6 +135,7 @@ fn api_error(e: ApiError) -> Response {
         }
         ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
         ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ApiError::Dropped(_) => StatusCode::CONFLICT,
         ApiError::OtherShard {
             location: Some(_), ..
         } => StatusCode::TEMPORARY_REDIRECT,
@@ -191,7 +192,7 @@ async fn register_job(State(app): State<App>, headers: HeaderMap, body: Bytes) -
             )));
         }
     };
-    match app.control.register(job.clone()) {
+    match app.control.register(job.clone()).await {
         Ok(true) => (
             StatusCode::CREATED,
             axum::Json(json!({"job": job, "created": true})),
@@ -220,7 +221,7 @@ async fn unregister_job(
         project_id,
         job_id,
     };
-    match app.control.unregister(&job) {
+    match app.control.unregister(&job).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => api_error(e),
     }

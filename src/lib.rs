@@ -44,11 +44,11 @@ pub mod demo;
 pub mod exposition;
 pub mod http;
 pub mod poller;
-pub mod registry;
 pub mod reload;
 pub mod shard;
 pub mod simulator;
 pub mod snapshot;
+pub mod state;
 pub mod telemetry;
 pub mod web;
 
@@ -90,9 +90,9 @@ pub enum Error {
     /// The web configuration file is invalid.
     #[error(transparent)]
     Web(#[from] web::Error),
-    /// The state file of registered jobs cannot be read.
+    /// The state file cannot be read.
     #[error(transparent)]
-    State(#[from] registry::Error),
+    State(#[from] state::Error),
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(std::io::Error),
@@ -178,10 +178,10 @@ impl Exporter {
         let client = cloud::Client::new(config.request_timeout, Arc::clone(&telemetry))?
             .with_max_body(config.max_response_bytes);
         // Before the port: a state file that cannot be read stops startup.
-        let registry = match &config.state_file {
-            Some(path) => registry::Registry::open(path)?,
-            None => registry::Registry::in_memory(),
-        };
+        let store = Arc::new(match &config.state_file {
+            Some(path) => state::Store::open(path, telemetry.state_write_failures.clone())?,
+            None => state::Store::in_memory(),
+        });
         let poller = Poller::new(
             Arc::new(client.clone()),
             Vec::new(),
@@ -194,7 +194,7 @@ impl Exporter {
             config,
             env,
             client,
-            registry,
+            store,
             poller.clone(),
             Arc::clone(&telemetry),
         ));

@@ -26,6 +26,7 @@ use crate::cloud::{self, BodyDigest, FetchError, Fetched, Job, Reason};
 use crate::config::Mode;
 use crate::exposition::{self, AGGREGATE, Aggregate, JobText, JobView};
 use crate::snapshot::Snapshot;
+use crate::state::{Finished, JobRef, LastState, Store};
 use crate::telemetry::Telemetry;
 
 /// Buckets of `huaweicloud_job_completed_duration_seconds`: jobs take seconds to hours.
@@ -329,11 +330,23 @@ struct Aggregates {
     subjob_codes: CodeCap,
 }
 
+/// A job seen finished, or acknowledged: never fetched or counted again. Exported from
+/// `last` until `terminal_retention` after `at`; after that (or at once when acknowledged) it is
+/// not exported and not taken back while any source lists it, and forgotten once no source
+/// lists it and twice `terminal_retention` has passed.
+struct Remembered {
+    job: JobRef,
+    at: f64,
+    last: Option<LastState>,
+}
+
 #[derive(Default)]
 struct State {
     jobs: BTreeMap<JobKey, Entry>,
-    /// Jobs dropped by retention, remembered while still listed so they are not re-added.
-    expired: HashMap<JobKey, Arc<cloud::Target>>,
+    /// Jobs seen finished or acknowledged, listed or not.
+    memory: HashMap<JobKey, Remembered>,
+    /// Jobs seen finished since the store last took them.
+    newly_finished: Vec<Finished>,
     agg: Aggregates,
     recent_errors: VecDeque<RecentError>,
 }
@@ -348,6 +361,11 @@ struct Inner {
     limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
     ready: std::sync::atomic::AtomicBool,
     inflight: Mutex<Option<Shared<BoxFuture<'static, Arc<Snapshot>>>>>,
+    /// Where jobs seen finished are made durable, once the exporter has a store.
+    store: std::sync::OnceLock<Arc<Store>>,
+    /// The tracked set changed without a new snapshot (a registration): the next scrape
+    /// publishes one, so a burst of registrations costs one snapshot, not one each.
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 /// Tracks jobs and keeps their snapshot current. Cheap to clone.
@@ -375,6 +393,8 @@ impl Poller {
                 limiters: Mutex::new(HashMap::new()),
                 ready: std::sync::atomic::AtomicBool::new(!cached),
                 inflight: Mutex::new(None),
+                store: std::sync::OnceLock::new(),
+                dirty: std::sync::atomic::AtomicBool::new(false),
                 settings,
             }),
         };
@@ -394,89 +414,174 @@ impl Poller {
             let state = &mut *guard;
             let mut desired: HashSet<JobKey> = HashSet::new();
             added = 0;
+            let now = self.inner.clock.now();
+            let retention = self.inner.settings.terminal_retention.as_secs_f64();
             for (target, jobs) in targets {
-                self.inner
-                    .limiters
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry(target.endpoint_key().to_string())
-                    .or_insert_with(|| {
-                        Arc::new(RateLimiter::new(
-                            target.endpoint_key(),
-                            self.inner.settings.max_requests_per_second,
-                        ))
-                    });
-                self.inner.telemetry.register_account(&target.account);
-                let labels: Arc<str> = exposition::labels(&[
-                    ("cloud_service", &target.cloud_service),
-                    ("cloud_region", &target.cloud_region),
-                    ("project_id", &target.project_id),
-                ])
-                .into();
-                // Every reason from the start, so rate() and alerts see the first failure.
-                for reason in Reason::ALL {
-                    state
-                        .agg
-                        .fetch_errors
-                        .entry((Arc::clone(&labels), reason))
-                        .or_insert(0);
-                }
-                let tracked = Arc::new(Tracked { target, labels });
+                let tracked = self.track(state, target);
                 let t = &tracked.target;
                 for job_id in jobs {
                     if !shard.owns(&t.cloud_service, &t.cloud_region, &t.project_id, &job_id) {
                         continue;
                     }
                     let key = (Arc::clone(&tracked.labels), job_id);
-                    // Listed, so kept in `desired` (and its tombstone kept), but not re-added.
-                    if !desired.insert(key.clone()) || state.expired.contains_key(&key) {
+                    if !desired.insert(key.clone()) {
                         continue;
                     }
-                    match state.jobs.get_mut(&key) {
-                        // Credentials or endpoint may have changed; the labels have not.
-                        Some(e) => e.tracked = Arc::clone(&tracked),
-                        None => {
-                            let mut entry = Entry {
-                                tracked: Arc::clone(&tracked),
-                                job_id: key.1.clone(),
-                                job: None,
-                                digest: None,
-                                fetch_ok: false,
-                                last_success: None,
-                                terminal_since: None,
-                                counted_subjob_failures: Vec::new(),
-                                text: JobText::default(),
-                            };
-                            entry.render();
-                            state.jobs.insert(key, entry);
-                            added += 1;
-                        }
+                    if insert_job(state, &tracked, key, now, retention) {
+                        added += 1;
                     }
                 }
             }
             let before = state.jobs.len();
             state.jobs.retain(|k, _| desired.contains(k));
             removed = before - state.jobs.len();
-            state.expired.retain(|k, _| desired.contains(k));
+            state
+                .memory
+                .retain(|k, m| desired.contains(k) || now - m.at < 2.0 * retention);
         }
         self.publish();
         (added, removed)
     }
 
-    /// Jobs dropped by `terminal_retention` and still listed somewhere, as
-    /// (cloud_service, cloud_region, project_id, job_id).
-    pub fn expired(&self) -> Vec<(String, String, String, String)> {
+    /// The shared per-target parts of a target (labels, rate limiter, zeroed error series).
+    fn track(&self, state: &mut State, target: Arc<cloud::Target>) -> Arc<Tracked> {
+        self.inner
+            .limiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(target.endpoint_key().to_string())
+            .or_insert_with(|| {
+                Arc::new(RateLimiter::new(
+                    target.endpoint_key(),
+                    self.inner.settings.max_requests_per_second,
+                ))
+            });
+        self.inner.telemetry.register_account(&target.account);
+        let labels: Arc<str> = scope_labels(&target.cloud_service, &target.cloud_region, &target.project_id).into();
+        // Every reason from the start, so rate() and alerts see the first failure.
+        for reason in Reason::ALL {
+            state
+                .agg
+                .fetch_errors
+                .entry((Arc::clone(&labels), reason))
+                .or_insert(0);
+        }
+        Arc::new(Tracked { target, labels })
+    }
+
+    /// Adds one job to the tracked set without rebuilding it (a registration), unless this
+    /// replica does not own it or it is remembered as dropped or acknowledged. The next scrape
+    /// publishes it. Returns whether it was added.
+    pub fn add_job(&self, target: Arc<cloud::Target>, job_id: String) -> bool {
+        let t = &target;
+        if !self
+            .inner
+            .settings
+            .shard
+            .owns(&t.cloud_service, &t.cloud_region, &t.project_id, &job_id)
+        {
+            return false;
+        }
+        let now = self.inner.clock.now();
+        let retention = self.inner.settings.terminal_retention.as_secs_f64();
+        let mut guard = self.state();
+        let state = &mut *guard;
+        let labels = scope_labels(&t.cloud_service, &t.cloud_region, &t.project_id);
+        // Reuse the labels (and target) of a job of the same scope when there is one.
+        let tracked = match state
+            .jobs
+            .range((Arc::from(labels.as_str()), String::new())..)
+            .next()
+            .filter(|(k, _)| *k.0 == *labels)
+        {
+            Some((_, e)) => Arc::clone(&e.tracked),
+            None => self.track(state, target),
+        };
+        let key = (Arc::clone(&tracked.labels), job_id);
+        let added = insert_job(state, &tracked, key, now, retention);
+        if added {
+            self.inner
+                .dirty
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        added
+    }
+
+    /// What is remembered of a job seen finished or acknowledged: (when, still exported,
+    /// acknowledged).
+    pub fn remembered(&self, job: &JobRef) -> Option<(f64, bool, bool)> {
+        let key = job_key(job);
+        let retention = self.inner.settings.terminal_retention.as_secs_f64();
+        let now = self.inner.clock.now();
+        self.state().memory.get(&key).map(|m| {
+            (
+                m.at,
+                m.last.is_some() && now - m.at < retention,
+                m.last.is_none(),
+            )
+        })
+    }
+
+    /// Whether the job is in the tracked set.
+    pub fn is_tracked(&self, job: &JobRef) -> bool {
+        self.state().jobs.contains_key(&job_key(job))
+    }
+
+    /// Takes back what the store remembers (at startup): finished jobs are exported from their
+    /// last state until retention, without being fetched or counted again.
+    pub fn remember(&self, finished: Vec<Finished>) {
+        let mut state = self.state();
+        for f in finished {
+            state.memory.insert(
+                job_key(&f.job),
+                Remembered {
+                    job: f.job,
+                    at: f.at,
+                    last: f.last,
+                },
+            );
+        }
+    }
+
+    /// Stops exporting a job and remembers it as acknowledged; returns the record to persist.
+    pub fn acknowledge(&self, job: &JobRef) -> Finished {
+        let now = self.inner.clock.now();
+        let key = job_key(job);
+        {
+            let mut state = self.state();
+            state.jobs.remove(&key);
+            state.memory.insert(
+                key,
+                Remembered {
+                    job: job.clone(),
+                    at: now,
+                    last: None,
+                },
+            );
+        }
+        self.publish();
+        Finished {
+            job: job.clone(),
+            at: now,
+            last: None,
+        }
+    }
+
+    /// Makes jobs seen finished durable in `store` from now on (after each collection, before
+    /// the snapshot that shows them is published).
+    pub fn persist_to(&self, store: Arc<Store>) {
+        let _ = self.inner.store.set(store);
+    }
+
+    /// Remembered jobs dropped by `terminal_retention` or acknowledged, as job references.
+    pub fn expired(&self) -> Vec<JobRef> {
+        let retention = self.inner.settings.terminal_retention.as_secs_f64();
+        let now = self.inner.clock.now();
         self.state()
-            .expired
-            .iter()
-            .map(|((_, job), t)| {
-                (
-                    t.cloud_service.clone(),
-                    t.cloud_region.clone(),
-                    t.project_id.clone(),
-                    job.clone(),
-                )
-            })
+            .memory
+            .values()
+            .filter(|m| m.last.is_none() || now - m.at >= retention)
+            .map(|m| m.job.clone())
             .collect()
     }
 
@@ -520,6 +625,13 @@ impl Poller {
     /// `X-Prometheus-Scrape-Timeout-Seconds`, when sent.
     pub async fn scrape(&self, scrape_timeout: Option<Duration>) -> Arc<Snapshot> {
         if self.inner.settings.mode == Mode::Cached {
+            if self
+                .inner
+                .dirty
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
+                self.publish();
+            }
             return self.current();
         }
         let budget = scrape_timeout
@@ -605,15 +717,10 @@ impl Poller {
         let active: Vec<(JobKey, Arc<Tracked>, Option<BodyDigest>)> = {
             let mut state = self.state();
             let retention = self.inner.settings.terminal_retention.as_secs_f64();
-            let state = &mut *state;
-            let expired = &mut state.expired;
-            state.jobs.retain(|k, e| {
-                let keep = e.terminal_since.is_none_or(|t| now - t < retention);
-                if !keep {
-                    expired.insert(k.clone(), Arc::clone(&e.tracked.target));
-                }
-                keep
-            });
+            // Remembered since they finished, so they are not taken back.
+            state
+                .jobs
+                .retain(|_, e| e.terminal_since.is_none_or(|t| now - t < retention));
             state
                 .jobs
                 .iter()
@@ -681,6 +788,7 @@ impl Poller {
             }
             None => apply_all.await,
         }
+        self.persist_finished().await;
         if !failures.is_empty() {
             let by_reason: Vec<String> = failures
                 .iter()
@@ -694,6 +802,24 @@ impl Poller {
             );
         }
         self.publish();
+    }
+
+    /// Makes the jobs seen finished since the last call durable; on failure they are kept for
+    /// the next collection (the store has logged and counted the failure).
+    async fn persist_finished(&self) {
+        let Some(store) = self.inner.store.get() else {
+            return;
+        };
+        let fresh = std::mem::take(&mut self.state().newly_finished);
+        if fresh.is_empty() {
+            return;
+        }
+        if store.put_finished(&fresh).await.is_err() {
+            let mut state = self.state();
+            let mut again = fresh;
+            again.append(&mut state.newly_finished);
+            state.newly_finished = again;
+        }
     }
 
     /// Applies one fetch result; returns the failure reason, if any.
@@ -766,6 +892,26 @@ impl Poller {
                             .entry((Arc::clone(&labels), jt, code))
                             .or_default() += 1;
                     }
+                    let t = &entry.tracked.target;
+                    let remembered = Finished {
+                        job: JobRef {
+                            cloud_service: t.cloud_service.clone(),
+                            cloud_region: t.cloud_region.clone(),
+                            project_id: t.project_id.clone(),
+                            job_id: key.1.clone(),
+                        },
+                        at: now,
+                        last: Some(last_state(&job)),
+                    };
+                    state.memory.insert(
+                        key.clone(),
+                        Remembered {
+                            job: remembered.job.clone(),
+                            at: now,
+                            last: remembered.last.clone(),
+                        },
+                    );
+                    state.newly_finished.push(remembered);
                 }
                 entry.job = Some(job);
             }
@@ -820,6 +966,9 @@ impl Poller {
 
     /// Builds and installs a snapshot of the current state.
     fn publish(&self) {
+        self.inner
+            .dirty
+            .store(false, std::sync::atomic::Ordering::Release);
         let cached = self.inner.settings.mode == Mode::Cached;
         let (snap, summary) = {
             let state = self.state();
@@ -859,6 +1008,102 @@ impl Poller {
     pub fn recent_errors(&self) -> Vec<RecentError> {
         self.state().recent_errors.iter().cloned().collect()
     }
+}
+
+/// The common labels of a scope, escaped, as every series of its jobs carries them.
+fn scope_labels(cloud_service: &str, cloud_region: &str, project_id: &str) -> String {
+    exposition::labels(&[
+        ("cloud_service", cloud_service),
+        ("cloud_region", cloud_region),
+        ("project_id", project_id),
+    ])
+}
+
+fn job_key(job: &JobRef) -> JobKey {
+    (
+        scope_labels(&job.cloud_service, &job.cloud_region, &job.project_id).into(),
+        job.job_id.clone(),
+    )
+}
+
+/// What is kept of a finished job to export it after a restart.
+fn last_state(job: &Job) -> LastState {
+    let reason = job.fail_reason.as_deref().map(|r| {
+        r.char_indices()
+            .nth(exposition::FAIL_REASON_MAX)
+            .map_or(r, |(i, _)| &r[..i])
+            .to_string()
+    });
+    LastState {
+        job_type: job.job_type.clone(),
+        status: job.status.clone().unwrap_or_default(),
+        error_code: job.error_code.clone(),
+        fail_reason: reason,
+        begin: job.begin,
+        end: job.end,
+    }
+}
+
+/// Adds a job to `state.jobs` unless it is there already or remembered as dropped or
+/// acknowledged; a job remembered as finished comes back from its last state, neither fetched
+/// nor counted again. Returns whether it was added.
+fn insert_job(
+    state: &mut State,
+    tracked: &Arc<Tracked>,
+    key: JobKey,
+    now: f64,
+    retention: f64,
+) -> bool {
+    if let Some(e) = state.jobs.get_mut(&key) {
+        // Credentials or endpoint may have changed; the labels have not.
+        e.tracked = Arc::clone(tracked);
+        return false;
+    }
+    let restored = match state.memory.get(&key) {
+        None => None,
+        Some(m) => match &m.last {
+            Some(last) if now - m.at < retention => Some((m.at, last)),
+            _ => return false,
+        },
+    };
+    let mut entry = Entry {
+        tracked: Arc::clone(tracked),
+        job_id: key.1.clone(),
+        job: None,
+        digest: None,
+        fetch_ok: false,
+        last_success: None,
+        terminal_since: None,
+        counted_subjob_failures: Vec::new(),
+        text: JobText::default(),
+    };
+    if let Some((at, last)) = restored {
+        entry.job = Some(Job {
+            job_id: Some(key.1.clone()),
+            job_type: last.job_type.clone(),
+            status: Some(last.status.clone()),
+            begin: last.begin,
+            end: last.end,
+            error_code: last.error_code.clone(),
+            fail_reason: last.fail_reason.clone(),
+            ..Job::default()
+        });
+        entry.fetch_ok = true;
+        entry.last_success = Some(at);
+        entry.terminal_since = Some(at);
+    }
+    entry.render();
+    if entry.terminal_since.is_some()
+        && let Some(job) = &mut entry.job
+    {
+        *job = Job {
+            job_type: job.job_type.take(),
+            status: job.status.take(),
+            ..Job::default()
+        };
+    }
+    state.jobs.insert(key, entry);
+    true
 }
 
 fn summarize(state: &State) -> Vec<TargetSummary> {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -29,6 +29,8 @@ pub struct Telemetry {
     pub config_reload_ok: IntGauge,
     /// When the configuration was last loaded successfully.
     pub config_reload_ts: Gauge,
+    /// Failed writes of the state file (journal appends and snapshot rewrites).
+    pub state_write_failures: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -127,6 +129,11 @@ impl Telemetry {
                 "When the configuration was last loaded successfully, as Unix time.",
             ))
             .expect("valid metric"),
+            state_write_failures: IntCounter::with_opts(opts(
+                "state_write_failures_total",
+                "Failed writes of the state file; the change was not acknowledged (API answers 503), see the error log for the file and the reason.",
+            ))
+            .expect("valid metric"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -141,6 +148,7 @@ impl Telemetry {
             Box::new(t.auth_failures.clone()),
             Box::new(t.config_reload_ok.clone()),
             Box::new(t.config_reload_ts.clone()),
+            Box::new(t.state_write_failures.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {
