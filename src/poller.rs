@@ -333,7 +333,7 @@ struct Aggregates {
 /// A job seen finished, or acknowledged: never fetched or counted again. Exported from
 /// `last` until `terminal_retention` after `at`; after that (or at once when acknowledged) it is
 /// not exported and not taken back while any source lists it, and forgotten once no source
-/// lists it and twice `terminal_retention` has passed.
+/// lists it and [`forget_after`] has passed.
 struct Remembered {
     job: JobRef,
     at: f64,
@@ -437,7 +437,7 @@ impl Poller {
             removed = before - state.jobs.len();
             state
                 .memory
-                .retain(|k, m| desired.contains(k) || now - m.at < 2.0 * retention);
+                .retain(|k, m| desired.contains(k) || now - m.at < forget_after(retention));
         }
         self.publish();
         (added, removed)
@@ -1010,6 +1010,13 @@ impl Poller {
     }
 }
 
+/// Seconds after which a finished or acknowledged job no source lists is forgotten: retention,
+/// then as long again (at least an hour), so that registering it again in between is refused
+/// rather than fetched and counted again.
+pub fn forget_after(retention: f64) -> f64 {
+    retention + retention.max(3600.0)
+}
+
 /// The common labels of a scope, escaped, as every series of its jobs carries them.
 fn scope_labels(cloud_service: &str, cloud_region: &str, project_id: &str) -> String {
     exposition::labels(&[
@@ -1440,6 +1447,82 @@ mod tests {
         assert!(t.contains("huaweicloud_job_completed_duration_seconds_count{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_type=\"createVolume\",status=\"FAIL\"} 2\n"));
         assert!(t.contains("huaweicloud_jobs{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_type=\"createVolume\",status=\"FAIL\"} 2\n"));
         assert!(t.contains("fail_reason=\"disk \\\"quota\\\" exceeded\"} 1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_job_that_leaves_and_comes_back_is_neither_fetched_nor_counted_again() {
+        let fake = Fake::new(Duration::from_millis(10));
+        let ids = ["f1", "f2", "f3", "f4", "f5"];
+        for id in ids {
+            fake.script(id, vec![Ok(failed(Some("EVS.1")))]);
+        }
+        let p = poller(&fake, &ids, settings(Mode::Cached));
+        p.collect(None).await;
+        let failures = "huaweicloud_job_failures_total{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_type=\"createVolume\",error_code=\"EVS.1\"} 5";
+        let listed = || vec![(target("h1"), ids.iter().map(|j| j.to_string()).collect())];
+        for _ in 0..2 {
+            // The config emptied, then restored.
+            p.set_jobs(vec![(target("h1"), Vec::new())]);
+            p.collect(None).await;
+            assert!(series(&text(&p), "huaweicloud_job_status{").is_empty());
+            p.set_jobs(listed());
+            p.collect(None).await;
+        }
+        let t = text(&p);
+        assert_eq!(series(&t, "huaweicloud_job_failures_total{"), vec![failures]);
+        assert!(t.contains("huaweicloud_job_completed_duration_seconds_count{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_type=\"createVolume\",status=\"FAIL\"} 5\n"));
+        assert!(t.contains("huaweicloud_jobs{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_type=\"createVolume\",status=\"FAIL\"} 5\n"), "still exported");
+        for id in ids {
+            assert_eq!(fake.calls(id), 1, "{id}");
+        }
+
+        // A new process that remembers them exports them as they were, fetching nothing.
+        let finished = std::mem::take(&mut p.state().newly_finished);
+        assert_eq!(finished.len(), 5);
+        let fresh = Fake::new(Duration::from_millis(10));
+        let again = poller(&fresh, &[], settings(Mode::Cached));
+        again.remember(finished);
+        again.set_jobs(listed());
+        again.collect(None).await;
+        let t2 = text(&again);
+        assert!(series(&t2, "huaweicloud_job_failures_total{").is_empty(), "not counted again");
+        assert_eq!(
+            series(&t2, "huaweicloud_job_failure_info{"),
+            series(&t, "huaweicloud_job_failure_info{")
+        );
+        assert_eq!(
+            series(&t2, "huaweicloud_job_end_timestamp_seconds{"),
+            series(&t, "huaweicloud_job_end_timestamp_seconds{")
+        );
+        for id in ids {
+            assert_eq!(fresh.calls(id), 0, "{id}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_acknowledged_job_is_not_exported_nor_taken_back() {
+        let fake = Fake::new(Duration::from_millis(10));
+        fake.script("f1", vec![Ok(failed(Some("EVS.1")))]);
+        fake.script("r1", vec![Ok(job("RUNNING", 100.0, None))]);
+        let p = poller(&fake, &["f1", "r1"], settings(Mode::Cached));
+        p.collect(None).await;
+        let job = |id: &str| JobRef {
+            cloud_service: "evs".into(),
+            cloud_region: "r1".into(),
+            project_id: "p1".into(),
+            job_id: id.into(),
+        };
+        assert!(p.is_tracked(&job("f1")));
+        let record = p.acknowledge(&job("f1"));
+        assert_eq!(record.last, None);
+        p.set_jobs(vec![(target("h1"), vec!["f1".into(), "r1".into()])]);
+        p.collect(None).await;
+        let t = text(&p);
+        assert!(!t.contains("job_id=\"f1\""), "{t}");
+        assert!(t.contains("job_id=\"r1\""));
+        assert!(!p.is_tracked(&job("f1")));
+        assert_eq!(p.remembered(&job("f1")).map(|r| (r.1, r.2)), Some((false, true)));
+        assert_eq!(p.expired(), vec![job("f1")]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -256,8 +256,8 @@ impl Control {
     }
 
     /// Drops registrations of jobs that `terminal_retention` removed or an operator
-    /// acknowledged, and forgets finished jobs no source lists any more after twice
-    /// `terminal_retention` (so a registration just dropped still answers 409 for a while).
+    /// acknowledged, and forgets finished jobs no source lists any more after
+    /// [`crate::poller::forget_after`] (so a registration just dropped answers 409 for a while).
     async fn prune_expired(&self) {
         let expired = self.poller.expired();
         if !expired.is_empty() {
@@ -274,7 +274,7 @@ impl Control {
             }
         }
         let retention = self.lock().config.terminal_retention.as_secs_f64();
-        let before = unix_now() - 2.0 * retention;
+        let before = unix_now() - crate::poller::forget_after(retention);
         if self.store.finished().iter().all(|f| f.at >= before) {
             return;
         }
