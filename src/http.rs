@@ -16,8 +16,8 @@ use tower_http::compression::CompressionLayer;
 
 use crate::config::Mode;
 use crate::poller::Poller;
-use crate::state::JobRef;
 use crate::reload::{ApiError, Control};
+use crate::state::JobRef;
 use crate::telemetry::Telemetry;
 
 /// Content type of the text exposition format.

@@ -8,9 +8,10 @@
 //!
 //! ```text
 //!  config ─┐                                                          Huawei Cloud
-//!  registry (API, state file) ─► reload::Control ─► poller ─(cloud::Client)─► or simulator
+//!  state ──┼─► reload::Control ──► poller ─(cloud::Client)─► or simulator
 //!  shard ──┘   (what is tracked;     (jobs, limits,   signer, model,
-//!              file watch, SIGHUP)    cached / on-demand)  auth: AK/SK, IAM, metadata
+//!    ▲          file watch, SIGHUP)   cached / on-demand)  auth: AK/SK, IAM, metadata
+//!    └────── jobs seen finished ──────┤
 //!                                      │ renders changed jobs (exposition)
 //!                                      ▼
 //!                                   snapshot ──► http (/metrics, /api/v1/jobs) ◄── Prometheus
@@ -25,7 +26,8 @@
 //!   connections that the fetching task drives itself (`cloud::conn`, on hyper); reqwest makes
 //!   the other calls, and all of them behind a proxy.
 //! - [`reload`]: the tracked set: configuration reloads and the registration API.
-//! - [`registry`]: registered jobs and their fsynced state file.
+//! - [`state`]: the durable store (registrations, discovered jobs and cursors, jobs seen
+//!   finished or acknowledged): group-committed journal plus snapshot, fsynced before an answer.
 //! - [`shard`]: which replica owns a job.
 //! - [`poller`]: tracked jobs, concurrency and rate limits, cached and on-demand collection.
 //! - [`exposition`]: the text format, rendered per job when the job changes.

@@ -457,7 +457,12 @@ impl Poller {
                 ))
             });
         self.inner.telemetry.register_account(&target.account);
-        let labels: Arc<str> = scope_labels(&target.cloud_service, &target.cloud_region, &target.project_id).into();
+        let labels: Arc<str> = scope_labels(
+            &target.cloud_service,
+            &target.cloud_region,
+            &target.project_id,
+        )
+        .into();
         // Every reason from the start, so rate() and alerts see the first failure.
         for reason in Reason::ALL {
             state
@@ -474,12 +479,12 @@ impl Poller {
     /// publishes it. Returns whether it was added.
     pub fn add_job(&self, target: Arc<cloud::Target>, job_id: String) -> bool {
         let t = &target;
-        if !self
-            .inner
-            .settings
-            .shard
-            .owns(&t.cloud_service, &t.cloud_region, &t.project_id, &job_id)
-        {
+        if !self.inner.settings.shard.owns(
+            &t.cloud_service,
+            &t.cloud_region,
+            &t.project_id,
+            &job_id,
+        ) {
             return false;
         }
         let now = self.inner.clock.now();
@@ -1469,7 +1474,10 @@ mod tests {
             p.collect(None).await;
         }
         let t = text(&p);
-        assert_eq!(series(&t, "huaweicloud_job_failures_total{"), vec![failures]);
+        assert_eq!(
+            series(&t, "huaweicloud_job_failures_total{"),
+            vec![failures]
+        );
         assert!(t.contains("huaweicloud_job_completed_duration_seconds_count{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_type=\"createVolume\",status=\"FAIL\"} 5\n"));
         assert!(t.contains("huaweicloud_jobs{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_type=\"createVolume\",status=\"FAIL\"} 5\n"), "still exported");
         for id in ids {
@@ -1485,7 +1493,10 @@ mod tests {
         again.set_jobs(listed());
         again.collect(None).await;
         let t2 = text(&again);
-        assert!(series(&t2, "huaweicloud_job_failures_total{").is_empty(), "not counted again");
+        assert!(
+            series(&t2, "huaweicloud_job_failures_total{").is_empty(),
+            "not counted again"
+        );
         assert_eq!(
             series(&t2, "huaweicloud_job_failure_info{"),
             series(&t, "huaweicloud_job_failure_info{")
@@ -1521,7 +1532,10 @@ mod tests {
         assert!(!t.contains("job_id=\"f1\""), "{t}");
         assert!(t.contains("job_id=\"r1\""));
         assert!(!p.is_tracked(&job("f1")));
-        assert_eq!(p.remembered(&job("f1")).map(|r| (r.1, r.2)), Some((false, true)));
+        assert_eq!(
+            p.remembered(&job("f1")).map(|r| (r.1, r.2)),
+            Some((false, true))
+        );
         assert_eq!(p.expired(), vec![job("f1")]);
     }
 

@@ -439,7 +439,9 @@ impl Control {
                 job.cloud_service, job.cloud_region, job.project_id, job.job_id
             );
             return Err(ApiError::Dropped(if acknowledged {
-                format!("job {id} was acknowledged at {when}; it is not tracked again within terminal_retention")
+                format!(
+                    "job {id} was acknowledged at {when}; it is not tracked again within terminal_retention"
+                )
             } else {
                 format!("job {id} finished at {when} and was dropped after terminal_retention")
             }));
@@ -557,12 +559,8 @@ fn newly_empty(
     before: &[(std::path::PathBuf, Option<std::time::SystemTime>, u64)],
     now: &[(std::path::PathBuf, Option<std::time::SystemTime>, u64)],
 ) -> bool {
-    now.iter().any(|(path, _, len)| {
-        *len == 0
-            && before
-                .iter()
-                .any(|(p, _, was)| p == path && *was > 0)
-    })
+    now.iter()
+        .any(|(path, _, len)| *len == 0 && before.iter().any(|(p, _, was)| p == path && *was > 0))
 }
 
 #[cfg(test)]

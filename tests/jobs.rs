@@ -411,7 +411,14 @@ async fn shards_split_the_jobs_and_redirect_registrations() {
 async fn a_finished_job_is_counted_once_across_delete_post_reload_and_restart() {
     let scripts = vec![
         script("c1", "evs", "createVolume", 0.0, 1e12, Outcome::Success),
-        script("f1", "evs", "createVolume", 0.0, 10.0, fail("EVS.1", "no space")),
+        script(
+            "f1",
+            "evs",
+            "createVolume",
+            0.0,
+            10.0,
+            fail("EVS.1", "no space"),
+        ),
     ];
     let (sim, base, stop) = simulator(scripts).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -447,14 +454,25 @@ async fn a_finished_job_is_counted_once_across_delete_post_reload_and_restart() 
     let text = again.metrics().await;
     assert_eq!(value(&text, &info), Some(1.0), "exported after a restart");
     assert_eq!(value(&text, &failures), None, "not counted again");
-    assert_eq!(sim.requests_for("f1"), 1, "fetched once, by the first process");
+    assert_eq!(
+        sim.requests_for("f1"),
+        1,
+        "fetched once, by the first process"
+    );
     again.shutdown().await;
     stop.cancel();
 }
 
 #[tokio::test]
 async fn deleting_a_configured_job_acknowledges_it_across_reloads_and_restarts() {
-    let scripts = vec![script("c1", "evs", "createVolume", 0.0, 10.0, fail("EVS.9", "boom"))];
+    let scripts = vec![script(
+        "c1",
+        "evs",
+        "createVolume",
+        0.0,
+        10.0,
+        fail("EVS.9", "boom"),
+    )];
     let (_sim, base, stop) = simulator(scripts).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_config(dir.path(), &base, "");
@@ -472,13 +490,19 @@ async fn deleting_a_configured_job_acknowledges_it_across_reloads_and_restarts()
     assert!(tracked(&exp.metrics().await).is_empty());
     let (status, _) = api(reqwest::Method::POST, exp.url("/-/reload"), None, None).await;
     assert_eq!(status, 200);
-    assert!(tracked(&exp.metrics().await).is_empty(), "not re-added by the config");
+    assert!(
+        tracked(&exp.metrics().await).is_empty(),
+        "not re-added by the config"
+    );
     let (status, body) = post(&exp.url("/api/v1/jobs"), job("c1")).await;
     assert_eq!(status, 409, "{body}");
     assert!(error(&body).contains("acknowledged"), "{body}");
     exp.shutdown().await;
     let again = exporter(load(&path)).await;
-    assert!(tracked(&again.metrics().await).is_empty(), "nor by a restart");
+    assert!(
+        tracked(&again.metrics().await).is_empty(),
+        "nor by a restart"
+    );
     again.shutdown().await;
     stop.cancel();
 }

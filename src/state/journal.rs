@@ -171,7 +171,9 @@ impl Files {
             }
             Err(e) => {
                 if let Some(f) = &self.file
-                    && f.set_len(self.good_len).and_then(|()| f.sync_data()).is_err()
+                    && f.set_len(self.good_len)
+                        .and_then(|()| f.sync_data())
+                        .is_err()
                 {
                     // Opened again (and cut) before the next append.
                     self.file = None;
@@ -257,7 +259,9 @@ fn journal_path(path: &Path) -> PathBuf {
 
 /// The temporary file a snapshot is written to before it is renamed over `path`.
 pub(super) fn temporary_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map_or("state".into(), |n| n.to_string_lossy());
+    let name = path
+        .file_name()
+        .map_or("state".into(), |n| n.to_string_lossy());
     path.with_file_name(format!(".{name}.tmp"))
 }
 
@@ -366,7 +370,10 @@ mod tests {
         std::fs::write(journal_path(&path), &bytes).expect("write");
         let e = Files::open(&path).err().expect("corrupt");
         let msg = e.to_string();
-        assert!(msg.contains("state.json.journal") && msg.contains("line 2"), "{msg}");
+        assert!(
+            msg.contains("state.json.journal") && msg.contains("line 2"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -383,7 +390,10 @@ mod tests {
         files.append(&line(&op), 1).expect("append");
         records.apply(op).expect("apply");
         files.compact(&records).expect("compact");
-        assert_eq!(std::fs::read(journal_path(&path)).expect("journal").len(), 0);
+        assert_eq!(
+            std::fs::read(journal_path(&path)).expect("journal").len(),
+            0
+        );
         let text = std::fs::read_to_string(&path).expect("snapshot");
         assert!(text.starts_with("{\"version\":2"), "{text}");
         let (_, again) = Files::open(&path).expect("reopen");

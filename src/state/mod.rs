@@ -559,14 +559,18 @@ mod tests {
             source: DiscoverySource::FailureJobs,
             found_at: 1_700_000_000,
         };
-        s.put_discovered(std::slice::from_ref(&found)).await.expect("discovered");
+        s.put_discovered(std::slice::from_ref(&found))
+            .await
+            .expect("discovered");
         let key = CursorKey {
             cloud_service: "evs".into(),
             cloud_region: "r".into(),
             project_id: "p".into(),
             source: DiscoverySource::Cts,
         };
-        s.put_cursor(key.clone(), 1_700_000_000_123).await.expect("cursor");
+        s.put_cursor(key.clone(), 1_700_000_000_123)
+            .await
+            .expect("cursor");
         let done = Finished {
             job: job("f"),
             at: 1_700_000_100.5,
@@ -579,15 +583,21 @@ mod tests {
                 end: Some(2.0),
             }),
         };
-        s.put_finished(std::slice::from_ref(&done)).await.expect("finished");
+        s.put_finished(std::slice::from_ref(&done))
+            .await
+            .expect("finished");
         let acked = Finished {
             job: job("g"),
             at: 10.0,
             last: None,
         };
-        s.put_finished(std::slice::from_ref(&acked)).await.expect("acked");
+        s.put_finished(std::slice::from_ref(&acked))
+            .await
+            .expect("acked");
         assert_eq!(
-            s.forget_finished_before(100.0, |_| false).await.expect("forget"),
+            s.forget_finished_before(100.0, |_| false)
+                .await
+                .expect("forget"),
             1
         );
         drop(s);
@@ -654,7 +664,10 @@ mod tests {
         let e = s.register(job("b")).await.err().expect("refused");
         assert!(e.to_string().contains("state.json.journal"), "{e}");
         assert_eq!(failures.get(), 1);
-        assert!(!s.is_registered(&job("b")), "nothing kept that was not written");
+        assert!(
+            !s.is_registered(&job("b")),
+            "nothing kept that was not written"
+        );
 
         // A snapshot that cannot be written: the temporary file is removed.
         std::fs::remove_file(&journal).expect("rm");
@@ -662,7 +675,14 @@ mod tests {
         std::os::unix::fs::symlink("/dev/full", &tmp).expect("symlink");
         assert!(s.compact().await.is_err());
         assert_eq!(failures.get(), 2);
-        assert!(std::fs::symlink_metadata(&tmp).is_err(), "temporary file left");
-        assert_eq!(std::fs::read_to_string(&path).ok(), None, "no snapshot half written");
+        assert!(
+            std::fs::symlink_metadata(&tmp).is_err(),
+            "temporary file left"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).ok(),
+            None,
+            "no snapshot half written"
+        );
     }
 }
