@@ -578,14 +578,15 @@ impl Poller {
         let _ = self.inner.store.set(store);
     }
 
-    /// Remembered jobs dropped by `terminal_retention` or acknowledged, as job references.
-    pub fn expired(&self) -> Vec<JobRef> {
+    /// Remembered jobs dropped by `terminal_retention` or acknowledged for which `wanted` is
+    /// true, as job references.
+    pub fn expired(&self, wanted: impl Fn(&JobRef) -> bool) -> Vec<JobRef> {
         let retention = self.inner.settings.terminal_retention.as_secs_f64();
         let now = self.inner.clock.now();
         self.state()
             .memory
             .values()
-            .filter(|m| m.last.is_none() || now - m.at >= retention)
+            .filter(|m| (m.last.is_none() || now - m.at >= retention) && wanted(&m.job))
             .map(|m| m.job.clone())
             .collect()
     }
@@ -1536,7 +1537,8 @@ mod tests {
             p.remembered(&job("f1")).map(|r| (r.1, r.2)),
             Some((false, true))
         );
-        assert_eq!(p.expired(), vec![job("f1")]);
+        assert_eq!(p.expired(|_| true), vec![job("f1")]);
+        assert!(p.expired(|_| false).is_empty());
     }
 
     #[tokio::test(start_paused = true)]

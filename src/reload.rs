@@ -259,7 +259,7 @@ impl Control {
     /// acknowledged, and forgets finished jobs no source lists any more after
     /// [`crate::poller::forget_after`] (so a registration just dropped answers 409 for a while).
     async fn prune_expired(&self) {
-        let expired = self.poller.expired();
+        let expired = self.poller.expired(|j| self.store.is_registered(j));
         if !expired.is_empty() {
             match self.store.unregister(&expired).await {
                 Ok(0) => {}
@@ -275,7 +275,7 @@ impl Control {
         }
         let retention = self.lock().config.terminal_retention.as_secs_f64();
         let before = unix_now() - crate::poller::forget_after(retention);
-        if self.store.finished().iter().all(|f| f.at >= before) {
+        if !self.store.any_finished_before(before) {
             return;
         }
         let listed = self.listed_refs();

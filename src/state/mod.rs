@@ -429,6 +429,11 @@ impl Store {
             .map(drop)
     }
 
+    /// Whether any finished or acknowledged job was recorded before `t` (Unix seconds).
+    pub fn any_finished_before(&self, t: f64) -> bool {
+        self.records().finished.values().any(|f| f.at < t)
+    }
+
     /// Forgets every finished or acknowledged job recorded before `t` (Unix seconds) for which
     /// `keep` is false; returns how many.
     pub async fn forget_finished_before(
@@ -661,7 +666,7 @@ mod tests {
         // Opened at the first append, so this store writes to the device.
         let s = Store::open(&path, failures.clone()).expect("reopen");
         std::os::unix::fs::symlink("/dev/full", &journal).expect("symlink");
-        let e = s.register(job("b")).await.err().expect("refused");
+        let e = s.register(job("b")).await.expect_err("refused");
         assert!(e.to_string().contains("state.json.journal"), "{e}");
         assert_eq!(failures.get(), 1);
         assert!(
