@@ -19,8 +19,8 @@ use crate::exposition::Format;
 use crate::gzip;
 use crate::pages::{self, escape_html};
 use crate::poller::Poller;
-use crate::registry::JobRef;
 use crate::reload::{ApiError, Control};
+use crate::state::JobRef;
 use crate::telemetry::Telemetry;
 
 /// Content type of the text exposition format.
@@ -169,6 +169,7 @@ fn api_error(e: ApiError) -> Response {
         }
         ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
         ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ApiError::Dropped(_) => StatusCode::CONFLICT,
         ApiError::OtherShard {
             location: Some(_), ..
         } => StatusCode::TEMPORARY_REDIRECT,
@@ -225,7 +226,7 @@ async fn register_job(State(app): State<App>, headers: HeaderMap, body: Bytes) -
             )));
         }
     };
-    match app.control.register(job.clone()) {
+    match app.control.register(job.clone()).await {
         Ok(true) => (
             StatusCode::CREATED,
             axum::Json(json!({"job": job, "created": true})),
@@ -254,7 +255,7 @@ async fn unregister_job(
         project_id,
         job_id,
     };
-    match app.control.unregister(&job) {
+    match app.control.unregister(&job).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => api_error(e),
     }

@@ -7,14 +7,15 @@
 //! How the pieces fit, following one job from configuration to `/metrics`:
 //!
 //! ```text
-//!  config ──────────────────────┐                                          Huawei Cloud
-//!  registry (API, state file) ──┼─► reload::Control ─► poller ─(cloud::Client)─► or simulator
-//!  discovery (CTS, task centre) ┤   (what is tracked;   (jobs, limits,    signer, model,
-//!  shard ───────────────────────┘    file watch, SIGHUP) cached / on-demand) auth: AK/SK, IAM,
-//!     discovery asks the cloud itself: cloud::Client::get_api (traces, failure jobs)  metadata
-//!                                      │ renders changed jobs (exposition)
-//!                                      ▼
-//!                                   snapshot ──► http (/metrics, /api/v1/jobs) ◄── Prometheus
+//!  config ─────────────────────────┐                                        Huawei Cloud
+//!  state (registrations, found    ──┼─► reload::Control ──► poller ─(cloud::Client)─► or simulator
+//!    jobs, cursors, jobs finished)  │   (what is tracked;    (jobs, limits,   signer, model,
+//!  discovery (CTS, task centre) ────┤    file watch, SIGHUP)  cached or       auth: AK/SK, IAM,
+//!  shard ───────────────────────────┘                         on demand)      metadata
+//!    discovery asks the cloud too (cloud::Client::get_api);     │ jobs seen finished ─► state
+//!                                                               │ renders changed jobs (exposition)
+//!                                                               ▼
+//!                                   snapshot ──► http (/metrics, /jobs, /api/v1/jobs) ◄── Prometheus
 //!                                                + telemetry        served by web (TLS, auth)
 //! ```
 //!
@@ -27,11 +28,12 @@
 //!   connections that the fetching task drives itself (`cloud::conn`, on hyper); reqwest makes
 //!   the other calls, and all of them behind a proxy.
 //! - [`discovery`]: jobs nobody listed, found per target through the Cloud Trace Service
-//!   ([`discovery::cts`]) and the SDRS task centre ([`discovery::failure_jobs`]), with its store
-//!   seam ([`discovery::Store`]: discovered jobs, cursors, jobs never to add again) and clock.
+//!   ([`discovery::cts`]) and the SDRS task centre ([`discovery::failure_jobs`]); what it found
+//!   and each cursor are kept in the state store.
 //! - [`reload`]: the tracked set: configuration reloads, the registration API and discovered
 //!   jobs, merged in [`reload::Control::apply`].
-//! - [`registry`]: registered jobs and their fsynced state file.
+//! - [`state`]: the durable store (registrations, discovered jobs and cursors, jobs seen
+//!   finished or acknowledged): group-committed journal plus snapshot, fsynced before an answer.
 //! - [`shard`]: which replica owns a job.
 //! - [`listing`]: which tracked jobs the `/jobs` page shows, failed ones first, bounded.
 //! - [`pages`]: the HTML of `/jobs` and of the landing page's sections.
@@ -57,11 +59,11 @@ pub mod http;
 pub mod listing;
 pub mod pages;
 pub mod poller;
-pub mod registry;
 pub mod reload;
 pub mod shard;
 pub mod simulator;
 pub mod snapshot;
+pub mod state;
 pub mod telemetry;
 pub mod web;
 
@@ -103,9 +105,9 @@ pub enum Error {
     /// The web configuration file is invalid.
     #[error(transparent)]
     Web(#[from] web::Error),
-    /// The state file of registered jobs cannot be read.
+    /// The state file cannot be read.
     #[error(transparent)]
-    State(#[from] registry::Error),
+    State(#[from] state::Error),
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(std::io::Error),
@@ -190,7 +192,7 @@ impl Exporter {
     pub async fn bind_with(
         config: Config,
         web: WebOptions,
-        discovery: discovery::Options,
+        mut discovery: discovery::Options,
     ) -> Result<Self> {
         let web_state = Arc::new(web::Web::new(
             web.config_file.as_deref(),
@@ -201,10 +203,14 @@ impl Exporter {
         let client = cloud::Client::new(config.request_timeout, Arc::clone(&telemetry))?
             .with_max_body(config.max_response_bytes);
         // Before the port: a state file that cannot be read stops startup.
-        let registry = match &config.state_file {
-            Some(path) => registry::Registry::open(path)?,
-            None => registry::Registry::in_memory(),
+        let store = match discovery.store.take() {
+            Some(store) => store,
+            None => Arc::new(match &config.state_file {
+                Some(path) => state::Store::open(path, telemetry.state_write_failures.clone())?,
+                None => state::Store::in_memory(),
+            }),
         };
+        discovery.store = Some(Arc::clone(&store));
         let poller = Poller::new(
             Arc::new(client.clone()),
             Vec::new(),
@@ -224,7 +230,7 @@ impl Exporter {
             config,
             env,
             client,
-            registry,
+            store,
             discovery,
             poller.clone(),
             Arc::clone(&telemetry),

@@ -27,6 +27,7 @@ use crate::config::Mode;
 use crate::exposition::{self, AGGREGATE, Aggregate, JobText, JobView};
 use crate::listing;
 use crate::snapshot::Snapshot;
+use crate::state::{Finished, JobRef, LastState, Store};
 use crate::telemetry::Telemetry;
 
 /// Buckets of `huaweicloud_job_completed_duration_seconds`: jobs take seconds to hours.
@@ -374,11 +375,23 @@ struct Aggregates {
     subjob_codes: CodeCap,
 }
 
+/// A job seen finished, or acknowledged: never fetched or counted again. Exported from
+/// `last` until `terminal_retention` after `at`; after that (or at once when acknowledged) it is
+/// not exported and not taken back while any source lists it, and forgotten once no source
+/// lists it and [`forget_after`] has passed.
+struct Remembered {
+    job: JobRef,
+    at: f64,
+    last: Option<LastState>,
+}
+
 #[derive(Default)]
 struct State {
     jobs: BTreeMap<JobKey, Entry>,
-    /// Jobs dropped by retention, remembered while still listed so they are not re-added.
-    expired: HashMap<JobKey, Arc<cloud::Target>>,
+    /// Jobs seen finished or acknowledged, listed or not.
+    memory: HashMap<JobKey, Remembered>,
+    /// Jobs seen finished since the store last took them.
+    newly_finished: Vec<Finished>,
     agg: Aggregates,
     recent_errors: VecDeque<RecentError>,
 }
@@ -395,6 +408,11 @@ struct Inner {
     inflight: Mutex<Option<Shared<BoxFuture<'static, Arc<Snapshot>>>>>,
     /// Held while a snapshot is built and installed.
     publishing: Mutex<()>,
+    /// Where jobs seen finished are made durable, once the exporter has a store.
+    store: std::sync::OnceLock<Arc<Store>>,
+    /// The tracked set changed without a new snapshot (a registration): the next scrape
+    /// publishes one, so a burst of registrations costs one snapshot, not one each.
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 /// Tracks jobs and keeps their snapshot current. Cheap to clone.
@@ -423,6 +441,8 @@ impl Poller {
                 ready: std::sync::atomic::AtomicBool::new(!cached),
                 inflight: Mutex::new(None),
                 publishing: Mutex::new(()),
+                store: std::sync::OnceLock::new(),
+                dirty: std::sync::atomic::AtomicBool::new(false),
                 settings,
             }),
         };
@@ -442,89 +462,180 @@ impl Poller {
             let state = &mut *guard;
             let mut desired: HashSet<JobKey> = HashSet::new();
             added = 0;
+            let now = self.inner.clock.now();
+            let retention = self.inner.settings.terminal_retention.as_secs_f64();
             for (target, jobs) in targets {
-                self.inner
-                    .limiters
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry(target.endpoint_key().to_string())
-                    .or_insert_with(|| {
-                        Arc::new(RateLimiter::new(
-                            target.endpoint_key(),
-                            self.inner.settings.max_requests_per_second,
-                        ))
-                    });
-                self.inner.telemetry.register_account(&target.account);
-                let labels: Arc<str> = exposition::labels(&[
-                    ("cloud_service", &target.cloud_service),
-                    ("cloud_region", &target.cloud_region),
-                    ("project_id", &target.project_id),
-                ])
-                .into();
-                // Every reason from the start, so rate() and alerts see the first failure.
-                for reason in Reason::ALL {
-                    state
-                        .agg
-                        .fetch_errors
-                        .entry((Arc::clone(&labels), reason))
-                        .or_insert(0);
-                }
-                let tracked = Arc::new(Tracked { target, labels });
+                let tracked = self.track(state, target);
                 let t = &tracked.target;
                 for job_id in jobs {
                     if !shard.owns(&t.cloud_service, &t.cloud_region, &t.project_id, &job_id) {
                         continue;
                     }
                     let key = (Arc::clone(&tracked.labels), job_id);
-                    // Listed, so kept in `desired` (and its tombstone kept), but not re-added.
-                    if !desired.insert(key.clone()) || state.expired.contains_key(&key) {
+                    if !desired.insert(key.clone()) {
                         continue;
                     }
-                    match state.jobs.get_mut(&key) {
-                        // Credentials or endpoint may have changed; the labels have not.
-                        Some(e) => e.tracked = Arc::clone(&tracked),
-                        None => {
-                            let mut entry = Entry {
-                                tracked: Arc::clone(&tracked),
-                                job_id: key.1.clone(),
-                                job: None,
-                                digest: None,
-                                fetch_ok: false,
-                                last_success: None,
-                                terminal_since: None,
-                                counted_subjob_failures: Vec::new(),
-                                text: JobText::default(),
-                            };
-                            entry.render();
-                            state.jobs.insert(key, entry);
-                            added += 1;
-                        }
+                    if insert_job(state, &tracked, key, now, retention) {
+                        added += 1;
                     }
                 }
             }
             let before = state.jobs.len();
             state.jobs.retain(|k, _| desired.contains(k));
             removed = before - state.jobs.len();
-            state.expired.retain(|k, _| desired.contains(k));
+            state
+                .memory
+                .retain(|k, m| desired.contains(k) || now - m.at < forget_after(retention));
         }
         self.publish();
         (added, removed)
     }
 
-    /// Jobs dropped by `terminal_retention` and still listed somewhere, as
-    /// (cloud_service, cloud_region, project_id, job_id).
-    pub fn expired(&self) -> Vec<(String, String, String, String)> {
+    /// The shared per-target parts of a target (labels, rate limiter, zeroed error series).
+    fn track(&self, state: &mut State, target: Arc<cloud::Target>) -> Arc<Tracked> {
+        self.inner
+            .limiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(target.endpoint_key().to_string())
+            .or_insert_with(|| {
+                Arc::new(RateLimiter::new(
+                    target.endpoint_key(),
+                    self.inner.settings.max_requests_per_second,
+                ))
+            });
+        self.inner.telemetry.register_account(&target.account);
+        let labels: Arc<str> = scope_labels(
+            &target.cloud_service,
+            &target.cloud_region,
+            &target.project_id,
+        )
+        .into();
+        // Every reason from the start, so rate() and alerts see the first failure.
+        for reason in Reason::ALL {
+            state
+                .agg
+                .fetch_errors
+                .entry((Arc::clone(&labels), reason))
+                .or_insert(0);
+        }
+        Arc::new(Tracked { target, labels })
+    }
+
+    /// Adds one job to the tracked set without rebuilding it (a registration), unless this
+    /// replica does not own it or it is remembered as dropped or acknowledged. The next scrape
+    /// publishes it. Returns whether it was added.
+    pub fn add_job(&self, target: Arc<cloud::Target>, job_id: String) -> bool {
+        let t = &target;
+        if !self.inner.settings.shard.owns(
+            &t.cloud_service,
+            &t.cloud_region,
+            &t.project_id,
+            &job_id,
+        ) {
+            return false;
+        }
+        let now = self.inner.clock.now();
+        let retention = self.inner.settings.terminal_retention.as_secs_f64();
+        let mut guard = self.state();
+        let state = &mut *guard;
+        let labels = scope_labels(&t.cloud_service, &t.cloud_region, &t.project_id);
+        // Reuse the labels (and target) of a job of the same scope when there is one.
+        let tracked = match state
+            .jobs
+            .range((Arc::from(labels.as_str()), String::new())..)
+            .next()
+            .filter(|(k, _)| *k.0 == *labels)
+        {
+            Some((_, e)) => Arc::clone(&e.tracked),
+            None => self.track(state, target),
+        };
+        let key = (Arc::clone(&tracked.labels), job_id);
+        let added = insert_job(state, &tracked, key, now, retention);
+        if added {
+            self.inner
+                .dirty
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        added
+    }
+
+    /// What is remembered of a job seen finished or acknowledged: (when, still exported,
+    /// acknowledged).
+    pub fn remembered(&self, job: &JobRef) -> Option<(f64, bool, bool)> {
+        let key = job_key(job);
+        let retention = self.inner.settings.terminal_retention.as_secs_f64();
+        let now = self.inner.clock.now();
+        self.state().memory.get(&key).map(|m| {
+            (
+                m.at,
+                m.last.is_some() && now - m.at < retention,
+                m.last.is_none(),
+            )
+        })
+    }
+
+    /// Whether the job is in the tracked set.
+    pub fn is_tracked(&self, job: &JobRef) -> bool {
+        self.state().jobs.contains_key(&job_key(job))
+    }
+
+    /// Takes back what the store remembers (at startup): finished jobs are exported from their
+    /// last state until retention, without being fetched or counted again.
+    pub fn remember(&self, finished: Vec<Finished>) {
+        let mut state = self.state();
+        for f in finished {
+            state.memory.insert(
+                job_key(&f.job),
+                Remembered {
+                    job: f.job,
+                    at: f.at,
+                    last: f.last,
+                },
+            );
+        }
+    }
+
+    /// Stops exporting a job and remembers it as acknowledged; returns the record to persist.
+    pub fn acknowledge(&self, job: &JobRef) -> Finished {
+        let now = self.inner.clock.now();
+        let key = job_key(job);
+        {
+            let mut state = self.state();
+            state.jobs.remove(&key);
+            state.memory.insert(
+                key,
+                Remembered {
+                    job: job.clone(),
+                    at: now,
+                    last: None,
+                },
+            );
+        }
+        self.publish();
+        Finished {
+            job: job.clone(),
+            at: now,
+            last: None,
+        }
+    }
+
+    /// Makes jobs seen finished durable in `store` from now on (after each collection, before
+    /// the snapshot that shows them is published).
+    pub fn persist_to(&self, store: Arc<Store>) {
+        let _ = self.inner.store.set(store);
+    }
+
+    /// Remembered jobs dropped by `terminal_retention` or acknowledged for which `wanted` is
+    /// true, as job references.
+    pub fn expired(&self, wanted: impl Fn(&JobRef) -> bool) -> Vec<JobRef> {
+        let retention = self.inner.settings.terminal_retention.as_secs_f64();
+        let now = self.inner.clock.now();
         self.state()
-            .expired
-            .iter()
-            .map(|((_, job), t)| {
-                (
-                    t.cloud_service.clone(),
-                    t.cloud_region.clone(),
-                    t.project_id.clone(),
-                    job.clone(),
-                )
-            })
+            .memory
+            .values()
+            .filter(|m| (m.last.is_none() || now - m.at >= retention) && wanted(&m.job))
+            .map(|m| m.job.clone())
             .collect()
     }
 
@@ -568,6 +679,13 @@ impl Poller {
     /// `X-Prometheus-Scrape-Timeout-Seconds`, when sent.
     pub async fn scrape(&self, scrape_timeout: Option<Duration>) -> Arc<Snapshot> {
         if self.inner.settings.mode == Mode::Cached {
+            if self
+                .inner
+                .dirty
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
+                self.publish();
+            }
             return self.current();
         }
         let budget = scrape_timeout
@@ -653,15 +771,10 @@ impl Poller {
         let active: Vec<(JobKey, Arc<Tracked>, Option<BodyDigest>)> = {
             let mut state = self.state();
             let retention = self.inner.settings.terminal_retention.as_secs_f64();
-            let state = &mut *state;
-            let expired = &mut state.expired;
-            state.jobs.retain(|k, e| {
-                let keep = e.terminal_since.is_none_or(|t| now - t < retention);
-                if !keep {
-                    expired.insert(k.clone(), Arc::clone(&e.tracked.target));
-                }
-                keep
-            });
+            // Remembered since they finished, so they are not taken back.
+            state
+                .jobs
+                .retain(|_, e| e.terminal_since.is_none_or(|t| now - t < retention));
             state
                 .jobs
                 .iter()
@@ -729,6 +842,7 @@ impl Poller {
             }
             None => apply_all.await,
         }
+        self.persist_finished().await;
         if !failures.is_empty() {
             let by_reason: Vec<String> = failures
                 .iter()
@@ -742,6 +856,24 @@ impl Poller {
             );
         }
         self.publish();
+    }
+
+    /// Makes the jobs seen finished since the last call durable; on failure they are kept for
+    /// the next collection (the store has logged and counted the failure).
+    async fn persist_finished(&self) {
+        let Some(store) = self.inner.store.get() else {
+            return;
+        };
+        let fresh = std::mem::take(&mut self.state().newly_finished);
+        if fresh.is_empty() {
+            return;
+        }
+        if store.put_finished(&fresh).await.is_err() {
+            let mut state = self.state();
+            let mut again = fresh;
+            again.append(&mut state.newly_finished);
+            state.newly_finished = again;
+        }
     }
 
     /// Applies one fetch result; returns the failure reason, if any.
@@ -814,6 +946,26 @@ impl Poller {
                             .entry((Arc::clone(&labels), jt, code))
                             .or_default() += 1;
                     }
+                    let t = &entry.tracked.target;
+                    let remembered = Finished {
+                        job: JobRef {
+                            cloud_service: t.cloud_service.clone(),
+                            cloud_region: t.cloud_region.clone(),
+                            project_id: t.project_id.clone(),
+                            job_id: key.1.clone(),
+                        },
+                        at: now,
+                        last: Some(last_state(&job)),
+                    };
+                    state.memory.insert(
+                        key.clone(),
+                        Remembered {
+                            job: remembered.job.clone(),
+                            at: now,
+                            last: remembered.last.clone(),
+                        },
+                    );
+                    state.newly_finished.push(remembered);
                 }
                 entry.job = Some(job);
             }
@@ -878,6 +1030,9 @@ impl Poller {
 
     /// Builds and installs a snapshot of the current state.
     fn publish(&self) {
+        self.inner
+            .dirty
+            .store(false, std::sync::atomic::Ordering::Release);
         let cached = self.inner.settings.mode == Mode::Cached;
         // One publisher at a time, so that snapshots are installed in the order they were
         // taken; the compression of changed segments happens outside the state's lock.
@@ -938,6 +1093,109 @@ impl Poller {
         });
         listing::select(items, query, now)
     }
+}
+
+/// Seconds after which a finished or acknowledged job no source lists is forgotten: retention,
+/// then as long again (at least an hour), so that registering it again in between is refused
+/// rather than fetched and counted again.
+pub fn forget_after(retention: f64) -> f64 {
+    retention + retention.max(3600.0)
+}
+
+/// The common labels of a scope, escaped, as every series of its jobs carries them.
+fn scope_labels(cloud_service: &str, cloud_region: &str, project_id: &str) -> String {
+    exposition::labels(&[
+        ("cloud_service", cloud_service),
+        ("cloud_region", cloud_region),
+        ("project_id", project_id),
+    ])
+}
+
+fn job_key(job: &JobRef) -> JobKey {
+    (
+        scope_labels(&job.cloud_service, &job.cloud_region, &job.project_id).into(),
+        job.job_id.clone(),
+    )
+}
+
+/// What is kept of a finished job to export it after a restart.
+fn last_state(job: &Job) -> LastState {
+    let reason = job.fail_reason.as_deref().map(|r| {
+        r.char_indices()
+            .nth(exposition::FAIL_REASON_MAX)
+            .map_or(r, |(i, _)| &r[..i])
+            .to_string()
+    });
+    LastState {
+        job_type: job.job_type.clone(),
+        status: job.status.clone().unwrap_or_default(),
+        error_code: job.error_code.clone(),
+        fail_reason: reason,
+        begin: job.begin,
+        end: job.end,
+    }
+}
+
+/// Adds a job to `state.jobs` unless it is there already or remembered as dropped or
+/// acknowledged; a job remembered as finished comes back from its last state, neither fetched
+/// nor counted again. Returns whether it was added.
+fn insert_job(
+    state: &mut State,
+    tracked: &Arc<Tracked>,
+    key: JobKey,
+    now: f64,
+    retention: f64,
+) -> bool {
+    if let Some(e) = state.jobs.get_mut(&key) {
+        // Credentials or endpoint may have changed; the labels have not.
+        e.tracked = Arc::clone(tracked);
+        return false;
+    }
+    let restored = match state.memory.get(&key) {
+        None => None,
+        Some(m) => match &m.last {
+            Some(last) if now - m.at < retention => Some((m.at, last)),
+            _ => return false,
+        },
+    };
+    let mut entry = Entry {
+        tracked: Arc::clone(tracked),
+        job_id: key.1.clone(),
+        job: None,
+        digest: None,
+        fetch_ok: false,
+        last_success: None,
+        terminal_since: None,
+        counted_subjob_failures: Vec::new(),
+        text: JobText::default(),
+    };
+    if let Some((at, last)) = restored {
+        entry.job = Some(Job {
+            job_id: Some(key.1.clone()),
+            job_type: last.job_type.clone(),
+            status: Some(last.status.clone()),
+            begin: last.begin,
+            end: last.end,
+            error_code: last.error_code.clone(),
+            fail_reason: last.fail_reason.clone(),
+            ..Job::default()
+        });
+        entry.fetch_ok = true;
+        entry.last_success = Some(at);
+        entry.terminal_since = Some(at);
+    }
+    entry.render();
+    if entry.terminal_since.is_some()
+        && let Some(job) = &mut entry.job
+    {
+        *job = Job {
+            job_type: job.job_type.take(),
+            status: job.status.take(),
+            ..Job::default()
+        };
+    }
+    state.jobs.insert(key, entry);
+    true
 }
 
 fn summarize(state: &State) -> Vec<TargetSummary> {
@@ -1275,6 +1533,92 @@ mod tests {
         assert!(t.contains("huaweicloud_job_completed_duration_seconds_count{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_type=\"createVolume\",status=\"FAIL\"} 2\n"));
         assert!(t.contains("huaweicloud_jobs{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_type=\"createVolume\",status=\"FAIL\"} 2\n"));
         assert!(t.contains("fail_reason=\"disk \\\"quota\\\" exceeded\"} 1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_job_that_leaves_and_comes_back_is_neither_fetched_nor_counted_again() {
+        let fake = Fake::new(Duration::from_millis(10));
+        let ids = ["f1", "f2", "f3", "f4", "f5"];
+        for id in ids {
+            fake.script(id, vec![Ok(failed(Some("EVS.1")))]);
+        }
+        let p = poller(&fake, &ids, settings(Mode::Cached));
+        p.collect(None).await;
+        let failures = "huaweicloud_job_failures_total{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_type=\"createVolume\",error_code=\"EVS.1\"} 5";
+        let listed = || vec![(target("h1"), ids.iter().map(|j| j.to_string()).collect())];
+        for _ in 0..2 {
+            // The config emptied, then restored.
+            p.set_jobs(vec![(target("h1"), Vec::new())]);
+            p.collect(None).await;
+            assert!(series(&text(&p), "huaweicloud_job_status{").is_empty());
+            p.set_jobs(listed());
+            p.collect(None).await;
+        }
+        let t = text(&p);
+        assert_eq!(
+            series(&t, "huaweicloud_job_failures_total{"),
+            vec![failures]
+        );
+        assert!(t.contains("huaweicloud_job_completed_duration_seconds_count{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_type=\"createVolume\",status=\"FAIL\"} 5\n"));
+        assert!(t.contains("huaweicloud_jobs{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_type=\"createVolume\",status=\"FAIL\"} 5\n"), "still exported");
+        for id in ids {
+            assert_eq!(fake.calls(id), 1, "{id}");
+        }
+
+        // A new process that remembers them exports them as they were, fetching nothing.
+        let finished = std::mem::take(&mut p.state().newly_finished);
+        assert_eq!(finished.len(), 5);
+        let fresh = Fake::new(Duration::from_millis(10));
+        let again = poller(&fresh, &[], settings(Mode::Cached));
+        again.remember(finished);
+        again.set_jobs(listed());
+        again.collect(None).await;
+        let t2 = text(&again);
+        assert!(
+            series(&t2, "huaweicloud_job_failures_total{").is_empty(),
+            "not counted again"
+        );
+        assert_eq!(
+            series(&t2, "huaweicloud_job_failure_info{"),
+            series(&t, "huaweicloud_job_failure_info{")
+        );
+        assert_eq!(
+            series(&t2, "huaweicloud_job_end_timestamp_seconds{"),
+            series(&t, "huaweicloud_job_end_timestamp_seconds{")
+        );
+        for id in ids {
+            assert_eq!(fresh.calls(id), 0, "{id}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_acknowledged_job_is_not_exported_nor_taken_back() {
+        let fake = Fake::new(Duration::from_millis(10));
+        fake.script("f1", vec![Ok(failed(Some("EVS.1")))]);
+        fake.script("r1", vec![Ok(job("RUNNING", 100.0, None))]);
+        let p = poller(&fake, &["f1", "r1"], settings(Mode::Cached));
+        p.collect(None).await;
+        let job = |id: &str| JobRef {
+            cloud_service: "evs".into(),
+            cloud_region: "r1".into(),
+            project_id: "p1".into(),
+            job_id: id.into(),
+        };
+        assert!(p.is_tracked(&job("f1")));
+        let record = p.acknowledge(&job("f1"));
+        assert_eq!(record.last, None);
+        p.set_jobs(vec![(target("h1"), vec!["f1".into(), "r1".into()])]);
+        p.collect(None).await;
+        let t = text(&p);
+        assert!(!t.contains("job_id=\"f1\""), "{t}");
+        assert!(t.contains("job_id=\"r1\""));
+        assert!(!p.is_tracked(&job("f1")));
+        assert_eq!(
+            p.remembered(&job("f1")).map(|r| (r.1, r.2)),
+            Some((false, true))
+        );
+        assert_eq!(p.expired(|_| true), vec![job("f1")]);
+        assert!(p.expired(|_| false).is_empty());
     }
 
     #[tokio::test(start_paused = true)]

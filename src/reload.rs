@@ -1,9 +1,13 @@
 //! What is tracked, and changes to it while running: configuration reloads (file changes,
-//! SIGHUP, `POST /-/reload`) and the registration API (`/api/v1/jobs`). Both end in
-//! [`Control::apply`], which hands the poller the configured jobs plus the registered ones.
+//! SIGHUP, `POST /-/reload`) and the registration API (`/api/v1/jobs`). A reload ends in
+//! [`Control::apply`], which hands the poller the configured jobs plus the registered and
+//! discovered ones from the [`Store`]; a registration adds its one job without rebuilding the
+//! set, so its cost does not grow with the number of jobs.
 //!
 //! A reload that fails keeps everything running as before, logs the error and sets
-//! `huaweicloud_job_exporter_config_last_reload_successful` to 0.
+//! `huaweicloud_job_exporter_config_last_reload_successful` to 0. A watched file that turns
+//! empty is read again after [`EMPTY_FILE_SETTLE`]: editors and config-management tools
+//! truncate before they write, and a reload in between would drop every job the file lists.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,12 +20,16 @@ use crate::cloud::{self, auth::Provider};
 use crate::config::{self, Config};
 use crate::discovery::{Discovery, Scope};
 use crate::poller::{Poller, TargetJobs};
-use crate::registry::{JobRef, Registry};
 use crate::shard::Shard;
+use crate::state::{JobRef, Store};
 use crate::telemetry::Telemetry;
 
 /// How often the configuration files are checked for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a watched file that became empty is given to be written again before the
+/// emptiness is applied.
+pub const EMPTY_FILE_SETTLE: Duration = Duration::from_secs(1);
 
 /// Environment lookups for secrets on reload.
 pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -53,9 +61,13 @@ pub enum ApiError {
         /// Where to send it, when `--shard.url-template` is set.
         location: Option<String>,
     },
-    /// The job is not registered (it may be in the configuration file).
-    #[error("not registered through the API")]
+    /// The exporter does not know the job.
+    #[error("the exporter does not know this job (not configured, registered or discovered)")]
     NotFound,
+    /// The job finished or was acknowledged and was dropped; registering it again would
+    /// neither fetch nor export it.
+    #[error("{0}")]
+    Dropped(String),
     /// The state file could not be written; nothing was acknowledged.
     #[error("{0}")]
     Storage(String),
@@ -89,7 +101,7 @@ pub struct Control {
     current: Mutex<Current>,
     env: Env,
     client: cloud::Client,
-    registry: Registry,
+    store: Arc<Store>,
     discovery: Discovery,
     poller: Poller,
     telemetry: Arc<Telemetry>,
@@ -110,17 +122,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Control {
-    /// Takes over `config`, `registry` and `discovery`, and gives the poller its jobs.
-    /// Discovery's tasks start with [`Control::run`].
+    /// Takes over `config`, `store` and `discovery`, gives the poller what the store remembers
+    /// of finished jobs, and then its jobs. Discovery's tasks start with [`Control::run`].
     pub fn new(
         config: Config,
         env: Env,
         client: cloud::Client,
-        registry: Registry,
+        store: Arc<Store>,
         discovery: Discovery,
         poller: Poller,
         telemetry: Arc<Telemetry>,
     ) -> Self {
+        poller.remember(store.finished());
+        poller.persist_to(Arc::clone(&store));
         let control = Self {
             current: Mutex::new(Current {
                 config,
@@ -128,7 +142,7 @@ impl Control {
             }),
             env,
             client,
-            registry,
+            store,
             discovery,
             poller,
             telemetry,
@@ -151,7 +165,7 @@ impl Control {
     /// Hands the poller the configured jobs plus the registered and discovered ones, and
     /// discovery its targets.
     pub fn apply(&self) {
-        let registered = self.registry.jobs();
+        let registered = self.store.registrations();
         let discovered = self.discovery.jobs();
         let targets: TargetJobs = {
             let mut cur = self.lock();
@@ -180,7 +194,12 @@ impl Control {
             let mut claimed = vec![false; registered.len()];
             let mut found: BTreeMap<Scope, Vec<String>> = BTreeMap::new();
             for d in discovered {
-                found.entry(d.scope).or_default().push(d.job_id);
+                let scope = Scope::new(
+                    &d.job.cloud_service,
+                    &d.job.cloud_region,
+                    &d.job.project_id,
+                );
+                found.entry(scope).or_default().push(d.job.job_id);
             }
             cur.config
                 .targets
@@ -270,50 +289,66 @@ impl Control {
         }
     }
 
-    /// Drops registrations of jobs that `terminal_retention` removed.
-    fn prune_expired(&self) {
-        let expired: Vec<JobRef> = self
-            .poller
-            .expired()
-            .into_iter()
-            .map(|(cloud_service, cloud_region, project_id, job_id)| JobRef {
-                cloud_service,
-                cloud_region,
-                project_id,
-                job_id,
-            })
-            .collect();
-        if expired.is_empty() {
-            return;
+    /// Drops registrations of jobs that `terminal_retention` removed or an operator
+    /// acknowledged, and forgets finished jobs no source lists any more after
+    /// [`crate::poller::forget_after`] (so a registration just dropped answers 409 for a while).
+    async fn prune_expired(&self) {
+        let expired = self.poller.expired(|j| self.store.is_registered(j));
+        if !expired.is_empty() {
+            match self.store.unregister(&expired).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(
+                        removed = n,
+                        "finished registrations past terminal_retention dropped"
+                    );
+                    self.apply();
+                }
+                Err(e) => tracing::error!(error = %e, "cannot drop expired registrations"),
+            }
         }
-        let scoped: Vec<(Scope, String)> = expired
-            .iter()
-            .map(|j| {
-                (
-                    Scope::new(&j.cloud_service, &j.cloud_region, &j.project_id),
-                    j.job_id.clone(),
-                )
-            })
-            .collect();
-        let forgotten = self.discovery.forget(&scoped);
-        if forgotten > 0 {
-            tracing::info!(
-                removed = forgotten,
-                "finished discovered jobs past terminal_retention dropped; they will not be discovered again"
-            );
-            self.apply();
-        }
-        match self.registry.remove(&expired) {
-            Ok(0) => {}
-            Ok(n) => {
+        let gone = self.poller.expired(|j| self.store.is_discovered(j));
+        if !gone.is_empty() {
+            let n = self.discovery.forget(&gone).await;
+            if n > 0 {
                 tracing::info!(
                     removed = n,
-                    "finished registrations past terminal_retention dropped"
+                    "finished discovered jobs past terminal_retention dropped; they will not be discovered again"
                 );
                 self.apply();
             }
-            Err(e) => tracing::error!(error = %e, "cannot drop expired registrations"),
         }
+        let retention = self.lock().config.terminal_retention.as_secs_f64();
+        let before = unix_now() - crate::poller::forget_after(retention);
+        if !self.store.any_finished_before(before) {
+            return;
+        }
+        let listed = self.listed_refs();
+        if let Err(e) = self
+            .store
+            .forget_finished_before(before, |j| listed.contains(j))
+            .await
+        {
+            tracing::error!(error = %e, "cannot forget old finished jobs");
+        }
+    }
+
+    /// Every job some source lists (configured, registered or discovered).
+    fn listed_refs(&self) -> std::collections::HashSet<JobRef> {
+        let mut out: std::collections::HashSet<JobRef> =
+            self.store.registrations().into_iter().collect();
+        out.extend(self.store.discovered().into_iter().map(|d| d.job));
+        for t in &self.lock().config.targets {
+            for j in &t.jobs {
+                out.insert(JobRef {
+                    cloud_service: t.cloud_service.clone(),
+                    cloud_region: t.cloud_region.clone(),
+                    project_id: t.project_id.clone(),
+                    job_id: j.clone(),
+                });
+            }
+        }
+        out
     }
 
     /// Watches the configuration files and SIGHUP until `shutdown`.
@@ -344,13 +379,21 @@ impl Control {
                     seen = self.lock().config.fingerprint();
                 }
                 _ = tokio::time::sleep(WATCH_INTERVAL) => {
-                    let now = self.lock().config.fingerprint();
+                    let mut now = self.lock().config.fingerprint();
+                    if newly_empty(&seen, &now) {
+                        tracing::info!(settle = ?EMPTY_FILE_SETTLE, "a watched file became empty; reading it again after a pause");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(EMPTY_FILE_SETTLE) => {}
+                        }
+                        now = self.lock().config.fingerprint();
+                    }
                     if now != seen {
                         tracing::info!("configuration files changed: reloading");
                         let _ = self.reload();
                         seen = now;
                     }
-                    self.prune_expired();
+                    self.prune_expired().await;
                 }
             }
         }
@@ -428,32 +471,89 @@ impl Control {
         Ok(shard)
     }
 
-    /// Registers a job; `Ok(true)` if new. Persisted before it returns.
-    pub fn register(&self, job: JobRef) -> Result<bool, ApiError> {
+    /// Registers a job; `Ok(true)` if new. Persisted before it returns. A job that finished
+    /// and was dropped after `terminal_retention`, or was acknowledged, is refused: it would be
+    /// neither fetched nor exported again.
+    pub async fn register(&self, job: JobRef) -> Result<bool, ApiError> {
         self.check(&job)?;
+        if let Some((at, exported, acknowledged)) = self.poller.remembered(&job)
+            && !exported
+        {
+            let when = chrono::DateTime::from_timestamp(at as i64, 0)
+                .map(|d| d.to_rfc3339())
+                .unwrap_or_else(|| at.to_string());
+            let id = format!(
+                "{}/{}/{}/{}",
+                job.cloud_service, job.cloud_region, job.project_id, job.job_id
+            );
+            return Err(ApiError::Dropped(if acknowledged {
+                format!(
+                    "job {id} was acknowledged at {when}; it is not tracked again within terminal_retention"
+                )
+            } else {
+                format!("job {id} finished at {when} and was dropped after terminal_retention")
+            }));
+        }
         let new = self
-            .registry
-            .add(job)
+            .store
+            .register(job.clone())
+            .await
             .map_err(|e| ApiError::Storage(e.to_string()))?;
         if new {
-            self.apply();
+            self.track(job);
         }
         Ok(new)
     }
 
-    /// Removes a registration.
-    /// Neither the target nor the shard is checked, so a registration left behind by a
-    /// resharding or a removed target can still be deleted.
-    pub fn unregister(&self, job: &JobRef) -> Result<(), ApiError> {
-        Self::check_ids(job)?;
-        match self.registry.remove(std::slice::from_ref(job)) {
-            Ok(0) => Err(ApiError::NotFound),
-            Ok(_) => {
-                self.apply();
-                Ok(())
-            }
-            Err(e) => Err(ApiError::Storage(e.to_string())),
+    /// Hands the poller one registered job, under the first target of its scope (as
+    /// [`Control::apply`] does).
+    fn track(&self, job: JobRef) {
+        let target = {
+            let cur = self.lock();
+            cur.config.targets.iter().find_map(|t| {
+                (t.cloud_service == job.cloud_service
+                    && t.cloud_region == job.cloud_region
+                    && t.project_id == job.project_id)
+                    .then(|| cur.providers.get(&t.account))
+                    .flatten()
+                    .map(|(_, p)| Arc::new(cloud::Target::with_provider(t, Arc::clone(p))))
+            })
+        };
+        if let Some(target) = target {
+            self.poller.add_job(target, job.job_id);
         }
+    }
+
+    /// Removes a registration; a configured or discovered job the exporter tracks is
+    /// acknowledged instead: no longer exported, and not taken back by a reload, discovery or a
+    /// restart (see docs/runbook.md). Neither the target nor the shard is checked, so a
+    /// registration left behind by a resharding or a removed target can still be deleted.
+    pub async fn unregister(&self, job: &JobRef) -> Result<(), ApiError> {
+        Self::check_ids(job)?;
+        let storage = |e: crate::state::Error| ApiError::Storage(e.to_string());
+        if self.store.is_registered(job) {
+            self.store
+                .unregister(std::slice::from_ref(job))
+                .await
+                .map_err(storage)?;
+            self.apply();
+            return Ok(());
+        }
+        if !self.poller.is_tracked(job) {
+            return Err(ApiError::NotFound);
+        }
+        let record = crate::state::Finished {
+            job: job.clone(),
+            at: unix_now(),
+            last: None,
+        };
+        self.store
+            .put_finished(std::slice::from_ref(&record))
+            .await
+            .map_err(storage)?;
+        self.poller.acknowledge(job);
+        tracing::info!(job_id = %job.job_id, cloud_service = %job.cloud_service, cloud_region = %job.cloud_region, project_id = %job.project_id, "job acknowledged: no longer exported");
+        Ok(())
     }
 
     /// Every job this replica tracks, by where it comes from.
@@ -475,7 +575,7 @@ impl Control {
                 }
             }
         }
-        for r in self.registry.jobs() {
+        for r in self.store.registrations() {
             let tracked = shard.owns(&r.cloud_service, &r.cloud_region, &r.project_id, &r.job_id)
                 && cur.config.targets.iter().any(|t| {
                     t.cloud_service == r.cloud_service
@@ -496,12 +596,12 @@ impl Control {
                 .config
                 .targets
                 .iter()
-                .any(|t| !t.discover.is_empty() && Scope::of(t) == d.scope);
+                .any(|t| !t.discover.is_empty() && Scope::of(t).job(&d.job.job_id) == d.job);
             out.push(Listed {
-                cloud_service: d.scope.cloud_service,
-                cloud_region: d.scope.cloud_region,
-                project_id: d.scope.project_id,
-                job_id: d.job_id,
+                cloud_service: d.job.cloud_service,
+                cloud_region: d.job.cloud_region,
+                project_id: d.job.project_id,
+                job_id: d.job.job_id,
                 source: d.source.as_str(),
                 tracked,
             });
@@ -511,9 +611,27 @@ impl Control {
     }
 }
 
+/// True when a watched file that had content is now empty.
+fn newly_empty(
+    before: &[(std::path::PathBuf, Option<std::time::SystemTime>, u64)],
+    now: &[(std::path::PathBuf, Option<std::time::SystemTime>, u64)],
+) -> bool {
+    now.iter()
+        .any(|(path, _, len)| *len == 0 && before.iter().any(|(p, _, was)| p == path && *was > 0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_file_that_had_content_counts_as_newly_empty() {
+        let f = |len| vec![(std::path::PathBuf::from("a.yml"), None, len)];
+        assert!(newly_empty(&f(10), &f(0)));
+        assert!(!newly_empty(&f(0), &f(0)));
+        assert!(!newly_empty(&f(10), &f(5)));
+        assert!(!newly_empty(&[], &f(0)));
+    }
 
     #[test]
     fn constant_time_comparison() {

@@ -592,7 +592,7 @@ mod tests {
         assert!(segments > 2, "{segments} segments");
         assert_eq!(
             first.gzip.as_ref().map(|g| g.compressed),
-            Some(segments * 9)
+            Some(segments * ALL_PER_JOB.len())
         );
 
         // The same jobs again, one rendered anew with the same text: nothing is compressed.
@@ -642,7 +642,7 @@ mod tests {
         let dropped = Snapshot::following(&next, changed, Default::default());
         let compressed = dropped.gzip.as_ref().map_or(0, |g| g.compressed);
         assert!(
-            (1..=2 * 9).contains(&compressed),
+            (1..=2 * ALL_PER_JOB.len()).contains(&compressed),
             "{compressed} blocks compressed"
         );
         let mut plain = Vec::new();

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::exposition::{self, Format};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const PREFIX: &str = "huaweicloud_job_exporter";
@@ -57,6 +57,8 @@ pub struct Telemetry {
     pub config_reload_ts: Gauge,
     /// Discovery's families.
     pub discovery: DiscoveryMetrics,
+    /// Failed writes of the state file (journal appends and snapshot rewrites).
+    pub state_write_failures: IntCounter,
     accounts: Mutex<BTreeMap<String, AccountStatus>>,
 }
 
@@ -353,6 +355,11 @@ impl Telemetry {
             ))
             .expect("valid metric"),
             discovery: DiscoveryMetrics::new(),
+            state_write_failures: IntCounter::with_opts(opts(
+                "state_write_failures_total",
+                "Failed writes of the state file; the change was not acknowledged (API answers 503), see the error log for the file and the reason.",
+            ))
+            .expect("valid metric"),
             registry,
             accounts: Mutex::default(),
         };
@@ -369,6 +376,7 @@ impl Telemetry {
             Box::new(t.auth_last_success.clone()),
             Box::new(t.config_reload_ok.clone()),
             Box::new(t.config_reload_ts.clone()),
+            Box::new(t.state_write_failures.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         collectors.extend(t.discovery.collectors());

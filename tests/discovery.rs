@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use common::{PROJECT, Running, fail, script};
 use huaweicloud_job_exporter::config::Config;
-use huaweicloud_job_exporter::discovery::{self, MemoryStore, Store};
+use huaweicloud_job_exporter::discovery;
+use huaweicloud_job_exporter::state;
 use huaweicloud_job_exporter::shard::Shard;
 use huaweicloud_job_exporter::simulator::{
     Api, DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Fault, JobScript, Outcome, Simulator,
@@ -103,7 +104,7 @@ fn sim_clock(sim: &Simulator) -> Arc<dyn discovery::Clock> {
     Arc::new(move || ((sim.start_unix() + sim.now_secs()) * 1000.0).round() as i64)
 }
 
-async fn exporter(sim: &Simulator, cfg: Config, store: Option<Arc<dyn Store>>) -> Running {
+async fn exporter(sim: &Simulator, cfg: Config) -> Running {
     let exporter = Exporter::bind_with(
         cfg,
         WebOptions {
@@ -112,7 +113,7 @@ async fn exporter(sim: &Simulator, cfg: Config, store: Option<Arc<dyn Store>>) -
         },
         discovery::Options {
             clock: sim_clock(sim),
-            store,
+            ..discovery::Options::default()
         },
     )
     .await
@@ -218,7 +219,7 @@ async fn follows_markers_to_the_last_page_and_counts_each_job_once() {
     let (sim, base, stop, now) = simulator().await;
     // 450 finished jobs: each leaves a request and a result trace, 900 traces, five pages.
     sim.add_jobs(evs_jobs("e", 450, now, 1200.0, 60.0));
-    let r = exporter(&sim, config(&base, "", ""), None).await;
+    let r = exporter(&sim, config(&base, "", "")).await;
     let text = until(&r, "450 jobs discovered", |t| {
         discovered(t, "evs", "cts") >= 450.0
     })
@@ -264,7 +265,7 @@ async fn a_late_trace_is_found_thanks_to_the_overlap() {
         1e9,
         Outcome::Success,
     )]);
-    let r = exporter(&sim, config(&base, "", ""), None).await;
+    let r = exporter(&sim, config(&base, "", "")).await;
     until(&r, "a first cycle", |t| succeeded(t, "evs", "cts")).await;
     assert_eq!(discovered(&r.metrics().await, "evs", "cts"), 0.0);
     let first_to: i64 = sim.cts_requests()[0]
@@ -320,7 +321,7 @@ async fn orders_failed_calls_and_unreadable_traces_are_skipped_and_counted() {
                    "response": {"job_id": "ecsjob"}}),
         ],
     );
-    let r = exporter(&sim, config(&base, "", ""), None).await;
+    let r = exporter(&sim, config(&base, "", "")).await;
     let text = until(&r, "two jobs", |t| discovered(t, "evs", "cts") == 2.0).await;
     let skipped = |reason: &str| {
         counter(
@@ -367,7 +368,7 @@ async fn throttling_and_server_errors_back_off_and_keep_the_cursor() {
         Some(Fault::Throttle { retry_after: None }),
         Some(3),
     );
-    let r = exporter(&sim, config(&base, "", ""), None).await;
+    let r = exporter(&sim, config(&base, "", "")).await;
     let text = until(&r, "jobs after the fault", |t| {
         discovered(t, "evs", "cts") == 3.0
     })
@@ -407,7 +408,7 @@ async fn throttling_and_server_errors_back_off_and_keep_the_cursor() {
 async fn the_page_cap_stops_a_cycle_and_the_next_ones_read_the_rest() {
     let (sim, base, stop, now) = simulator().await;
     sim.add_jobs(evs_jobs("p", 450, now, 1200.0, 60.0));
-    let r = exporter(&sim, config(&base, "", ", max_pages: 2"), None).await;
+    let r = exporter(&sim, config(&base, "", ", max_pages: 2")).await;
     let capped = |t: &str| {
         counter(
             t,
@@ -438,7 +439,7 @@ async fn the_page_cap_stops_a_cycle_and_the_next_ones_read_the_rest() {
 async fn the_per_target_bound_is_kept_and_what_is_left_out_counted_once() {
     let (sim, base, stop, now) = simulator().await;
     sim.add_jobs(evs_jobs("m", 150, now, 1200.0, 60.0));
-    let r = exporter(&sim, config(&base, "max_discovered_jobs: 100", ""), None).await;
+    let r = exporter(&sim, config(&base, "max_discovered_jobs: 100", "")).await;
     let text = until(&r, "the bound", |t| discovered(t, "evs", "cts") == 100.0).await;
     let before = sim.cts_requests().len();
     until(&r, "more cycles", |_| sim.cts_requests().len() > before + 3).await;
@@ -477,7 +478,7 @@ async fn each_shard_adds_only_the_jobs_it_owns() {
             .collect();
         owned.sort();
         owned_total += owned.len();
-        let r = exporter(&sim, cfg, None).await;
+        let r = exporter(&sim, cfg).await;
         let n = owned.len() as f64;
         until(&r, "owned jobs", |t| discovered(t, "evs", "cts") == n).await;
         let text = until(&r, "owned jobs tracked", |t| tracked_ids(t) == owned).await;
@@ -491,8 +492,14 @@ async fn each_shard_adds_only_the_jobs_it_owns() {
 
 #[tokio::test]
 async fn a_restart_resumes_from_the_cursor_without_counting_again() {
-    // The store outlives the exporter, as the state file does (here the in-memory seam).
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    // The state file outlives the exporter.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state_file = dir.path().join("state.json");
+    let with_state = |base: &str| {
+        let mut cfg = config(base, "", "");
+        cfg.state_file = Some(state_file.clone());
+        cfg
+    };
     let (sim, base, stop, now) = simulator().await;
     sim.add_jobs(evs_jobs("r", 20, now, 1200.0, 60.0));
     let t = ((sim.start_unix() + now - 100.0) * 1000.0) as i64;
@@ -503,20 +510,32 @@ async fn a_restart_resumes_from_the_cursor_without_counting_again() {
                      "response": {"error": {"code": "EVS.1"}}}),
         ],
     );
-    let r = exporter(&sim, config(&base, "", ""), Some(Arc::clone(&store))).await;
+    let r = exporter(&sim, with_state(&base)).await;
     until(&r, "20 jobs", |t| discovered(t, "evs", "cts") == 20.0).await;
     r.shutdown().await;
-    let scope = discovery::Scope::new("evs", "cn-north-4", PROJECT);
-    let cursor = store
-        .cursor(&scope, discovery::Source::Cts)
-        .expect("a saved cursor");
+    let cursor = {
+        let stored = state::Store::open(
+            &state_file,
+            prometheus::IntCounter::new("w", "w").expect("counter"),
+        )
+        .expect("the state file reads back");
+        assert_eq!(stored.discovered().len(), 20, "every discovered job is on disk");
+        stored
+            .cursor(&state::CursorKey {
+                cloud_service: "evs".into(),
+                cloud_region: "cn-north-4".into(),
+                project_id: PROJECT.into(),
+                source: state::DiscoverySource::Cts,
+            })
+            .expect("a saved cursor")
+    };
 
     // Ten minutes later, five more jobs; the new exporter starts where the first stopped.
     sim.advance(Duration::from_secs(600));
     let later = sim.now_secs();
     sim.add_jobs(evs_jobs("n", 5, later, 200.0, 60.0));
     let asked = sim.cts_requests().len();
-    let r = exporter(&sim, config(&base, "", ""), Some(Arc::clone(&store))).await;
+    let r = exporter(&sim, with_state(&base)).await;
     let text = until(&r, "the new jobs", |t| discovered(t, "evs", "cts") == 5.0).await;
     let first = &sim.cts_requests()[asked];
     assert_eq!(
@@ -564,7 +583,7 @@ async fn the_task_centre_adds_failed_sdrs_jobs() {
         Outcome::Success,
     ));
     sim.add_jobs(jobs);
-    let r = exporter(&sim, config(&base, "", ""), None).await;
+    let r = exporter(&sim, config(&base, "", "")).await;
     until(&r, "130 failed jobs", |t| {
         discovered(t, "sdrs", "failure_jobs") == 130.0
     })
@@ -596,7 +615,7 @@ async fn an_expired_discovered_job_is_not_brought_back() {
         30.0,
         fail("SDRS.1201", "not allowed"),
     )]);
-    let r = exporter(&sim, config(&base, "terminal_retention: 1s", ""), None).await;
+    let r = exporter(&sim, config(&base, "terminal_retention: 1s", "")).await;
     until(&r, "found", |t| {
         discovered(t, "sdrs", "failure_jobs") == 1.0
     })
@@ -635,7 +654,7 @@ async fn an_expired_discovered_job_is_not_brought_back() {
 #[tokio::test]
 async fn discovery_families_on_metrics() {
     let (sim, base, stop, _) = simulator().await;
-    let r = exporter(&sim, config(&base, "", ""), None).await;
+    let r = exporter(&sim, config(&base, "", "")).await;
     let text = until(&r, "both sources ran", |t| {
         succeeded(t, "sdrs", "failure_jobs") && succeeded(t, "evs", "cts")
     })

@@ -140,6 +140,8 @@ async fn full_metrics_text_for_a_scripted_scenario() {
     ));
     assert!(text.contains("huaweicloud_job_exporter_tracked_jobs{cloud_region=\"cn-north-4\",cloud_service=\"evs\",phase=\"terminal\",project_id=\"0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e\"} 2"));
     assert!(text.contains("process_resident_memory_bytes "));
+    // Pre-initialised, so an alert on increase() sees the first failure.
+    assert!(text.contains("\nhuaweicloud_job_exporter_state_write_failures_total 0\n"));
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let after_labels = line.rsplit_once('}').map_or(line, |(_, v)| v).trim();
         let fields = after_labels.split(' ').count();

@@ -10,6 +10,7 @@ use common::*;
 use huaweicloud_job_exporter::config::Config;
 use huaweicloud_job_exporter::shard::Shard;
 use huaweicloud_job_exporter::simulator::{DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Outcome};
+use huaweicloud_job_exporter::state::Store;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "test-api-token-0123456789";
@@ -39,6 +40,15 @@ targets:
     let path = dir.join("config.yml");
     std::fs::write(&path, text).expect("config");
     path
+}
+
+/// What the state file holds, read as a new process would.
+fn stored(dir: &Path) -> Store {
+    Store::open(
+        &dir.join("state.json"),
+        prometheus::IntCounter::new("f", "f").expect("counter"),
+    )
+    .expect("state file")
 }
 
 fn load(path: &Path) -> Config {
@@ -213,11 +223,7 @@ async fn registration_api_validates_persists_and_lists() {
     assert_eq!(post(&url, job("r1")).await.0, 200);
     assert_eq!(post(&url, job("r2")).await.0, 201);
     // Persisted before the answer.
-    let state: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("state.json")).expect("state file"),
-    )
-    .expect("json");
-    assert_eq!(state["jobs"].as_array().map(Vec::len), Some(2));
+    assert_eq!(stored(dir.path()).registrations().len(), 2);
     assert_eq!(tracked(&exp.metrics().await), vec!["c1", "r1", "r2"]);
     let (_, list) = api(Method::GET, url.clone(), Some(TOKEN), None).await;
     let sources: Vec<(String, String)> = list["jobs"]
@@ -308,17 +314,21 @@ async fn registered_jobs_leave_metrics_and_state_after_retention() {
     // The watcher drops the expired registration from the state file.
     let mut left = usize::MAX;
     for _ in 0..40 {
-        let state: Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.path().join("state.json")).expect("state"),
-        )
-        .expect("json");
-        left = state["jobs"].as_array().map_or(usize::MAX, Vec::len);
+        left = stored(dir.path()).registrations().len();
         if left == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(left, 0);
+    // Registering it again is refused, not silently ignored.
+    let (status, body) = post(&exp.url("/api/v1/jobs"), job("done")).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        error(&body).contains(&format!("job evs/r/{PROJECT}/done finished at"))
+            && error(&body).contains("dropped after terminal_retention"),
+        "{body}"
+    );
     // A reload does not bring the finished config job back, nor count it again.
     let (status, _) = api(reqwest::Method::POST, exp.url("/-/reload"), None, None).await;
     assert_eq!(status, 200);
@@ -394,5 +404,105 @@ async fn shards_split_the_jobs_and_redirect_registrations() {
     for exp in exporters {
         exp.shutdown().await;
     }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_finished_job_is_counted_once_across_delete_post_reload_and_restart() {
+    let scripts = vec![
+        script("c1", "evs", "createVolume", 0.0, 1e12, Outcome::Success),
+        script(
+            "f1",
+            "evs",
+            "createVolume",
+            0.0,
+            10.0,
+            fail("EVS.1", "no space"),
+        ),
+    ];
+    let (sim, base, stop) = simulator(scripts).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), &base, "");
+    let exp = exporter(load(&path)).await;
+    let url = exp.url("/api/v1/jobs");
+    let failures = format!(
+        "huaweicloud_job_failures_total{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_type=\"createVolume\",error_code=\"EVS.1\"}}"
+    );
+    let info = format!(
+        "huaweicloud_job_failure_info{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_id=\"f1\",job_type=\"createVolume\",error_code=\"EVS.1\",fail_reason=\"no space\"}}"
+    );
+    assert_eq!(post(&url, job("f1")).await.0, 201);
+    let first = exp.metrics().await;
+    assert_eq!(value(&first, &failures), Some(1.0));
+    for _ in 0..2 {
+        let del = exp.url(&format!("/api/v1/jobs/evs/r/{PROJECT}/f1"));
+        assert_eq!(
+            api(reqwest::Method::DELETE, del, Some(TOKEN), None).await.0,
+            204
+        );
+        assert_eq!(post(&url, job("f1")).await.0, 201);
+        let (status, _) = api(reqwest::Method::POST, exp.url("/-/reload"), None, None).await;
+        assert_eq!(status, 200);
+        let text = exp.metrics().await;
+        assert_eq!(value(&text, &failures), Some(1.0), "counted once");
+        assert_eq!(value(&text, &info), Some(1.0), "still exported");
+    }
+    exp.shutdown().await;
+
+    // A new process exports it from what the state file remembers, without fetching it.
+    let again = exporter(load(&path)).await;
+    let text = again.metrics().await;
+    assert_eq!(value(&text, &info), Some(1.0), "exported after a restart");
+    assert_eq!(value(&text, &failures), None, "not counted again");
+    assert_eq!(
+        sim.requests_for("f1"),
+        1,
+        "fetched once, by the first process"
+    );
+    again.shutdown().await;
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn deleting_a_configured_job_acknowledges_it_across_reloads_and_restarts() {
+    let scripts = vec![script(
+        "c1",
+        "evs",
+        "createVolume",
+        0.0,
+        10.0,
+        fail("EVS.9", "boom"),
+    )];
+    let (_sim, base, stop) = simulator(scripts).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), &base, "");
+    let exp = exporter(load(&path)).await;
+    assert_eq!(tracked(&exp.metrics().await), vec!["c1"]);
+    let del = |id: &str| exp.url(&format!("/api/v1/jobs/evs/r/{PROJECT}/{id}"));
+    assert_eq!(
+        api(reqwest::Method::DELETE, del("c1"), Some(TOKEN), None)
+            .await
+            .0,
+        204
+    );
+    let (status, body) = api(reqwest::Method::DELETE, del("unknown"), Some(TOKEN), None).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(tracked(&exp.metrics().await).is_empty());
+    let (status, _) = api(reqwest::Method::POST, exp.url("/-/reload"), None, None).await;
+    assert_eq!(status, 200);
+    assert!(
+        tracked(&exp.metrics().await).is_empty(),
+        "not re-added by the config"
+    );
+    let (status, body) = post(&exp.url("/api/v1/jobs"), job("c1")).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(error(&body).contains("acknowledged"), "{body}");
+    exp.shutdown().await;
+    let again = exporter(load(&path)).await;
+    assert!(
+        tracked(&again.metrics().await).is_empty(),
+        "nor by a restart"
+    );
+    again.shutdown().await;
     stop.cancel();
 }

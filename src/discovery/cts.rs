@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{Context, Cursor, Failure, backoff, store::Backlog};
+use super::{Backlog, Context, Cursor, Failure, backoff};
 use crate::cloud::cts::{self, PAGE_LIMIT, TracePage};
 use crate::config::CTS_RETENTION;
 
@@ -47,7 +47,7 @@ pub(super) async fn run(ctx: Context) {
         .filter_map(|g| glob::Pattern::new(g).ok())
         .collect();
     let mut state = Walk {
-        cursor: ctx.inner.store.cursor(&ctx.spec.scope, ctx.spec.source),
+        cursor: ctx.inner.store.cursor(&ctx.cursor_key()),
         seen: HashMap::new(),
         names,
         service_type: ctx.spec.scope.cloud_service.to_ascii_uppercase(),
@@ -180,7 +180,7 @@ impl Walk {
                 .map_err(|e| crate::cloud::FetchError::Decode(e.to_string()))?;
             pages += 1;
             let jobs = self.read(ctx, &page, &mut oldest);
-            over_limit += ctx.admit(&jobs, None)?.over_limit;
+            over_limit += ctx.admit(&jobs, None).await?.over_limit;
             match page.marker {
                 None => break true,
                 Some(m) if Some(&m) == marker.as_ref() => break true,
@@ -227,7 +227,7 @@ impl Walk {
             backlog,
             seen,
         };
-        ctx.admit(&[], Some(&cursor))?;
+        ctx.admit(&[], Some(&cursor)).await?;
         self.cursor = Some(cursor);
         Ok(over_limit)
     }

@@ -50,7 +50,7 @@ async fn cycle(ctx: &Context, offset: &mut u64, max_pages: u32) -> Result<usize,
         };
         let page = task_center::decode_page(&body)
             .map_err(|e| crate::cloud::FetchError::Decode(e.to_string()))?;
-        over_limit += ctx.admit(&page.job_ids, None)?.over_limit;
+        over_limit += ctx.admit(&page.job_ids, None).await?.over_limit;
         *offset += page.entries as u64;
         if page.entries == 0 || page.count.is_none_or(|c| *offset >= c) {
             *offset = 0;

@@ -3,7 +3,8 @@
 //! centre's failed jobs) and adds what it finds to the tracked set, where discovered jobs are
 //! ordinary jobs: fetched through their target, sharded, dropped after `terminal_retention`.
 //!
-//! What the tasks remember lives behind [`Store`]; [`Discovery`] starts, restarts and stops the
+//! What the tasks remember (jobs found, cursors) lives in the state store ([`crate::state`]),
+//! durable with `state_file`; [`Discovery`] starts, restarts and stops the
 //! tasks as the configuration changes, and tells the tracked set's owner when jobs were added.
 //!
 //! Discovery requests do not take the poller's concurrency slots: each task has at most one
@@ -12,7 +13,6 @@
 
 pub mod cts;
 pub mod failure_jobs;
-pub mod store;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,7 +26,8 @@ use crate::cloud::{self, FetchError, Reason};
 use crate::config;
 use crate::shard::Shard;
 use crate::telemetry::{DiscoveryMetrics, Telemetry};
-pub use store::{Backlog, Cursor, Discovered, MemoryStore, Store};
+use crate::state::{self, CursorKey, Discovered, JobRef, Store};
+pub use crate::state::{Backlog, Cursor, DiscoverySource as Source};
 
 /// A target's name without its account: (cloud_service, cloud_region, project_id).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
@@ -49,6 +50,16 @@ impl Scope {
         }
     }
 
+    /// One job of this target.
+    pub fn job(&self, job_id: &str) -> JobRef {
+        JobRef {
+            cloud_service: self.cloud_service.clone(),
+            cloud_region: self.cloud_region.clone(),
+            project_id: self.project_id.clone(),
+            job_id: job_id.into(),
+        }
+    }
+
     /// The scope of a configured target.
     pub fn of(t: &config::Target) -> Self {
         Self::new(&t.cloud_service, &t.cloud_region, &t.project_id)
@@ -65,35 +76,11 @@ impl std::fmt::Display for Scope {
     }
 }
 
-/// Which API found a job; the `source` label and the `source` of `GET /api/v1/jobs`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    /// The Cloud Trace Service.
-    Cts,
-    /// The SDRS task centre's failed jobs.
-    FailureJobs,
-}
-
-impl Source {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Cts => "cts",
-            Source::FailureJobs => "failure_jobs",
-        }
-    }
-
-    /// The IAM permission a 403 means is missing.
-    fn permission(self) -> &'static str {
-        match self {
-            Source::Cts => "cts:trace:list",
-            Source::FailureJobs => {
-                "SDRS read access (sdrs:*:get / sdrs:*:list, e.g. SDRS ReadOnlyAccess)"
-            }
-        }
+/// The IAM permission a 403 from `source` means is missing.
+fn permission(source: Source) -> &'static str {
+    match source {
+        Source::Cts => "cts:trace:list",
+        Source::FailureJobs => "SDRS read access (sdrs:*:get / sdrs:*:list, e.g. SDRS ReadOnlyAccess)",
     }
 }
 
@@ -124,8 +111,9 @@ impl<F: Fn() -> i64 + Send + Sync> Clock for F {
 pub struct Options {
     /// Time for query windows.
     pub clock: Arc<dyn Clock>,
-    /// Where discovered jobs and cursors are kept; `None`: in memory.
-    pub store: Option<Arc<dyn Store>>,
+    /// Where discovered jobs and cursors are kept (the exporter's state store); `None`: a
+    /// store of its own in memory.
+    pub store: Option<Arc<Store>>,
 }
 
 impl Default for Options {
@@ -192,7 +180,7 @@ struct Tasks {
 }
 
 struct Inner {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     clock: Arc<dyn Clock>,
     client: cloud::Client,
     metrics: DiscoveryMetrics,
@@ -221,7 +209,7 @@ impl Discovery {
             inner: Arc::new(Inner {
                 store: options
                     .store
-                    .unwrap_or_else(|| Arc::new(MemoryStore::new())),
+                    .unwrap_or_else(|| Arc::new(Store::in_memory())),
                 clock: options.clock,
                 client,
                 metrics: telemetry.discovery.clone(),
@@ -246,7 +234,7 @@ impl Discovery {
     }
 
     /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub fn store(&self) -> &Arc<Store> {
         &self.inner.store
     }
 
@@ -366,14 +354,16 @@ impl Discovery {
         }
     }
 
-    /// Discovered jobs per target, for the tracked set.
+    /// Discovered jobs still tracked, for the tracked set.
     pub fn jobs(&self) -> Vec<Discovered> {
         self.inner.store.discovered()
     }
 
-    /// Forgets jobs that `terminal_retention` dropped, so they are not discovered again.
-    pub fn forget(&self, expired: &[(Scope, String)]) -> usize {
-        match self.inner.store.forget(expired) {
+    /// Stops tracking discovered jobs that `terminal_retention` dropped, and remembers them so
+    /// that they are not discovered again; returns how many were discovered ones.
+    pub async fn forget(&self, expired: &[JobRef]) -> usize {
+        let now = self.inner.clock.now_ms() / 1000;
+        match self.inner.store.discovered_gone(expired, now).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(error = %e, "cannot record expired discovered jobs");
@@ -435,6 +425,17 @@ struct Admitted {
 }
 
 impl Context {
+    /// Where this task's cursor is stored.
+    fn cursor_key(&self) -> CursorKey {
+        let scope = &self.spec.scope;
+        CursorKey {
+            cloud_service: scope.cloud_service.clone(),
+            cloud_region: scope.cloud_region.clone(),
+            project_id: scope.project_id.clone(),
+            source: self.spec.source,
+        }
+    }
+
     fn labels(&self) -> [&str; 4] {
         labels(&self.spec.scope, self.spec.source)
     }
@@ -445,20 +446,29 @@ impl Context {
 
     /// Adds the jobs of `candidates` this shard owns and nobody knows yet, within the target's
     /// bound, and records them with `cursor`.
-    fn admit(&self, candidates: &[String], cursor: Option<&Cursor>) -> store::Result<Admitted> {
+    async fn admit(
+        &self,
+        candidates: &[String],
+        cursor: Option<&Cursor>,
+    ) -> state::Result<Admitted> {
         let scope = &self.spec.scope;
         let store = &self.inner.store;
         let mut fresh: Vec<String> = Vec::new();
+        let mut fresh_set: HashSet<&str> = HashSet::new();
         let mut over_limit = 0;
-        let room = self.inner.max_jobs.saturating_sub(store.count(scope));
+        let room = self.inner.max_jobs.saturating_sub(store.discovered_count(
+            &scope.cloud_service,
+            &scope.cloud_region,
+            &scope.project_id,
+        ));
         for id in candidates {
             if !self.inner.shard.owns(
                 &scope.cloud_service,
                 &scope.cloud_region,
                 &scope.project_id,
                 id,
-            ) || store.knows(scope, id)
-                || fresh.contains(id)
+            ) || store.knows(&scope.job(id))
+                || fresh_set.contains(id.as_str())
             {
                 continue;
             }
@@ -475,9 +485,22 @@ impl Context {
                 }
                 continue;
             }
+            fresh_set.insert(id);
             fresh.push(id.clone());
         }
-        store.save(scope, self.spec.source, cursor, &fresh)?;
+        let found_at = self.now_ms() / 1000;
+        let jobs = fresh
+            .iter()
+            .map(|id| Discovered {
+                job: scope.job(id),
+                source: self.spec.source,
+                found_at,
+                gone_at: None,
+            })
+            .collect();
+        store
+            .put_discovery(jobs, cursor.map(|c| (self.cursor_key(), c.clone())))
+            .await?;
         let m = &self.inner.metrics;
         if !fresh.is_empty() {
             m.discovered(self.labels(), fresh.len() as u64);
@@ -539,7 +562,7 @@ impl Context {
                 account = %self.spec.api.account,
                 error = %msg,
                 "discovery forbidden: the account lacks {}",
-                source.permission()
+                permission(source)
             );
         } else {
             tracing::warn!(
@@ -569,7 +592,7 @@ enum Failure {
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error(transparent)]
-    Store(#[from] store::Error),
+    Store(#[from] state::Error),
 }
 
 /// The wait after `errors` consecutive failed cycles: the interval doubled per failure, capped

@@ -1,6 +1,7 @@
 """Nothing acknowledged is lost: jobs registered through the API survive SIGKILL, and the curl
 example of the README works as written."""
 import signal
+import threading
 import time
 import subprocess
 
@@ -47,6 +48,55 @@ def test_acknowledged_registrations_survive_sigkill(start_simulator, start_expor
     metrics = requests.get(f"{again.url}/metrics", timeout=10).text
     for job in acked:
         assert f'job_id="{job}"}} 1' in metrics, job
+
+
+def test_concurrent_registrations_acknowledged_before_sigkill_are_all_kept(start_simulator, start_exporter,
+                                                                          tmp_path):
+    sim = start_simulator(scenario=scenario(1))
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    config = (f"mode: on_demand\nmax_requests_per_second: 1000\n"
+              f"api: {{token_file: {tmp_path}/token}}\nstate_file: {tmp_path}/state.json\n"
+              f"accounts: [{{name: a, access_key: {AK}, secret_key: {SK}}}]\n"
+              f"targets: [{{account: a, cloud_service: evs, cloud_region: cn-north-4, project_id: {PROJECT}, "
+              f"endpoint: \"{sim.url}\", jobs: []}}]\n")
+    exp = start_exporter(config)
+    acked, lock, stop = [], threading.Lock(), threading.Event()
+
+    def client(c):
+        session = requests.Session()
+        i = 0
+        while not stop.is_set():
+            job = f"kill-{c}-{i}"
+            i += 1
+            try:
+                r = session.post(f"{exp.url}/api/v1/jobs", headers={"Authorization": f"Bearer {TOKEN}"},
+                                 json={"cloud_service": "evs", "cloud_region": "cn-north-4",
+                                       "project_id": PROJECT, "job_id": job}, timeout=10)
+            except requests.RequestException:
+                return
+            if r.status_code == 201:
+                with lock:
+                    acked.append(job)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(16)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 30
+    while time.time() < deadline and len(acked) < 500:
+        time.sleep(0.01)
+    # Killed while registrations are in flight.
+    exp.process.proc.send_signal(signal.SIGKILL)
+    exp.process.proc.wait(10)
+    stop.set()
+    for t in threads:
+        t.join(15)
+    assert len(acked) >= 500
+
+    again = start_exporter(config)
+    listed = requests.get(f"{again.url}/api/v1/jobs", headers={"Authorization": f"Bearer {TOKEN}"},
+                          timeout=10).json()["jobs"]
+    missing = set(acked) - {j["job_id"] for j in listed}
+    assert not missing, sorted(missing)[:10]
 
 
 def test_sighup_reloads_the_jobs_files(start_simulator, start_exporter, tmp_path):
