@@ -74,7 +74,8 @@ pub enum Phase {
     Done,
 }
 
-fn iso(unix: f64) -> String {
+/// RFC 3339 UTC with milliseconds, as Huawei's job bodies write times.
+pub(super) fn iso(unix: f64) -> String {
     let ms = (unix * 1000.0).round() as i64;
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
@@ -261,22 +262,23 @@ const FAILURES: [(&str, &str, &str); 6] = [
     ),
 ];
 
+/// A random UUID in its usual 8-4-4-4-12 form.
+pub(super) fn uuid(rng: &mut fastrand::Rng) -> String {
+    let h = format!("{:032x}", rng.u128(..));
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 /// Generates `n` jobs for `project_id` from `seed`: EVS, SDRS and ECS in turn, each with the
 /// entity shapes of its service, some with sub-jobs, `fail_ratio` of them failing.
 pub fn generate(n: usize, seed: u64, project_id: &str, shape: &FleetShape) -> Vec<JobScript> {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let uuid = |rng: &mut fastrand::Rng| {
-        let v = rng.u128(..);
-        let h = format!("{v:032x}");
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..]
-        )
-    };
     (0..n)
         .map(|i| {
             let service = ["evs", "sdrs", "ecs"][i % 3];

@@ -1,8 +1,9 @@
-//! A faithful stand-in for Huawei Cloud's job API (SPEC §7), used by `demo`, `simulate`, the
-//! tests and the benchmarks.
+//! A faithful stand-in for Huawei Cloud's job API, used by `demo`, `simulate`, the tests and the
+//! benchmarks; docs/simulator.md describes its behaviour in full.
 //!
 //! It serves `GET /v1/{project_id}/jobs/{job_id}` (optionally under a `/{service}` prefix, so
-//! one simulator can stand in for several endpoints), verifies SDK-HMAC-SHA256 signatures the way
+//! one simulator can stand in for several endpoints), Cloud Trace Service's trace list
+//! ([`cts`]) and SDRS's task centre ([`task_center`]), verifies SDK-HMAC-SHA256 signatures the way
 //! API Gateway does (401 with an APIG-shaped body on a bad signature, an unknown key or an
 //! `X-Sdk-Date` more than 15 minutes off), plays scripted lifecycles, and injects faults per job
 //! or globally. A small control API under `/_sim/` lets out-of-process tests steer it.
@@ -11,8 +12,10 @@
 //! ask for its connection to be reset: the socket is set to linger 0 and dropped, which sends
 //! a TCP RST, as a crashing load balancer does.
 
+mod cts;
 pub mod fleet;
 mod iam;
+mod task_center;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,7 +35,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::cloud::signer;
+pub use cts::CtsQuery;
 pub use fleet::{FleetShape, JobScript, Outcome, SubJobScript};
+pub use task_center::FailureJobsQuery;
 
 /// Allowed distance between `X-Sdk-Date` and the simulator's clock, as upstream.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
@@ -116,6 +121,26 @@ fn one() -> f64 {
     1.0
 }
 
+/// An upstream list API the simulator serves besides the job API, for per-API faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Api {
+    /// Cloud Trace Service, `GET /v3/{project_id}/traces`.
+    Cts,
+    /// SDRS task centre, `GET /v1/{project_id}/task-center/failure-jobs`.
+    TaskCenter,
+}
+
+/// A fault set on an [`Api`], for some requests or until cleared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiFault {
+    /// The fault; `None` clears it.
+    pub fault: Option<Fault>,
+    /// Requests it still applies to; `None`: until cleared.
+    #[serde(default)]
+    pub times: Option<u64>,
+}
+
 #[derive(Clone)]
 struct Credential {
     secret_key: String,
@@ -143,6 +168,9 @@ struct SimState {
     /// Seconds added to the real clock when checking `X-Sdk-Date` and sending `Date`.
     clock_skew_secs: f64,
     iam: iam::IamState,
+    api_faults: HashMap<Api, ApiFault>,
+    cts: cts::CtsState,
+    task_center: task_center::TaskCenterState,
 }
 
 /// The simulator. Cheap to clone; clones share state.
@@ -184,6 +212,9 @@ impl Simulator {
                 rng: fastrand::Rng::with_seed(1),
                 clock_skew_secs: 0.0,
                 iam: iam::IamState::default(),
+                api_faults: HashMap::new(),
+                cts: cts::CtsState::default(),
+                task_center: task_center::TaskCenterState::default(),
             })),
             start_unix,
         };
@@ -256,6 +287,33 @@ impl Simulator {
         self.lock().global_faults = faults;
     }
 
+    /// Sets (or, with `fault: None`, clears) the fault of a list API; with `times`, only the
+    /// next `times` authenticated requests get it, then the API answers normally again.
+    pub fn set_api_fault(&self, api: Api, fault: Option<Fault>, times: Option<u64>) {
+        self.lock()
+            .api_faults
+            .insert(api, ApiFault { fault, times });
+    }
+
+    /// Takes the fault the next request to `api` gets, counting it down.
+    fn take_api_fault(&self, api: Api) -> Option<Fault> {
+        let mut st = self.lock();
+        let f = st.api_faults.get_mut(&api)?;
+        match f.times {
+            Some(0) => None,
+            Some(n) => {
+                f.times = Some(n - 1);
+                f.fault.clone()
+            }
+            None => f.fault.clone(),
+        }
+    }
+
+    /// Simulated Unix time in milliseconds: the clock list APIs (traces, failure jobs) use.
+    fn now_unix_ms(&self) -> i64 {
+        ((self.start_unix + self.now_secs()) * 1000.0).round() as i64
+    }
+
     /// Moves simulated time forward (lifecycles only; signatures use the real clock).
     pub fn advance(&self, by: Duration) {
         self.lock().offset_secs += by.as_secs_f64();
@@ -315,7 +373,10 @@ impl Simulator {
             .route("/_sim/jobs/{job_id}/fault", put(put_job_fault))
             .route("/_sim/faults", put(put_global_faults))
             .route("/_sim/advance", post(advance))
+            .route("/_sim/faults/{api}", put(put_api_fault))
             .merge(iam::routes())
+            .merge(cts::routes())
+            .merge(task_center::routes())
             .with_state(self.clone())
     }
 
@@ -494,6 +555,35 @@ impl Simulator {
         }
     }
 
+    /// Authenticates a request to any signed API; on refusal counts it and answers a 401 whose
+    /// `Date` shows the simulator's (possibly skewed) clock.
+    fn admit(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        project_id: &str,
+    ) -> Option<Response<Body>> {
+        let mut denied = self.authenticate(method, uri, headers, project_id)?;
+        let skew = {
+            let mut st = self.lock();
+            st.rejected_total += 1;
+            st.clock_skew_secs
+        };
+        if skew != 0.0 {
+            let server =
+                chrono::Utc::now() + chrono::Duration::milliseconds((skew * 1000.0) as i64);
+            if let Ok(v) = server
+                .format("%a, %d %b %Y %H:%M:%S GMT")
+                .to_string()
+                .parse()
+            {
+                denied.headers_mut().insert(header::DATE, v);
+            }
+        }
+        Some(denied)
+    }
+
     async fn serve_job(
         &self,
         method: Method,
@@ -502,23 +592,7 @@ impl Simulator {
         project_id: String,
         job_id: String,
     ) -> Response<Body> {
-        if let Some(mut denied) = self.authenticate(&method, &uri, &headers, &project_id) {
-            let skew = {
-                let mut st = self.lock();
-                st.rejected_total += 1;
-                st.clock_skew_secs
-            };
-            if skew != 0.0 {
-                let server =
-                    chrono::Utc::now() + chrono::Duration::milliseconds((skew * 1000.0) as i64);
-                if let Ok(v) = server
-                    .format("%a, %d %b %Y %H:%M:%S GMT")
-                    .to_string()
-                    .parse()
-                {
-                    denied.headers_mut().insert(header::DATE, v);
-                }
-            }
+        if let Some(denied) = self.admit(&method, &uri, &headers, &project_id) {
             return denied;
         }
         let t = self.now_secs();
@@ -550,82 +624,92 @@ impl Simulator {
                 _ => (None, fault),
             }
         };
-        if let Some(Fault::Latency { ms }) = &fault {
-            tokio::time::sleep(Duration::from_millis(*ms)).await;
+        let server_error =
+            json!({"error": {"code": "EVS.5000", "message": "Internal server error."}});
+        answer(fault, body, &job_id, &server_error).await
+    }
+}
+
+/// Answers `body` (or 404 naming `missing` when there is none) as `fault` distorts it; a
+/// `Status` fault answers `server_error`.
+async fn answer(
+    fault: Option<Fault>,
+    body: Option<serde_json::Value>,
+    missing: &str,
+    server_error: &serde_json::Value,
+) -> Response<Body> {
+    if let Some(Fault::Latency { ms }) = &fault {
+        tokio::time::sleep(Duration::from_millis(*ms)).await;
+    }
+    let Some(body) = body else {
+        return not_found(missing);
+    };
+    let json = body.to_string();
+    match fault {
+        None | Some(Fault::Latency { .. }) => json_response(StatusCode::OK, json),
+        Some(Fault::Status { status }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            json_response(status, server_error.to_string())
         }
-        let Some(body) = body else {
-            return not_found(&job_id);
-        };
-        let json = body.to_string();
-        match fault {
-            None | Some(Fault::Latency { .. }) => json_response(StatusCode::OK, json),
-            Some(Fault::Status { status }) => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                json_response(
-                    status,
-                    json!({"error": {"code": "EVS.5000", "message": "Internal server error."}}).to_string(),
-                )
+        Some(Fault::Throttle { retry_after }) => {
+            let mut r = apig_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "APIGW.0308",
+                "The throttling threshold has been reached: policy user over ratelimit,limit:200,time:1 second",
+            );
+            if let Some(s) = retry_after
+                && let Ok(v) = s.to_string().parse()
+            {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
             }
-            Some(Fault::Throttle { retry_after }) => {
-                let mut r = apig_error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "APIGW.0308",
-                    "The throttling threshold has been reached: policy user over ratelimit,limit:200,time:1 second",
-                );
-                if let Some(s) = retry_after
-                    && let Ok(v) = s.to_string().parse()
-                {
-                    r.headers_mut().insert(header::RETRY_AFTER, v);
-                }
-                r
+            r
+        }
+        Some(Fault::MalformedJson) => json_response(StatusCode::OK, "{\"status\": SUCCESS,}".into()),
+        Some(Fault::TruncatedJson) => {
+            // Cut by bytes, as a broken connection would, even inside a UTF-8 character.
+            let mut bytes = json.into_bytes();
+            bytes.truncate(bytes.len() / 2);
+            let mut r = json_response(StatusCode::OK, String::new());
+            *r.body_mut() = Body::from(bytes);
+            r
+        }
+        Some(Fault::HtmlError) => Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .header(header::CONTENT_TYPE, "text/html")
+            .body(Body::from(
+                "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>",
+            ))
+            .unwrap_or_default(),
+        Some(Fault::Reset) => {
+            let mut r = Response::new(Body::empty());
+            r.extensions_mut().insert(ResetConnection);
+            r
+        }
+        Some(Fault::SlowBody { ms_per_chunk }) => {
+            let chunks: Vec<Bytes> = json
+                .as_bytes()
+                .chunks(16)
+                .map(Bytes::copy_from_slice)
+                .collect();
+            let delay = Duration::from_millis(ms_per_chunk);
+            let stream = futures_util::stream::iter(chunks).then(move |c| async move {
+                tokio::time::sleep(delay).await;
+                Ok::<_, std::convert::Infallible>(c)
+            });
+            let mut r = Response::new(Body::from_stream(stream));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json;charset=UTF-8"),
+            );
+            r
+        }
+        Some(Fault::NotFound) => not_found(missing),
+        Some(Fault::Oversized { bytes }) => {
+            let mut v = body;
+            if let Some(m) = v.as_object_mut() {
+                m.insert("padding".into(), json!("x".repeat(bytes)));
             }
-            Some(Fault::MalformedJson) => json_response(StatusCode::OK, "{\"status\": SUCCESS,}".into()),
-            Some(Fault::TruncatedJson) => {
-                // Cut by bytes, as a broken connection would, even inside a UTF-8 character.
-                let mut bytes = json.into_bytes();
-                bytes.truncate(bytes.len() / 2);
-                let mut r = json_response(StatusCode::OK, String::new());
-                *r.body_mut() = Body::from(bytes);
-                r
-            }
-            Some(Fault::HtmlError) => Response::builder()
-                .status(StatusCode::BAD_GATEWAY)
-                .header(header::CONTENT_TYPE, "text/html")
-                .body(Body::from(
-                    "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>",
-                ))
-                .unwrap_or_default(),
-            Some(Fault::Reset) => {
-                let mut r = Response::new(Body::empty());
-                r.extensions_mut().insert(ResetConnection);
-                r
-            }
-            Some(Fault::SlowBody { ms_per_chunk }) => {
-                let chunks: Vec<Bytes> = json
-                    .as_bytes()
-                    .chunks(16)
-                    .map(Bytes::copy_from_slice)
-                    .collect();
-                let delay = Duration::from_millis(ms_per_chunk);
-                let stream = futures_util::stream::iter(chunks).then(move |c| async move {
-                    tokio::time::sleep(delay).await;
-                    Ok::<_, std::convert::Infallible>(c)
-                });
-                let mut r = Response::new(Body::from_stream(stream));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("application/json;charset=UTF-8"),
-                );
-                r
-            }
-            Some(Fault::NotFound) => not_found(&job_id),
-            Some(Fault::Oversized { bytes }) => {
-                let mut v = body;
-                if let Some(m) = v.as_object_mut() {
-                    m.insert("padding".into(), json!("x".repeat(bytes)));
-                }
-                json_response(StatusCode::OK, v.to_string())
-            }
+            json_response(StatusCode::OK, v.to_string())
         }
     }
 }
@@ -774,5 +858,19 @@ async fn advance(State(sim): State<Simulator>, Json(a): Json<Advance>) -> Status
         return StatusCode::BAD_REQUEST;
     }
     sim.advance(Duration::from_secs_f64(a.seconds));
+    StatusCode::NO_CONTENT
+}
+
+async fn put_api_fault(
+    State(sim): State<Simulator>,
+    Path(api): Path<String>,
+    Json(f): Json<ApiFault>,
+) -> StatusCode {
+    let api = match api.as_str() {
+        "cts" => Api::Cts,
+        "task-center" => Api::TaskCenter,
+        _ => return StatusCode::NOT_FOUND,
+    };
+    sim.set_api_fault(api, f.fault, f.times);
     StatusCode::NO_CONTENT
 }
