@@ -742,3 +742,405 @@ async fn post_traces(State(sim): State<Simulator>, Json(t): Json<Traces>) -> Jso
     let taken = sim.add_traces(&t.project_id, t.traces);
     Json(json!({"added": taken}))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulator::Outcome;
+
+    const START: f64 = 1_800_000_000.0;
+    const START_MS: i64 = 1_800_000_000_000;
+
+    fn job(i: usize, service: &str, job_type: &str, start_secs: f64) -> JobScript {
+        let mut entities = Map::new();
+        let key = match service {
+            "evs" => "volume_id",
+            "sdrs" => "server_group_id",
+            _ => "server_id",
+        };
+        entities.insert(key.into(), json!(format!("res-{i}")));
+        JobScript {
+            job_id: format!("job-{i:03}"),
+            project_id: "p".into(),
+            service: service.into(),
+            job_type: job_type.into(),
+            start_secs,
+            init_secs: 5.0,
+            run_secs: 55.0,
+            outcome: Outcome::Success,
+            entities,
+            sub_jobs: Vec::new(),
+        }
+    }
+
+    /// Thirty jobs, one a minute over the last half hour before `now_rel` = 3600.
+    fn fleet() -> Vec<JobScript> {
+        (0..30)
+            .map(|i| {
+                let (svc, ty) = [
+                    ("evs", "extendVolume"),
+                    ("sdrs", "failoverProtectionGroupNoCG"),
+                    ("ecs", "createServer"),
+                ][i % 3];
+                job(i, svc, ty, 1800.0 + 60.0 * i as f64)
+            })
+            .collect()
+    }
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        m.entry("trace_type".into()).or_insert("system".into());
+        m
+    }
+
+    fn run(jobs: &[JobScript], now_rel: f64, q: &[(&str, &str)]) -> Result<Value, QueryError> {
+        let now_ms = START_MS + (now_rel * 1000.0) as i64;
+        let traces = all_traces(jobs.iter(), &[], "p", now_rel, START);
+        query(traces, &params(q), now_ms, 60_000)
+    }
+
+    fn ids(page: &Value) -> Vec<String> {
+        page["traces"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|t| t["trace_id"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn pages_follow_markers_newest_first_until_marker_is_null() {
+        let jobs = fleet();
+        let now = 3600.0;
+        let mut seen = Vec::new();
+        let mut times = Vec::new();
+        let mut next: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let mut q = vec![("limit", "7")];
+            if let Some(n) = &next {
+                q.push(("next", n.as_str()));
+            }
+            let page = run(&jobs, now, &q).expect("valid query");
+            pages += 1;
+            let count = page["meta_data"]["count"].as_u64().unwrap_or(0);
+            assert_eq!(count as usize, ids(&page).len());
+            seen.extend(ids(&page));
+            for t in page["traces"].as_array().into_iter().flatten() {
+                times.push(t["time"].as_i64().unwrap_or(0));
+            }
+            match &page["meta_data"]["marker"] {
+                Value::Null => break,
+                Value::String(m) => {
+                    assert_eq!(Some(m), seen.last(), "the marker is the page's last trace");
+                    next = Some(m.clone());
+                }
+                other => panic!("marker {other}"),
+            }
+            assert!(pages < 20);
+        }
+        // 30 requests (each job began) + 29 results (the last job finishes at 3600 but its
+        // result is not recorded yet, nor is the request of a job begun after 3540).
+        let all = all_traces(jobs.iter(), &[], "p", now, START);
+        let visible = all
+            .iter()
+            .filter(|t| t.time_ms + 60_000 <= START_MS + 3_600_000)
+            .count();
+        assert_eq!(seen.len(), visible);
+        assert_eq!(pages, visible.div_ceil(7));
+        let unique: std::collections::HashSet<_> = seen.iter().collect();
+        assert_eq!(unique.len(), seen.len(), "no trace on two pages");
+        assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    }
+
+    #[test]
+    fn windows_are_exclusive_and_bounded_to_seven_days() {
+        let jobs = fleet();
+        let now_ms = START_MS + 3_600_000;
+        // Job 0's request is at exactly START + 1800 s.
+        let t0 = START_MS + 1_800_000;
+        let around = |from: i64, to: i64| {
+            let page = run(
+                &jobs,
+                3600.0,
+                &[
+                    ("from", &from.to_string()),
+                    ("to", &to.to_string()),
+                    ("limit", "200"),
+                ],
+            )
+            .expect("valid");
+            page["traces"]
+                .as_array()
+                .map(|a| a.iter().any(|t| t["time"] == json!(t0)))
+                .unwrap_or(false)
+        };
+        assert!(around(t0 - 1, t0 + 1));
+        assert!(!around(t0, t0 + 1000), "from is exclusive");
+        assert!(!around(t0 - 1000, t0), "to is exclusive");
+        // Default window: the last hour, which here covers every job.
+        let all = run(&jobs, 3600.0, &[("limit", "200")]).expect("valid");
+        assert_eq!(ids(&all).len(), 59);
+        let old = (now_ms - RETENTION_MS - 1).to_string();
+        let err = run(
+            &jobs,
+            3600.0,
+            &[("from", &old), ("to", &now_ms.to_string())],
+        );
+        assert_eq!(err.map_err(|e| e.field), Err("from"));
+        let edge = (now_ms - RETENTION_MS).to_string();
+        assert!(
+            run(
+                &jobs,
+                3600.0,
+                &[("from", &edge), ("to", &now_ms.to_string())]
+            )
+            .is_ok()
+        );
+        for bad in [
+            vec![("from", "1800000000000")],
+            vec![("to", "1800000000000")],
+            vec![("from", "180000000000"), ("to", "1800000000000")],
+            vec![("from", "1800000003000"), ("to", "1800000002000")],
+            vec![("limit", "0")],
+            vec![("limit", "201")],
+            vec![("limit", "ten")],
+            vec![("trace_type", "data")],
+            vec![("next", "no-such-trace")],
+        ] {
+            assert!(run(&jobs, 3600.0, &bad).is_err(), "{bad:?} must be refused");
+        }
+        assert_eq!(
+            ids(&run(&jobs, 3600.0, &[("limit", "200")]).expect("valid")).len(),
+            ids(&run(
+                &jobs,
+                3600.0,
+                &[
+                    ("limit", "200"),
+                    ("from", &(now_ms - 3_600_000).to_string()),
+                    ("to", &now_ms.to_string())
+                ]
+            )
+            .expect("valid"))
+            .len(),
+        );
+        let mut no_type = params(&[]);
+        no_type.remove("trace_type");
+        assert!(query(Vec::new(), &no_type, now_ms, 0).is_err());
+    }
+
+    #[test]
+    fn a_trace_becomes_visible_only_after_the_recording_delay() {
+        let jobs = vec![job(1, "evs", "createVolume", 1000.0)];
+        let begin = START_MS + 1_000_000;
+        let window = |now_rel: f64, from: i64, to: i64| {
+            run(
+                &jobs,
+                now_rel,
+                &[("from", &from.to_string()), ("to", &to.to_string())],
+            )
+            .expect("valid")
+        };
+        // Queried 30 s after the call, for a window ending then: not recorded yet.
+        let early = window(1030.0, begin - 60_000, begin + 30_000);
+        assert!(ids(&early).is_empty());
+        // The next, overlapping query a minute later finds it, stamped before its window.
+        let later = window(1090.0, begin - 1, begin + 90_000);
+        assert_eq!(ids(&later).len(), 1);
+        assert_eq!(later["traces"][0]["time"], json!(begin));
+        assert_eq!(later["traces"][0]["record_time"], json!(begin + 60_000));
+        // Finished at 1060 s: the result is recorded at 1120 s.
+        assert_eq!(ids(&window(1119.0, begin - 1, begin + 200_000)).len(), 1);
+        assert_eq!(ids(&window(1120.0, begin - 1, begin + 200_000)).len(), 2);
+    }
+
+    #[test]
+    fn a_job_leaves_a_request_and_a_result_with_its_body() {
+        let jobs: Vec<JobScript> = (0..40)
+            .map(|i| job(i, "sdrs", "failoverProtectionGroupNoCG", 100.0))
+            .collect();
+        let all = all_traces(jobs.iter(), &[], "p", 1000.0, START);
+        assert_eq!(all.len(), 80);
+        let (mut strings, mut objects, mut int_codes, mut str_codes) = (0, 0, 0, 0);
+        for j in &jobs {
+            let mine: Vec<&Trace> = all
+                .iter()
+                .filter(|t| {
+                    let r = &t.body["response"];
+                    let v = match r {
+                        Value::String(s) => serde_json::from_str(s).unwrap_or(Value::Null),
+                        other => other.clone(),
+                    };
+                    v["job_id"] == json!(j.job_id)
+                })
+                .collect();
+            assert_eq!(mine.len(), 2, "{}", j.job_id);
+            let (req, res) = if mine[0].body["trace_type"] == "SystemAction" {
+                (mine[1], mine[0])
+            } else {
+                (mine[0], mine[1])
+            };
+            assert!(matches!(
+                req.body["trace_type"].as_str(),
+                Some("ApiCall" | "ConsoleAction")
+            ));
+            assert_eq!(req.body["trace_name"], "failoverProtectionGroup");
+            assert_eq!(req.body["service_type"], "SDRS");
+            assert_eq!(
+                req.body["resource_id"],
+                json!(j.entities["server_group_id"])
+            );
+            assert_eq!(req.time_ms, START_MS + 100_000);
+            assert_eq!(res.time_ms, START_MS + 160_000);
+            assert_eq!(res.body["user"], Value::Null);
+            let body = match &res.body["response"] {
+                Value::String(s) => serde_json::from_str(s).unwrap_or(Value::Null),
+                other => other.clone(),
+            };
+            assert_eq!(body, j.render(160.0, START));
+            match &req.body["response"] {
+                Value::String(_) => strings += 1,
+                _ => objects += 1,
+            }
+            match &req.body["code"] {
+                Value::String(s) if s == "202" => str_codes += 1,
+                Value::Number(n) if n.as_u64() == Some(202) => int_codes += 1,
+                other => panic!("code {other}"),
+            }
+        }
+        assert!(
+            strings > 5 && objects > 5,
+            "{strings} strings, {objects} objects"
+        );
+        assert!(int_codes > 5 && str_codes > 5);
+        // Running jobs have no result yet; future jobs no trace at all.
+        assert_eq!(all_traces(jobs.iter(), &[], "p", 120.0, START).len(), 40);
+        assert!(all_traces(jobs.iter(), &[], "p", 50.0, START).is_empty());
+        assert!(all_traces(jobs.iter(), &[], "other", 1000.0, START).is_empty());
+        // Deterministic: the same traces every time.
+        let again = all_traces(jobs.iter(), &[], "p", 1000.0, START);
+        assert_eq!(
+            all.iter().map(|t| &t.body).collect::<Vec<_>>(),
+            again.iter().map(|t| &t.body).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn trace_names_follow_the_operation() {
+        assert_eq!(trace_name("batchCreateVolume"), "createVolume");
+        assert_eq!(trace_name("extendVolume"), "extendVolume");
+        assert_eq!(
+            trace_name("createProtectionGroupNoCG"),
+            "createProtectionGroup"
+        );
+        assert_eq!(trace_name("addNicNew"), "addProtectedInstanceNic");
+        assert_eq!(trace_name("createServer"), "createServer");
+    }
+
+    #[test]
+    fn filters_select_by_service_name_resource_and_user() {
+        let jobs = fleet();
+        let page = |q: &[(&str, &str)]| {
+            let mut q = q.to_vec();
+            q.push(("limit", "200"));
+            run(&jobs, 3600.0, &q).expect("valid")
+        };
+        let evs = page(&[("service_type", "EVS")]);
+        assert_eq!(ids(&evs).len(), 20);
+        assert!(
+            evs["traces"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|t| t["service_type"] == "EVS")
+        );
+        assert!(
+            ids(&page(&[("service_type", "evs")])).is_empty(),
+            "upper case only"
+        );
+        assert_eq!(ids(&page(&[("trace_name", "createServer")])).len(), 19);
+        assert_eq!(ids(&page(&[("resource_id", "res-4")])).len(), 2);
+        let users = page(&[("user", "alice")]);
+        assert!(!ids(&users).is_empty());
+        assert!(
+            users["traces"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|t| t["user"]["name"] == "alice")
+        );
+        let first = ids(&page(&[]))[3].clone();
+        assert_eq!(ids(&page(&[("trace_id", &first)])), vec![first]);
+    }
+
+    #[test]
+    fn noise_names_no_job_and_carries_the_quirks() {
+        let a = noise(30, 5, START_MS);
+        let b = noise(30, 5, START_MS);
+        assert_eq!(a, b, "seeded");
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let mut orders = 0;
+        let mut failures = 0;
+        let mut sparse = 0;
+        for (time, m) in &a {
+            assert!((START_MS - DEFAULT_WINDOW_MS..=START_MS).contains(time));
+            assert_eq!(m["time"], json!(time));
+            let response = m.get("response").map(text).unwrap_or_default();
+            assert!(!response.contains("job_id"));
+            let code = m.get("code").map(text).unwrap_or_default();
+            if response.contains("order_id") {
+                orders += 1;
+                assert_eq!(code, "200");
+            } else if m["response"].is_null() {
+                sparse += 1;
+                assert!(m.get("request").is_none() && m["user"].is_null());
+            } else {
+                failures += 1;
+                assert!(["400", "403", "409"].contains(&code.as_str()), "{code}");
+                assert!(response.contains("\"error\""));
+            }
+        }
+        assert_eq!((orders, failures, sparse), (10, 10, 10));
+    }
+
+    #[test]
+    fn api_faults_count_down() {
+        let sim = Simulator::with_start(START);
+        sim.set_api_fault(Api::Cts, Some(super::super::Fault::MalformedJson), Some(2));
+        assert!(sim.take_api_fault(Api::TaskCenter).is_none());
+        assert!(sim.take_api_fault(Api::Cts).is_some());
+        assert!(sim.take_api_fault(Api::Cts).is_some());
+        assert!(sim.take_api_fault(Api::Cts).is_none());
+        sim.set_api_fault(Api::Cts, Some(super::super::Fault::MalformedJson), None);
+        assert!(sim.take_api_fault(Api::Cts).is_some());
+        sim.set_api_fault(Api::Cts, None, None);
+        assert!(sim.take_api_fault(Api::Cts).is_none());
+    }
+
+    #[test]
+    fn added_traces_are_served_as_given() {
+        let sim = Simulator::new();
+        let time = sim.now_unix_ms() - 120_000;
+        let taken = sim.add_traces(
+            "p",
+            vec![
+                json!({"trace_id": "t1", "time": time, "code": 202}),
+                json!({"trace_id": "t2"}),
+                json!("not an object"),
+            ],
+        );
+        assert_eq!(taken, 1);
+        let visible = sim.visible_traces("p");
+        assert_eq!(visible.len(), 1);
+        assert_eq!(visible[0]["code"], 202);
+        assert_eq!(visible[0]["record_time"], time + 60_000);
+    }
+}
