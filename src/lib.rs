@@ -45,7 +45,8 @@
 //! - [`http`]: the landing page, `/jobs`, `/metrics`, health, readiness, `/-/reload` and `/api/v1/jobs`.
 //! - [`web`]: `--web.config.file` (TLS, basic auth, headers) and the HTTP limits; served by
 //!   [`Exporter::run`]'s own accept loop (hyper), which also stops gracefully.
-//! - [`simulator`]: a faithful stand-in for the cloud, for `demo`, tests and benchmarks.
+//! - [`simulator`]: a faithful stand-in for the cloud (job API, IAM, CTS traces, SDRS task
+//!   centre), for `demo`, tests and benchmarks; see docs/simulator.md.
 //! - [`demo`]: the exporter and the simulator together, with a sample fleet.
 
 pub mod cli;

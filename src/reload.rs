@@ -194,11 +194,8 @@ impl Control {
             let mut claimed = vec![false; registered.len()];
             let mut found: BTreeMap<Scope, Vec<String>> = BTreeMap::new();
             for d in discovered {
-                let scope = Scope::new(
-                    &d.job.cloud_service,
-                    &d.job.cloud_region,
-                    &d.job.project_id,
-                );
+                let scope =
+                    Scope::new(&d.job.cloud_service, &d.job.cloud_region, &d.job.project_id);
                 found.entry(scope).or_default().push(d.job.job_id);
             }
             cur.config

@@ -15,11 +15,11 @@ use std::time::Duration;
 use common::{PROJECT, Running, fail, script};
 use huaweicloud_job_exporter::config::Config;
 use huaweicloud_job_exporter::discovery;
-use huaweicloud_job_exporter::state;
 use huaweicloud_job_exporter::shard::Shard;
 use huaweicloud_job_exporter::simulator::{
     Api, DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Fault, JobScript, Outcome, Simulator,
 };
+use huaweicloud_job_exporter::state;
 use huaweicloud_job_exporter::{Exporter, WebOptions};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -519,7 +519,11 @@ async fn a_restart_resumes_from_the_cursor_without_counting_again() {
             prometheus::IntCounter::new("w", "w").expect("counter"),
         )
         .expect("the state file reads back");
-        assert_eq!(stored.discovered().len(), 20, "every discovered job is on disk");
+        assert_eq!(
+            stored.discovered().len(),
+            20,
+            "every discovered job is on disk"
+        );
         stored
             .cursor(&state::CursorKey {
                 cloud_service: "evs".into(),

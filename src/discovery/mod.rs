@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cloud::{self, FetchError, Reason};
 use crate::config;
 use crate::shard::Shard;
-use crate::telemetry::{DiscoveryMetrics, Telemetry};
 use crate::state::{self, CursorKey, Discovered, JobRef, Store};
 pub use crate::state::{Backlog, Cursor, DiscoverySource as Source};
+use crate::telemetry::{DiscoveryMetrics, Telemetry};
 
 /// A target's name without its account: (cloud_service, cloud_region, project_id).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
@@ -80,7 +80,9 @@ impl std::fmt::Display for Scope {
 fn permission(source: Source) -> &'static str {
     match source {
         Source::Cts => "cts:trace:list",
-        Source::FailureJobs => "SDRS read access (sdrs:*:get / sdrs:*:list, e.g. SDRS ReadOnlyAccess)",
+        Source::FailureJobs => {
+            "SDRS read access (sdrs:*:get / sdrs:*:list, e.g. SDRS ReadOnlyAccess)"
+        }
     }
 }
 

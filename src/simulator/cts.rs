@@ -289,7 +289,9 @@ fn job_traces(script: &JobScript, now_rel: f64, start_unix: f64) -> Vec<Trace> {
         res.insert("request".into(), Value::Null);
         res.insert(
             "response".into(),
-            string_or_object(script.render(end_rel, start_unix), response_as_string),
+            // A finished job's body no longer changes; rendering it at `end_rel` itself could
+            // fall just short of the end through rounding.
+            string_or_object(script.render(now_rel, start_unix), response_as_string),
         );
         res.insert("code".into(), code(200, code_as_string));
         // CTS leaves the caller of system-initiated records empty.
@@ -667,7 +669,7 @@ pub(super) fn routes() -> axum::Router<Simulator> {
         .route("/_sim/cts/requests", get(show_requests))
         .route("/_sim/cts/delay", put(put_delay))
         .route("/_sim/cts/noise", post(post_noise))
-        .route("/_sim/cts/traces", post(post_traces))
+        .route("/_sim/cts/traces", get(show_traces).post(post_traces))
 }
 
 async fn list_traces(
@@ -736,6 +738,16 @@ struct Traces {
     #[serde(default = "default_project")]
     project_id: String,
     traces: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+struct Project {
+    #[serde(default = "default_project")]
+    project_id: String,
+}
+
+async fn show_traces(State(sim): State<Simulator>, Query(p): Query<Project>) -> Json<Vec<Value>> {
+    Json(sim.visible_traces(&p.project_id))
 }
 
 async fn post_traces(State(sim): State<Simulator>, Json(t): Json<Traces>) -> Json<Value> {

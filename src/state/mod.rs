@@ -277,9 +277,7 @@ impl Records {
             Op::Unregister(j) => self.registrations.remove(&j),
             Op::Discovered(d) => self.discovered.insert(d.job.clone(), d.clone()) != Some(d),
             Op::Undiscovered(j) => self.discovered.remove(&j).is_some(),
-            Op::Cursor { key, cursor } => {
-                self.cursors.insert(key, cursor.clone()) != Some(cursor)
-            }
+            Op::Cursor { key, cursor } => self.cursors.insert(key, cursor.clone()) != Some(cursor),
             Op::Finished(f) => self.finished.insert(f.job.clone(), f.clone()) != Some(f),
             Op::Forget(j) => self.finished.remove(&j).is_some(),
         })
@@ -442,7 +440,12 @@ impl Store {
     }
 
     /// Discovered jobs of one target still tracked.
-    pub fn discovered_count(&self, cloud_service: &str, cloud_region: &str, project_id: &str) -> usize {
+    pub fn discovered_count(
+        &self,
+        cloud_service: &str,
+        cloud_region: &str,
+        project_id: &str,
+    ) -> usize {
         let from = JobRef {
             cloud_service: cloud_service.into(),
             cloud_region: cloud_region.into(),
