@@ -149,6 +149,9 @@ struct RawTarget {
     jobs: Vec<String>,
 }
 
+/// The largest `max_entities_per_job` / `max_subjobs_per_job`: each kept entity is a series.
+const MAX_PER_JOB_LIMIT: usize = 10_000;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -160,6 +163,8 @@ struct RawConfig {
     max_concurrency: Option<usize>,
     max_requests_per_second: Option<f64>,
     max_response_bytes: Option<usize>,
+    max_entities_per_job: Option<usize>,
+    max_subjobs_per_job: Option<usize>,
     terminal_retention: Option<String>,
     #[serde(default)]
     accounts: Vec<RawAccount>,
@@ -326,6 +331,8 @@ pub struct Config {
     pub max_requests_per_second: f64,
     /// Largest upstream response body accepted.
     pub max_response_bytes: usize,
+    /// Entities and sub-jobs exported per job (`max_entities_per_job`, `max_subjobs_per_job`).
+    pub job_limits: crate::cloud::model::Limits,
     /// How long finished jobs stay exported.
     pub terminal_retention: Duration,
     /// Accounts by name.
@@ -357,6 +364,7 @@ impl Default for Config {
             max_concurrency: 16,
             max_requests_per_second: 50.0,
             max_response_bytes: crate::cloud::DEFAULT_MAX_BODY,
+            job_limits: crate::cloud::model::Limits::default(),
             terminal_retention: Duration::from_secs(7 * 86400),
             accounts: BTreeMap::new(),
             targets: Vec::new(),
@@ -406,7 +414,7 @@ impl Config {
     /// Settings that only a restart applies, for a warning when a reload changes them.
     pub fn restart_settings(&self) -> String {
         format!(
-            "mode={:?} refresh_interval={:?} scrape_timeout={:?} request_timeout={:?} max_concurrency={} max_requests_per_second={} max_response_bytes={} terminal_retention={:?} api={:?} state_file={:?}",
+            "mode={:?} refresh_interval={:?} scrape_timeout={:?} request_timeout={:?} max_concurrency={} max_requests_per_second={} max_response_bytes={} job_limits={:?} terminal_retention={:?} api={:?} state_file={:?}",
             self.mode,
             self.refresh_interval,
             self.scrape_timeout,
@@ -414,6 +422,7 @@ impl Config {
             self.max_concurrency,
             self.max_requests_per_second,
             self.max_response_bytes,
+            self.job_limits,
             self.terminal_retention,
             self.api_token_file,
             self.state_file
@@ -452,6 +461,14 @@ impl Config {
             max_response_bytes: raw
                 .max_response_bytes
                 .unwrap_or(defaults.max_response_bytes),
+            job_limits: crate::cloud::model::Limits {
+                max_entities: raw
+                    .max_entities_per_job
+                    .unwrap_or(defaults.job_limits.max_entities),
+                max_subjobs: raw
+                    .max_subjobs_per_job
+                    .unwrap_or(defaults.job_limits.max_subjobs),
+            },
             accounts: BTreeMap::new(),
             targets: Vec::new(),
             api_token_file: raw.api.map(|a| a.token_file),
@@ -486,6 +503,17 @@ impl Config {
                     cfg.max_response_bytes
                 ),
             );
+        }
+        for (key, value) in [
+            ("max_entities_per_job", cfg.job_limits.max_entities),
+            ("max_subjobs_per_job", cfg.job_limits.max_subjobs),
+        ] {
+            if !(1..=MAX_PER_JOB_LIMIT).contains(&value) {
+                v.problem(
+                    key,
+                    format!("must be between 1 and {MAX_PER_JOB_LIMIT}, got {value}"),
+                );
+            }
         }
         if !(cfg.max_requests_per_second.is_finite() && cfg.max_requests_per_second > 0.0) {
             v.problem(
@@ -1466,6 +1494,22 @@ targets:
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn per_job_caps_are_read_and_bounded() {
+        let p = problems("max_entities_per_job: 0\nmax_subjobs_per_job: 10001\n");
+        let got: Vec<(&str, &str)> = p
+            .iter()
+            .map(|p| (p.path.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("max_entities_per_job", "must be between 1 and 10000, got 0"),
+                ("max_subjobs_per_job", "must be between 1 and 10000, got 10001"),
+            ]
+        );
     }
 
     #[test]

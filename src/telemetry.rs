@@ -25,6 +25,7 @@ pub struct Telemetry {
     tracked_jobs: IntGaugeVec,
     auth_token_expiry: GaugeVec,
     auth_failures: IntCounterVec,
+    truncated: IntCounterVec,
     /// 1 when the last configuration load succeeded.
     pub config_reload_ok: IntGauge,
     /// When the configuration was last loaded successfully.
@@ -117,6 +118,14 @@ impl Telemetry {
                 &["account"],
             )
             .expect("valid metric"),
+            truncated: IntCounterVec::new(
+                opts(
+                    "truncated_total",
+                    "Entities and sub-jobs of job bodies not exported because a job held more than max_entities_per_job or max_subjobs_per_job.",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
             config_reload_ok: IntGauge::with_opts(opts(
                 "config_last_reload_successful",
                 "1 if the last configuration load succeeded.",
@@ -139,12 +148,16 @@ impl Telemetry {
             Box::new(t.tracked_jobs.clone()),
             Box::new(t.auth_token_expiry.clone()),
             Box::new(t.auth_failures.clone()),
+            Box::new(t.truncated.clone()),
             Box::new(t.config_reload_ok.clone()),
             Box::new(t.config_reload_ts.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {
             t.registry.register(c).expect("metric names are unique");
+        }
+        for kind in ["entities", "subjobs"] {
+            t.truncated.with_label_values(&[kind]);
         }
         t
     }
@@ -169,6 +182,15 @@ impl Telemetry {
         self.auth_token_expiry
             .with_label_values(&[account])
             .set(unix_seconds);
+    }
+
+    /// Counts what capping one job body cut.
+    pub fn truncated(&self, cut: crate::cloud::model::Truncated) {
+        for (kind, n) in [("entities", cut.entities), ("subjobs", cut.subjobs)] {
+            if n > 0 {
+                self.truncated.with_label_values(&[kind]).inc_by(n as u64);
+            }
+        }
     }
 
     /// Makes sure the account has a zero-valued failure series from the start.
