@@ -17,7 +17,7 @@ use tower_http::compression::CompressionLayer;
 use crate::config::Mode;
 use crate::poller::Poller;
 use crate::registry::JobRef;
-use crate::reload::{ApiError, Control};
+use crate::reload::{ApiError, Control, ReloadError};
 use crate::telemetry::Telemetry;
 
 /// Content type of the text exposition format.
@@ -118,8 +118,14 @@ async fn ready(State(app): State<App>) -> Response {
 }
 
 async fn reload(State(app): State<App>) -> Response {
-    match app.control.reload() {
+    match app.control.reload_shared().await {
         Ok(()) => "Configuration reloaded\n".into_response(),
+        Err(e @ ReloadError::InProgress) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            format!("{e}\n"),
+        )
+            .into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("Reload failed, the running configuration is kept:\n{e}\n"),

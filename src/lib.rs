@@ -19,6 +19,8 @@
 //!
 //! - [`config`]: the YAML file, credential sources and validation.
 //! - [`cli`]: the command line (exporter-toolkit flag names).
+//! - [`files`]: reading operator-supplied files: regular files only, bounded, off the async
+//!   workers with a deadline.
 //! - [`cloud`]: the HTTP client with retries, SDK-HMAC-SHA256 signing ([`cloud::signer`]),
 //!   credentials at run time ([`cloud::auth`]) and lenient decoding of job and error bodies
 //!   ([`cloud::model`]), with the bounded failure reasons. Job fetches go over keep-alive
@@ -41,6 +43,7 @@ pub mod cli;
 pub mod cloud;
 pub mod config;
 pub mod demo;
+pub mod files;
 pub mod exposition;
 pub mod http;
 pub mod poller;
