@@ -1215,6 +1215,24 @@ targets:
     }
 
     #[test]
+    fn repeated_job_ids_are_merged_in_one_pass_keeping_the_first() {
+        // 80,000 ids listed twice over two entries of one target: repeats go through
+        // `dedup_keep_first` (a hash set, whose comparison count its own test bounds), once per
+        // target after all entries are in.
+        let ids: Vec<String> = (0..80_000).map(|i| format!("j{i}")).collect();
+        let list = ids.join(", ");
+        let text = format!(
+            "accounts: [{{name: a, access_key: x, secret_key: y}}]\ntargets:\n  - {{account: a, cloud_service: evs, cloud_region: r, project_id: p, jobs: [{list}, j5]}}\n  - {{account: a, cloud_service: evs, cloud_region: r, project_id: p, jobs: [extra, {list}]}}\n"
+        );
+        let cfg = parse(&text).expect("valid");
+        assert_eq!(cfg.targets.len(), 1);
+        let jobs = &cfg.targets[0].jobs;
+        assert_eq!(jobs.len(), 80_001);
+        assert_eq!(jobs[..80_000], ids[..]);
+        assert_eq!(jobs[80_000], "extra");
+    }
+
+    #[test]
     fn unknown_key_names_its_path() {
         let p = problems(
             "accounts:\n  - name: a\n    access_key: x\n    secret_key: y\n    colour: red\n",
