@@ -1523,7 +1523,10 @@ targets:
             got,
             vec![
                 ("max_entities_per_job", "must be between 1 and 10000, got 0"),
-                ("max_subjobs_per_job", "must be between 1 and 10000, got 10001"),
+                (
+                    "max_subjobs_per_job",
+                    "must be between 1 and 10000, got 10001"
+                ),
             ]
         );
     }

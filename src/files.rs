@@ -88,12 +88,8 @@ pub fn read(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 
 /// [`read`], as UTF-8 text.
 pub fn read_to_string(path: &Path, max: u64) -> io::Result<String> {
-    String::from_utf8(read(path, max)?).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not UTF-8 text",
-        )
-    })
+    String::from_utf8(read(path, max)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
 /// A blocking call ran past its deadline or could not run.

@@ -1378,7 +1378,9 @@ mod tests {
     async fn a_job_with_too_many_entities_and_sub_jobs_is_capped_and_counted() {
         let fake = Fake::new(Duration::from_millis(1));
         let mut big = job("RUNNING", 1.0, None);
-        big.entities = (0..150).map(|i| ("volume_id".into(), format!("v{i}"))).collect();
+        big.entities = (0..150)
+            .map(|i| ("volume_id".into(), format!("v{i}")))
+            .collect();
         big.sub_jobs = (0..7)
             .map(|i| Job {
                 job_id: Some(format!("s{i}")),

@@ -229,7 +229,10 @@ impl Control {
     /// reading, new ones fail at once with [`ReloadError::InProgress`].
     pub async fn reload_shared(self: &Arc<Self>) -> Result<(), ReloadError> {
         let shared = {
-            let mut slot = self.reloading.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut slot = self
+                .reloading
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             match &*slot {
                 Some(running) => running.clone(),
                 None => {

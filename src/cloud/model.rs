@@ -489,7 +489,11 @@ mod tests {
     fn huge_body(ids: usize) -> Vec<u8> {
         let list: Vec<String> = (0..ids).map(|i| format!("{i:x}")).collect();
         let subs: Vec<String> = (0..ids / 1000)
-            .map(|i| format!(r#"{{"job_id":"s{i}","status":"RUNNING","entities":{{"volume_id":"{i:x}"}}}}"#))
+            .map(|i| {
+                format!(
+                    r#"{{"job_id":"s{i}","status":"RUNNING","entities":{{"volume_id":"{i:x}"}}}}"#
+                )
+            })
             .collect();
         format!(
             r#"{{"job_id":"j","status":"RUNNING","entities":{{"volume_ids":"{}","sub_jobs":[{}]}}}}"#,
@@ -536,7 +540,10 @@ mod tests {
             }
         );
         assert_eq!(job.entities, vec![("volume_id".into(), "a".into())]);
-        assert_eq!(job.sub_jobs[0].entities, vec![("server_id".into(), "s1".into())]);
+        assert_eq!(
+            job.sub_jobs[0].entities,
+            vec![("server_id".into(), "s1".into())]
+        );
         assert!(job.sub_jobs[1].entities.is_empty());
     }
 
