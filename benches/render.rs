@@ -5,6 +5,9 @@
 //! through the `prometheus` crate's GaugeVecs (metric objects kept between scrapes, as a
 //! long-running exporter would), which is the alternative the hand-written writer replaces.
 //! Prints medians and p99 over repeated runs; no timing is asserted anywhere.
+//!
+//! First, the cost of the largest hostile job bodies the size limit admits (`BENCH_PART=decode`
+//! for that table alone, `BENCH_PART=render` to skip it).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -139,7 +142,73 @@ fn prometheus_crate(jobs: &HashMap<String, Job>) -> prometheus::Registry {
     reg
 }
 
+/// Bodies as large as the default size limit admits, packed with ids.
+fn huge_bodies() -> Vec<(&'static str, Vec<u8>)> {
+    let ids = |n: usize| -> Vec<String> { (0..n).map(|i| format!("{i:x}")).collect() };
+    let volume_ids = format!(
+        r#"{{"job_id":"j","status":"RUNNING","entities":{{"volume_ids":"{}"}}}}"#,
+        ids(150_000).join(",")
+    );
+    let entities: Vec<String> = ids(22_000)
+        .iter()
+        .map(|i| format!(r#"{{"entities":{{"volume_id":"{i}"}}}}"#))
+        .collect();
+    let sub_jobs = format!(
+        r#"{{"job_id":"j","status":"RUNNING","entities":{{"sub_jobs":[{}]}}}}"#,
+        entities.join(",")
+    );
+    vec![
+        ("150,000 volume_ids", volume_ids.into_bytes()),
+        ("22,000 sub-jobs, one entity each", sub_jobs.into_bytes()),
+    ]
+}
+
+/// Decoding, capping and rendering one hostile body: the work a refresh does with it.
+fn decode_huge(runs: usize) {
+    println!("| body | bytes | decode p50 | decode p99 | cap + render p50 | cap + render p99 |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, body) in huge_bodies() {
+        let mut decode = Vec::with_capacity(runs);
+        let mut render = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let started = Instant::now();
+            let mut job = model::decode_job(&body).expect("decodes");
+            decode.push(started.elapsed());
+            let started = Instant::now();
+            job.cap(model::Limits::default());
+            let text = huaweicloud_job_exporter::exposition::render_job(
+                &huaweicloud_job_exporter::exposition::JobView {
+                    target_labels: "cloud_service=\"evs\"",
+                    job_id: "j",
+                    job: Some(&job),
+                    fetch_ok: true,
+                    last_success: Some(1.7e9),
+                },
+            );
+            std::hint::black_box(text);
+            render.push(started.elapsed());
+        }
+        decode.sort();
+        render.sort();
+        println!(
+            "| {name} | {} | {:.1?} | {:.1?} | {:.1?} | {:.1?} |",
+            body.len(),
+            percentile(&decode, 0.5),
+            percentile(&decode, 0.99),
+            percentile(&render, 0.5),
+            percentile(&render, 0.99),
+        );
+    }
+}
+
 fn main() {
+    let part = std::env::var("BENCH_PART").unwrap_or_default();
+    if part != "render" {
+        decode_huge(21);
+        if part == "decode" {
+            return;
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -169,6 +238,7 @@ fn main() {
                 max_requests_per_second: 1e9,
                 terminal_retention: Duration::from_secs(86400),
                 shard: Default::default(),
+                job_limits: Default::default(),
             },
             Arc::new(Telemetry::new()),
         );

@@ -176,6 +176,9 @@ struct RawFailureJobs {
     max_pages: Option<u32>,
 }
 
+/// The largest `max_entities_per_job` / `max_subjobs_per_job`: each kept entity is a series.
+const MAX_PER_JOB_LIMIT: usize = 10_000;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -187,6 +190,8 @@ struct RawConfig {
     max_concurrency: Option<usize>,
     max_requests_per_second: Option<f64>,
     max_response_bytes: Option<usize>,
+    max_entities_per_job: Option<usize>,
+    max_subjobs_per_job: Option<usize>,
     terminal_retention: Option<String>,
     max_discovered_jobs: Option<usize>,
     #[serde(default)]
@@ -416,6 +421,8 @@ pub struct Config {
     pub max_requests_per_second: f64,
     /// Largest upstream response body accepted.
     pub max_response_bytes: usize,
+    /// Entities and sub-jobs exported per job (`max_entities_per_job`, `max_subjobs_per_job`).
+    pub job_limits: crate::cloud::model::Limits,
     /// How long finished jobs stay exported.
     pub terminal_retention: Duration,
     /// Accounts by name.
@@ -449,6 +456,7 @@ impl Default for Config {
             max_concurrency: 16,
             max_requests_per_second: 50.0,
             max_response_bytes: crate::cloud::DEFAULT_MAX_BODY,
+            job_limits: crate::cloud::model::Limits::default(),
             terminal_retention: Duration::from_secs(7 * 86400),
             accounts: BTreeMap::new(),
             targets: Vec::new(),
@@ -467,10 +475,12 @@ impl Config {
     /// Reads, parses and validates `path`, looking secrets up through `env`.
     pub fn load(path: &Path, env: EnvLookup<'_>) -> Result<Self> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-            file: file.clone(),
-            source,
-        })?;
+        let text = crate::files::read_to_string(path, crate::files::MAX_CONFIG_BYTES).map_err(
+            |source| Error::Read {
+                file: file.clone(),
+                source,
+            },
+        )?;
         let mut cfg = Self::parse(&text, &file, path.parent().unwrap_or(Path::new(".")), env)?;
         cfg.path = Some(path.to_path_buf());
         Ok(cfg)
@@ -499,7 +509,7 @@ impl Config {
     /// Settings that only a restart applies, for a warning when a reload changes them.
     pub fn restart_settings(&self) -> String {
         format!(
-            "mode={:?} refresh_interval={:?} scrape_timeout={:?} request_timeout={:?} max_concurrency={} max_requests_per_second={} max_response_bytes={} terminal_retention={:?} api={:?} state_file={:?} max_discovered_jobs={}",
+            "mode={:?} refresh_interval={:?} scrape_timeout={:?} request_timeout={:?} max_concurrency={} max_requests_per_second={} max_response_bytes={} job_limits={:?} terminal_retention={:?} api={:?} state_file={:?} max_discovered_jobs={}",
             self.mode,
             self.refresh_interval,
             self.scrape_timeout,
@@ -507,6 +517,7 @@ impl Config {
             self.max_concurrency,
             self.max_requests_per_second,
             self.max_response_bytes,
+            self.job_limits,
             self.terminal_retention,
             self.api_token_file,
             self.state_file,
@@ -546,6 +557,14 @@ impl Config {
             max_response_bytes: raw
                 .max_response_bytes
                 .unwrap_or(defaults.max_response_bytes),
+            job_limits: crate::cloud::model::Limits {
+                max_entities: raw
+                    .max_entities_per_job
+                    .unwrap_or(defaults.job_limits.max_entities),
+                max_subjobs: raw
+                    .max_subjobs_per_job
+                    .unwrap_or(defaults.job_limits.max_subjobs),
+            },
             accounts: BTreeMap::new(),
             targets: Vec::new(),
             api_token_file: raw.api.map(|a| a.token_file),
@@ -593,6 +612,17 @@ impl Config {
                 ),
             );
         }
+        for (key, value) in [
+            ("max_entities_per_job", cfg.job_limits.max_entities),
+            ("max_subjobs_per_job", cfg.job_limits.max_subjobs),
+        ] {
+            if !(1..=MAX_PER_JOB_LIMIT).contains(&value) {
+                v.problem(
+                    key,
+                    format!("must be between 1 and {MAX_PER_JOB_LIMIT}, got {value}"),
+                );
+            }
+        }
         if !(cfg.max_requests_per_second.is_finite() && cfg.max_requests_per_second > 0.0) {
             v.problem(
                 "max_requests_per_second",
@@ -635,6 +665,11 @@ impl Config {
             );
         }
         v.problems.splice(0..0, problems_before_files);
+        // Once, with a hash set: searching each target's list for every id listed made 80,000
+        // ids take seconds.
+        for t in &mut targets {
+            crate::cloud::model::dedup_keep_first(&mut t.jobs);
+        }
         // Two accounts tracking the same job would export the same series twice.
         let mut owners: BTreeMap<(&str, &str, &str, &str), &str> = BTreeMap::new();
         let mut clashes = Vec::new();
@@ -1039,26 +1074,17 @@ impl Validator<'_> {
                     }
                     o.discover = discover;
                 }
-                for id in t.jobs {
-                    if !o.jobs.contains(&id) {
-                        o.jobs.push(id);
-                    }
-                }
+                // Repeats are removed once all targets are in (see `parse`).
+                o.jobs.extend(t.jobs);
             }
             None => {
-                let mut jobs: Vec<String> = Vec::with_capacity(t.jobs.len());
-                for id in t.jobs {
-                    if !jobs.contains(&id) {
-                        jobs.push(id);
-                    }
-                }
                 out.push(Target {
                     account: t.account,
                     cloud_service: t.cloud_service,
                     cloud_region: t.cloud_region,
                     project_id,
                     endpoint,
-                    jobs,
+                    jobs: t.jobs,
                     discover,
                 });
             }
@@ -1204,7 +1230,7 @@ impl Validator<'_> {
                 }
             };
             let name = file.display().to_string();
-            let parsed = std::fs::read_to_string(&file)
+            let parsed = crate::files::read_to_string(&file, crate::files::MAX_CONFIG_BYTES)
                 .map_err(|source| Error::Read {
                     file: name.clone(),
                     source,
@@ -1228,7 +1254,7 @@ impl Validator<'_> {
 /// Reads a secret file, without its trailing newline (Kubernetes Secrets and `echo > file`
 /// leave one). The error names the file, never its content.
 pub fn read_secret_file(file: &Path) -> std::result::Result<Secret, String> {
-    match std::fs::read_to_string(file) {
+    match crate::files::read_to_string(file, crate::files::MAX_SECRET_BYTES) {
         Ok(v) => {
             let v = v.trim_end_matches(['\r', '\n']);
             if v.is_empty() {
@@ -1252,7 +1278,7 @@ struct Profile {
 /// Reads the SDK's INI credentials file: `[basic]` with `ak`, `sk`, and optionally
 /// `project_id` and `security_token`.
 fn read_profile(file: &Path) -> std::result::Result<Profile, String> {
-    let text = std::fs::read_to_string(file)
+    let text = crate::files::read_to_string(file, crate::files::MAX_SECRET_BYTES)
         .map_err(|e| format!("cannot read profile {}: {e}", file.display()))?;
     let mut section = String::new();
     let mut values: BTreeMap<String, String> = BTreeMap::new();
@@ -1423,6 +1449,24 @@ targets:
         );
         assert_eq!(cfg.targets[1].endpoint, "http://127.0.0.1:8080");
         assert_eq!(cfg.job_count(), 3);
+    }
+
+    #[test]
+    fn repeated_job_ids_are_merged_in_one_pass_keeping_the_first() {
+        // 80,000 ids listed twice over two entries of one target: repeats go through
+        // `dedup_keep_first` (a hash set, whose comparison count its own test bounds), once per
+        // target after all entries are in.
+        let ids: Vec<String> = (0..80_000).map(|i| format!("j{i}")).collect();
+        let list = ids.join(", ");
+        let text = format!(
+            "accounts: [{{name: a, access_key: x, secret_key: y}}]\ntargets:\n  - {{account: a, cloud_service: evs, cloud_region: r, project_id: p, jobs: [{list}, j5]}}\n  - {{account: a, cloud_service: evs, cloud_region: r, project_id: p, jobs: [extra, {list}]}}\n"
+        );
+        let cfg = parse(&text).expect("valid");
+        assert_eq!(cfg.targets.len(), 1);
+        let jobs = &cfg.targets[0].jobs;
+        assert_eq!(jobs.len(), 80_001);
+        assert_eq!(jobs[..80_000], ids[..]);
+        assert_eq!(jobs[80_000], "extra");
     }
 
     #[test]
@@ -1703,6 +1747,25 @@ targets:
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn per_job_caps_are_read_and_bounded() {
+        let p = problems("max_entities_per_job: 0\nmax_subjobs_per_job: 10001\n");
+        let got: Vec<(&str, &str)> = p
+            .iter()
+            .map(|p| (p.path.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("max_entities_per_job", "must be between 1 and 10000, got 0"),
+                (
+                    "max_subjobs_per_job",
+                    "must be between 1 and 10000, got 10001"
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! (see [`crate::snapshot`]). Terminal jobs never change, so most of a large fleet is never
 //! rendered again.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -780,16 +781,16 @@ fn failure_entities_subjobs(b: &mut Builder, job: &Job) {
         b.failure_info(PerJob::FailureInfo, &[("job_type", job_type(job))], job);
     }
     b.close(PerJob::FailureInfo);
-    let mut seen: Vec<(&str, &str)> = Vec::new();
+    // A set, not a list: the entities of a job and its sub-jobs are checked in one pass.
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
     let all = job
         .entities
         .iter()
         .chain(job.sub_jobs.iter().flat_map(|s| s.entities.iter()));
     for (kind, id) in all {
-        if seen.contains(&(kind.as_str(), id.as_str())) {
+        if !seen.insert((kind, id)) {
             continue;
         }
-        seen.push((kind, id));
         b.sample(
             PerJob::EntityInfo,
             &[("entity_type", kind), ("entity_id", id)],

@@ -19,7 +19,7 @@ use crate::exposition::Format;
 use crate::gzip;
 use crate::pages::{self, escape_html};
 use crate::poller::Poller;
-use crate::reload::{ApiError, Control};
+use crate::reload::{ApiError, Control, ReloadError};
 use crate::state::JobRef;
 use crate::telemetry::Telemetry;
 
@@ -152,8 +152,14 @@ async fn ready(State(app): State<App>) -> Response {
 }
 
 async fn reload(State(app): State<App>) -> Response {
-    match app.control.reload() {
+    match app.control.reload_shared().await {
         Ok(()) => "Configuration reloaded\n".into_response(),
+        Err(e @ ReloadError::InProgress) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            format!("{e}\n"),
+        )
+            .into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("Reload failed, the running configuration is kept:\n{e}\n"),

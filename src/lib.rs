@@ -21,6 +21,8 @@
 //!
 //! - [`config`]: the YAML file, credential sources and validation.
 //! - [`cli`]: the command line (exporter-toolkit flag names).
+//! - [`files`]: reading operator-supplied files: regular files only, bounded, off the async
+//!   workers with a deadline.
 //! - [`cloud`]: the HTTP client with retries, SDK-HMAC-SHA256 signing ([`cloud::signer`]),
 //!   credentials at run time ([`cloud::auth`]) and lenient decoding of job and error bodies
 //!   ([`cloud::model`]), of CTS traces ([`cloud::cts`]) and of the SDRS task centre
@@ -55,6 +57,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod exposition;
+pub mod files;
 pub mod gzip;
 pub mod http;
 pub mod listing;

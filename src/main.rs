@@ -205,7 +205,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // A file read stuck past its deadline (a hung file system) still holds a blocking thread;
+    // dropping the runtime would wait for it, so exit without waiting.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "exiting");

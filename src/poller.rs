@@ -88,6 +88,8 @@ pub struct Settings {
     pub terminal_retention: Duration,
     /// The jobs this replica owns.
     pub shard: crate::shard::Shard,
+    /// Entities and sub-jobs kept per job.
+    pub job_limits: cloud::model::Limits,
 }
 
 impl From<&crate::config::Config> for Settings {
@@ -100,6 +102,7 @@ impl From<&crate::config::Config> for Settings {
             max_requests_per_second: c.max_requests_per_second,
             terminal_retention: c.terminal_retention,
             shard: c.shard,
+            job_limits: c.job_limits,
         }
     }
 }
@@ -896,7 +899,9 @@ impl Poller {
                 // should one not, fetch it whole next time.
                 entry.digest = None;
             }
-            Ok(Fetched::Job(job, digest)) => {
+            Ok(Fetched::Job(mut job, digest)) => {
+                let cut = job.cap(self.inner.settings.job_limits);
+                self.inner.telemetry.truncated(cut);
                 entry.fetch_ok = true;
                 entry.last_success = Some(now);
                 entry.digest = digest;
@@ -1482,6 +1487,7 @@ mod tests {
             max_requests_per_second: 1000.0,
             terminal_retention: Duration::from_secs(3600),
             shard: crate::shard::Shard::default(),
+            job_limits: Default::default(),
         }
     }
 
@@ -1790,6 +1796,53 @@ mod tests {
         assert!(t.contains("job_id=\"slow\"} 0\n"), "{t}");
         assert!(t.contains("status=\"RUNNING\"} 1"), "last value kept: {t}");
         assert!(t.contains("reason=\"timeout\"} 1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_with_too_many_entities_and_sub_jobs_is_capped_and_counted() {
+        let fake = Fake::new(Duration::from_millis(1));
+        let mut big = job("RUNNING", 1.0, None);
+        big.entities = (0..150)
+            .map(|i| ("volume_id".into(), format!("v{i}")))
+            .collect();
+        big.sub_jobs = (0..7)
+            .map(|i| Job {
+                job_id: Some(format!("s{i}")),
+                status: Some("RUNNING".into()),
+                ..Job::default()
+            })
+            .collect();
+        fake.script("j1", vec![Ok(big)]);
+        let telemetry = Arc::new(Telemetry::new());
+        let p = Poller::new(
+            Arc::clone(&fake) as Arc<dyn JobSource>,
+            vec![(target("h1"), vec!["j1".into()])],
+            Settings {
+                job_limits: cloud::model::Limits {
+                    max_entities: 100,
+                    max_subjobs: 5,
+                },
+                ..settings(Mode::Cached)
+            },
+            Arc::clone(&telemetry),
+        );
+        let mut own = Vec::new();
+        telemetry.encode(&mut own);
+        let own = String::from_utf8(own).expect("utf8");
+        assert!(own.contains("huaweicloud_job_exporter_truncated_total{kind=\"entities\"} 0\n"));
+        assert!(own.contains("huaweicloud_job_exporter_truncated_total{kind=\"subjobs\"} 0\n"));
+        p.collect(None).await;
+        let t = text(&p);
+        assert_eq!(series(&t, "huaweicloud_job_entity_info{").len(), 100);
+        assert_eq!(
+            series(&t, "huaweicloud_job_subjob_status{").len(),
+            5 * exposition::STATUSES.len()
+        );
+        let mut own = Vec::new();
+        telemetry.encode(&mut own);
+        let own = String::from_utf8(own).expect("utf8");
+        assert!(own.contains("huaweicloud_job_exporter_truncated_total{kind=\"entities\"} 50\n"));
+        assert!(own.contains("huaweicloud_job_exporter_truncated_total{kind=\"subjobs\"} 2\n"));
     }
 
     #[test]

@@ -10,9 +10,12 @@
 //! truncate before they write, and a reload in between would drop every job the file lists.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, Shared};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +76,28 @@ pub enum ApiError {
     Storage(String),
 }
 
+/// Why a reload did not apply; the running configuration stays either way.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReloadError {
+    /// The configuration was not read from a file.
+    #[error("the configuration was not loaded from a file")]
+    NoFile,
+    /// The files do not form a valid configuration.
+    #[error("{0}")]
+    Invalid(String),
+    /// An earlier reload is still reading files past its deadline; another would only pile up.
+    #[error(
+        "a reload is still in progress (it has run past {}s: a hung file system?); try again later",
+        crate::files::READ_DEADLINE.as_secs()
+    )]
+    InProgress,
+    /// This reload passed its deadline or could not run.
+    #[error("{0}")]
+    Stalled(String),
+}
+
+type SharedReload = Shared<BoxFuture<'static, Result<(), ReloadError>>>;
+
 /// A tracked job as `GET /api/v1/jobs` lists it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Listed {
@@ -105,6 +130,10 @@ pub struct Control {
     discovery: Discovery,
     poller: Poller,
     telemetry: Arc<Telemetry>,
+    /// The reload in flight, which concurrent requests share.
+    reloading: Mutex<Option<SharedReload>>,
+    /// True while a reload's blocking part runs, even after its waiters gave up on it.
+    reading: Arc<AtomicBool>,
 }
 
 fn unix_now() -> f64 {
@@ -146,6 +175,8 @@ impl Control {
             discovery,
             poller,
             telemetry,
+            reloading: Mutex::new(None),
+            reading: Arc::new(AtomicBool::new(false)),
         };
         control.apply();
         control.telemetry.config_reload_ok.set(1);
@@ -238,12 +269,62 @@ impl Control {
         }
     }
 
+    /// [`Control::reload`] off the async workers, within [`crate::files::READ_DEADLINE`], and
+    /// single-flight: callers that arrive while a reload runs share its result, so a flood of
+    /// `POST /-/reload` costs one reload. While a reload that passed its deadline is still
+    /// reading, new ones fail at once with [`ReloadError::InProgress`].
+    pub async fn reload_shared(self: &Arc<Self>) -> Result<(), ReloadError> {
+        let shared = {
+            let mut slot = self
+                .reloading
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match &*slot {
+                Some(running) => running.clone(),
+                None => {
+                    if self.reading.swap(true, Ordering::AcqRel) {
+                        return Err(ReloadError::InProgress);
+                    }
+                    let me = Arc::clone(self);
+                    // Spawned, so the reload finishes (and frees the slot) even if every caller
+                    // goes away.
+                    let task = tokio::spawn(async move {
+                        let reading = Arc::clone(&me.reading);
+                        let blocking = Arc::clone(&me);
+                        let r = crate::files::off_workers(crate::files::READ_DEADLINE, move || {
+                            let r = blocking.reload();
+                            reading.store(false, Ordering::Release);
+                            r
+                        })
+                        .await;
+                        *me.reloading.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                        match r {
+                            Ok(r) => r,
+                            Err(e) => {
+                                me.telemetry.config_reload_ok.set(0);
+                                tracing::error!(error = %e, "configuration reload did not finish; keeping the running configuration");
+                                Err(ReloadError::Stalled(e.to_string()))
+                            }
+                        }
+                    });
+                    let running = task
+                        .map(|r| r.unwrap_or_else(|e| Err(ReloadError::Stalled(e.to_string()))))
+                        .boxed()
+                        .shared();
+                    *slot = Some(running.clone());
+                    running
+                }
+            }
+        };
+        shared.await
+    }
+
     /// Reads the configuration file again and applies it. On failure everything stays as it
-    /// was.
-    pub fn reload(&self) -> Result<(), String> {
+    /// was. This reads files: on the runtime, call [`Control::reload_shared`].
+    pub fn reload(&self) -> Result<(), ReloadError> {
         let path = self.lock().config.path.clone();
         let Some(path) = path else {
-            return Err("the configuration was not loaded from a file".into());
+            return Err(ReloadError::NoFile);
         };
         let env = Arc::clone(&self.env);
         match Config::load(&path, &move |k| env(k)) {
@@ -281,7 +362,7 @@ impl Control {
                 self.telemetry.config_reload_ok.set(0);
                 let msg = e.to_string();
                 tracing::error!(error = %msg, "configuration reload failed; keeping the running configuration");
-                Err(msg)
+                Err(ReloadError::Invalid(msg))
             }
         }
     }
@@ -348,6 +429,17 @@ impl Control {
         out
     }
 
+    /// A shared reload, or `None` as soon as `shutdown` fires: stopping never waits on files.
+    async fn reload_or_stop(
+        self: &Arc<Self>,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<(), ReloadError>> {
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            r = self.reload_shared() => Some(r),
+        }
+    }
+
     /// Watches the configuration files and SIGHUP until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         self.discovery.start(&shutdown);
@@ -372,7 +464,9 @@ impl Control {
                 _ = discovered.notified() => self.apply(),
                 _ = hangup => {
                     tracing::info!("SIGHUP: reloading");
-                    let _ = self.reload();
+                    if self.reload_or_stop(&shutdown).await.is_none() {
+                        return;
+                    }
                     seen = self.lock().config.fingerprint();
                 }
                 _ = tokio::time::sleep(WATCH_INTERVAL) => {
@@ -387,7 +481,9 @@ impl Control {
                     }
                     if now != seen {
                         tracing::info!("configuration files changed: reloading");
-                        let _ = self.reload();
+                        if self.reload_or_stop(&shutdown).await.is_none() {
+                            return;
+                        }
                         seen = now;
                     }
                     self.prune_expired().await;

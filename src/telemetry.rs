@@ -51,6 +51,7 @@ pub struct Telemetry {
     auth_token_expiry: GaugeVec,
     auth_failures: IntCounterVec,
     auth_last_success: GaugeVec,
+    truncated: IntCounterVec,
     /// 1 when the last configuration load succeeded.
     pub config_reload_ok: IntGauge,
     /// When the configuration was last loaded successfully.
@@ -344,6 +345,14 @@ impl Telemetry {
                 &["account"],
             )
             .expect("valid metric"),
+            truncated: IntCounterVec::new(
+                opts(
+                    "truncated_total",
+                    "Entities and sub-jobs of job bodies not exported because a job held more than max_entities_per_job or max_subjobs_per_job.",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
             config_reload_ok: IntGauge::with_opts(opts(
                 "config_last_reload_successful",
                 "1 if the last configuration load succeeded.",
@@ -374,6 +383,7 @@ impl Telemetry {
             Box::new(t.auth_token_expiry.clone()),
             Box::new(t.auth_failures.clone()),
             Box::new(t.auth_last_success.clone()),
+            Box::new(t.truncated.clone()),
             Box::new(t.config_reload_ok.clone()),
             Box::new(t.config_reload_ts.clone()),
             Box::new(t.state_write_failures.clone()),
@@ -382,6 +392,9 @@ impl Telemetry {
         collectors.extend(t.discovery.collectors());
         for c in collectors {
             t.registry.register(c).expect("metric names are unique");
+        }
+        for kind in ["entities", "subjobs"] {
+            t.truncated.with_label_values(&[kind]);
         }
         t
     }
@@ -456,6 +469,15 @@ impl Telemetry {
     pub fn last_refresh(&self) -> Option<f64> {
         let v = self.last_refresh.get();
         (v > 0.0).then_some(v)
+    }
+
+    /// Counts what capping one job body cut.
+    pub fn truncated(&self, cut: crate::cloud::model::Truncated) {
+        for (kind, n) in [("entities", cut.entities), ("subjobs", cut.subjobs)] {
+            if n > 0 {
+                self.truncated.with_label_values(&[kind]).inc_by(n as u64);
+            }
+        }
     }
 
     /// Makes sure the account has a zero-valued failure series from the start.

@@ -183,7 +183,7 @@ fn parse_file(text: &str, file: &str) -> Result<FileConfig> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| Error::Read {
+    crate::files::read(path, crate::files::MAX_CONFIG_BYTES).map_err(|source| Error::Read {
         file: path.display().to_string(),
         source,
     })
@@ -228,7 +228,7 @@ fn fingerprint(path: &Path) -> Result<[u8; 32]> {
         for f in referenced_files(&cfg, dir) {
             h.update(f.as_os_str().as_encoded_bytes());
             // A missing file hashes as empty; loading it reports the error.
-            h.update(std::fs::read(&f).unwrap_or_default());
+            h.update(crate::files::read(&f, crate::files::MAX_CONFIG_BYTES).unwrap_or_default());
         }
     }
     Ok(h.finalize().into())
@@ -341,7 +341,7 @@ fn build_tls(
         }
     };
     let read_field = |field: &str, path: &Path| -> Result<Vec<u8>> {
-        std::fs::read(path).map_err(|e| {
+        crate::files::read(path, crate::files::MAX_CONFIG_BYTES).map_err(|e| {
             invalid(
                 &format!("tls_server_config.{field}"),
                 format!("{}: cannot read: {e}", path.display()),

@@ -506,3 +506,76 @@ async fn deleting_a_configured_job_acknowledges_it_across_reloads_and_restarts()
     again.shutdown().await;
     stop.cancel();
 }
+
+/// Opens the FIFO for writing when dropped, so a reader stuck in `open` (the exporter before
+/// files were read non-blocking) is let go even when the test fails.
+#[cfg(unix)]
+struct FifoRelease(std::path::PathBuf);
+
+#[cfg(unix)]
+impl Drop for FifoRelease {
+    fn drop(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        for _ in 0..5 {
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&self.0);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_in_jobs_files_fails_the_reload_and_never_stalls_serving_or_shutdown() {
+    let (_sim, base, stop) = simulator(jobs(&["c1"], 1e12)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), &base, "");
+    let exp = exporter(load(&path)).await;
+    let fifo = dir.path().join("jobs.d/fifo.yml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let _release = FifoRelease(fifo.clone());
+
+    // Two reloads at once (as many as the runtime has workers): each would hold a worker in
+    // open(2) if files were read there, blocking on the FIFO.
+    let post = || api(reqwest::Method::POST, exp.url("/-/reload"), None, None);
+    fn bounded<T>(what: &str, r: Result<T, tokio::time::error::Elapsed>) -> T {
+        r.unwrap_or_else(|_| panic!("{what} hung"))
+    }
+    let (a, b) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(20), post()),
+        tokio::time::timeout(Duration::from_secs(20), post()),
+    );
+    for (status, body) in [bounded("reload", a), bounded("reload", b)] {
+        // Refused at once with the file named; or, for the second, the first one's answer or
+        // "in progress" while the first is still running.
+        assert!(status == 500 || status == 503, "{status} {body}");
+        if status == 500 {
+            let msg = body.as_str().unwrap_or_default();
+            assert!(msg.contains(&fifo.display().to_string()), "{msg}");
+            assert!(msg.contains("not a regular file but a FIFO"), "{msg}");
+        }
+    }
+    for path in ["/-/healthy", "/metrics"] {
+        let answer = tokio::time::timeout(Duration::from_secs(10), exp.get(path)).await;
+        let (status, _) = bounded(path, answer);
+        assert_eq!(status, 200, "{path}");
+    }
+    let text = exp.metrics().await;
+    assert_eq!(tracked(&text), vec!["c1"]);
+    assert_eq!(
+        value(
+            &text,
+            "huaweicloud_job_exporter_config_last_reload_successful"
+        ),
+        Some(0.0)
+    );
+    // Within the helper's 10 s: the exporter stops whatever a reload is doing.
+    exp.shutdown().await;
+    stop.cancel();
+}

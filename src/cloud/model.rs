@@ -4,6 +4,9 @@
 //! statuses are an open set. A body that is not a JSON object is the only decoding failure: a
 //! job with an unparsable time is still a job, exported without that time.
 
+use std::collections::HashSet;
+use std::hash::Hash;
+
 use chrono::{DateTime, NaiveDateTime};
 use serde_json::{Map, Value};
 
@@ -53,6 +56,73 @@ impl Job {
     pub fn is_terminal(&self) -> bool {
         self.status.as_deref().is_some_and(is_terminal)
     }
+
+    /// Keeps the first `limits.max_subjobs` sub-jobs and the first `limits.max_entities`
+    /// distinct entities of the job and its kept sub-jobs together (the set
+    /// `huaweicloud_job_entity_info` exports), dropping repeated entities on the way. Says how
+    /// many were cut, so a body with 150,000 volume ids costs one bounded job, not 150,000 series.
+    pub fn cap(&mut self, limits: Limits) -> Truncated {
+        let subjobs = self.sub_jobs.len().saturating_sub(limits.max_subjobs);
+        self.sub_jobs.truncate(limits.max_subjobs);
+        let mut seen: HashSet<(String, String)> = HashSet::new();
+        let mut entities = 0;
+        let lists = std::iter::once(&mut self.entities)
+            .chain(self.sub_jobs.iter_mut().map(|s| &mut s.entities));
+        for list in lists {
+            list.retain(|e| {
+                if seen.contains(e) {
+                    return false;
+                }
+                if seen.len() < limits.max_entities {
+                    seen.insert(e.clone());
+                    true
+                } else {
+                    entities += 1;
+                    false
+                }
+            });
+        }
+        Truncated { entities, subjobs }
+    }
+}
+
+/// How much of one job body is kept (`max_entities_per_job`, `max_subjobs_per_job`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Distinct entities kept per job, sub-jobs' entities included.
+    pub max_entities: usize,
+    /// Sub-jobs kept per job.
+    pub max_subjobs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_entities: 100,
+            max_subjobs: 100,
+        }
+    }
+}
+
+/// What [`Job::cap`] cut from one job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Truncated {
+    /// Distinct entities not kept.
+    pub entities: usize,
+    /// Sub-jobs not kept.
+    pub subjobs: usize,
+}
+
+/// Removes repeated items, keeping each first occurrence in place, in one pass: the list of a
+/// hostile body can hold 150,000 ids in 1 MiB, and the pairwise search this replaces took a
+/// minute over it.
+pub fn dedup_keep_first<T: Hash + Eq>(items: &mut Vec<T>) {
+    let keep: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(items.len());
+        items.iter().map(|x| seen.insert(x)).collect()
+    };
+    let mut keep = keep.into_iter();
+    items.retain(|_| keep.next().unwrap_or(true));
 }
 
 /// Why a body could not be decoded.
@@ -117,12 +187,10 @@ fn job_from(map: &Map<String, Value>, depth: u8) -> Job {
         }
     }
     if let Some(ids) = text(entities, "volume_ids") {
-        for id in ids.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let pair = ("volume_id".to_string(), id.to_string());
-            if !job.entities.contains(&pair) {
-                job.entities.push(pair);
-            }
-        }
+        let ids = ids.split(',').map(str::trim).filter(|s| !s.is_empty());
+        job.entities
+            .extend(ids.map(|id| ("volume_id".to_string(), id.to_string())));
+        dedup_keep_first(&mut job.entities);
     }
     // Sub-jobs do not nest in any documented API; one level is all that is read, so a hostile
     // body cannot make decoding recurse.
@@ -387,6 +455,101 @@ mod tests {
                 ("volume_id".into(), "v2".into())
             ]
         );
+    }
+
+    /// Equality calls made by [`Counted`], to see the work of de-duplication, not its time.
+    static EQ_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    struct Counted(u32);
+
+    impl std::hash::Hash for Counted {
+        fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+            self.0.hash(h);
+        }
+    }
+
+    impl PartialEq for Counted {
+        fn eq(&self, other: &Self) -> bool {
+            EQ_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0 == other.0
+        }
+    }
+    impl Eq for Counted {}
+
+    #[test]
+    fn dedup_compares_each_item_a_bounded_number_of_times() {
+        // 20,000 distinct items and 20,000 repeats: a pairwise search makes ~6e8 comparisons;
+        // hashing makes about one per repeat (plus the odd hash collision).
+        let n = 20_000u32;
+        let mut items: Vec<Counted> = (0..n).chain(0..n).map(Counted).collect();
+        EQ_CALLS.store(0, std::sync::atomic::Ordering::Relaxed);
+        dedup_keep_first(&mut items);
+        let calls = EQ_CALLS.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(items.len(), n as usize);
+        assert!(items.iter().enumerate().all(|(i, c)| c.0 == i as u32));
+        assert!(calls <= 2 * n as usize, "{calls} comparisons for {n} items");
+    }
+
+    /// A body the size limit admits with as many ids as fit: 150,000 volume ids under 1 MiB.
+    fn huge_body(ids: usize) -> Vec<u8> {
+        let list: Vec<String> = (0..ids).map(|i| format!("{i:x}")).collect();
+        let subs: Vec<String> = (0..ids / 1000)
+            .map(|i| {
+                format!(
+                    r#"{{"job_id":"s{i}","status":"RUNNING","entities":{{"volume_id":"{i:x}"}}}}"#
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"job_id":"j","status":"RUNNING","entities":{{"volume_ids":"{}","sub_jobs":[{}]}}}}"#,
+            list.join(","),
+            subs.join(",")
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_body_with_150000_ids_decodes_and_is_capped() {
+        let body = huge_body(150_000);
+        assert!(body.len() < 1 << 20, "{} bytes", body.len());
+        let mut job = decode_job(&body).expect("decodes");
+        assert_eq!(job.entities.len(), 150_000);
+        assert_eq!(job.sub_jobs.len(), 150);
+        let cut = job.cap(Limits::default());
+        // The sub-jobs' entities repeat ids of the job's list: they are dropped, not counted.
+        assert_eq!(
+            cut,
+            Truncated {
+                entities: 149_900,
+                subjobs: 50
+            }
+        );
+        assert_eq!(job.entities.len(), 100);
+        assert_eq!(job.entities[99].1, format!("{:x}", 99));
+        assert_eq!(job.sub_jobs.len(), 100);
+        assert!(job.sub_jobs.iter().all(|s| s.entities.is_empty()));
+    }
+
+    #[test]
+    fn capping_counts_distinct_entities_across_sub_jobs() {
+        let mut job = decode_job(br#"{"entities":{"volume_id":"a","sub_jobs":[{"entities":{"volume_id":"a","server_id":"s1"}},{"entities":{"server_id":"s2","nic_id":"n"}}]}}"#).expect("decodes");
+        let cut = job.cap(Limits {
+            max_entities: 2,
+            max_subjobs: 5,
+        });
+        assert_eq!(
+            cut,
+            Truncated {
+                entities: 2,
+                subjobs: 0
+            }
+        );
+        assert_eq!(job.entities, vec![("volume_id".into(), "a".into())]);
+        assert_eq!(
+            job.sub_jobs[0].entities,
+            vec![("server_id".into(), "s1".into())]
+        );
+        assert!(job.sub_jobs[1].entities.is_empty());
     }
 
     #[test]
