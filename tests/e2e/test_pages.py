@@ -29,7 +29,7 @@ def browser():
         path = shutil.which(name)
         if path:
             return path
-    pytest.skip("no chromium installed (scripts/test installs it)")
+    pytest.fail("no chromium installed: scripts/test installs it (apt-get install chromium)")
 
 
 def chromium(*args):
