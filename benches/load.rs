@@ -1,5 +1,5 @@
 //! `cargo bench --bench load`: many concurrent scrapers on a large cached fleet, first with a
-//! healthy cloud, then while the simulator injects a mix of faults (issue 4, point 6).
+//! healthy cloud, then while the simulator injects a mix of faults (BENCHMARKS.md).
 //!
 //! The simulator and the exporter run in this process, on 127.0.0.1 port 0, with every job
 //! RUNNING so that each refresh fetches all of them (and meets the faults). Scrapers loop on

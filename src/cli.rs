@@ -1,4 +1,4 @@
-//! Command-line flags, named after the Prometheus exporter-toolkit (SPEC §6). The `///` comments
+//! Command-line flags, named after the Prometheus exporter-toolkit (docs/configuration.md). The `///` comments
 //! here are the `--help` text.
 
 use std::path::PathBuf;

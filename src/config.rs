@@ -1,4 +1,4 @@
-//! The YAML configuration file (SPEC §6): parsing, secret resolution and validation.
+//! The YAML configuration file (docs/configuration.md): parsing, secret resolution and validation.
 //!
 //! Everything is checked here, before any port is bound. Problems are collected rather than
 //! returned one at a time, so an operator fixes a broken file in one pass; each names the file,

@@ -1,8 +1,8 @@
-//! The Prometheus text format for the job families of SPEC §4, written by hand.
+//! The Prometheus text format for the job families of docs/metrics.md, written by hand.
 //!
 //! Why not the `prometheus` crate: rendering 10,000 jobs (60,000 series, 11 MB) takes 540 ms
 //! through its GaugeVecs and 250 ms with `prometheus-client` on this project's 2-core machine,
-//! against a 25 ms budget (issue 2; our own figures are in BENCHMARKS.md). So each job's lines
+//! against a 25 ms budget (figures in BENCHMARKS.md). So each job's lines
 //! are rendered once, when the job changes, into a [`JobText`]; a scrape only concatenates them
 //! (see [`crate::snapshot`]). Terminal jobs never change, so most of a large fleet is never
 //! rendered again.
@@ -310,7 +310,7 @@ pub fn escape_help(out: &mut Vec<u8>, help: &str, format: Format) {
 }
 
 /// Writes a `# HELP` and `# TYPE` header. In cached mode the help says the values are as of the
-/// last refresh, as SPEC §4 asks.
+/// last refresh (docs/metrics.md).
 pub fn write_header(out: &mut Vec<u8>, f: &Family, cached: bool, format: Format) {
     let (name, kind) = family_name(f.name, f.kind, format);
     out.extend_from_slice(b"# HELP ");
@@ -410,7 +410,7 @@ fn end_line(out: &mut String, value: f64) {
 /// line (`,job_type="…",status="…"} 0\n`), each after its length (one byte, or 255 and four
 /// bytes little-endian), so that a scrape copies lines without looking for their ends;
 /// [`JobText::write_section`] puts name and labels back. A job is held in about a quarter of
-/// the bytes it exports (issue 7: 100,000 jobs export 320 MB of text).
+/// the bytes it exports (BENCHMARKS.md: 100,000 jobs export 320 MB of text).
 ///
 /// Cloning shares the text. The offsets sit beside the pointer rather than behind it, so a
 /// snapshot's `Vec<JobText>` tells a scrape where each section is without a dependent load:

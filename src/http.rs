@@ -130,7 +130,7 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
         }
     }
     // The body is written chunk by chunk as the connection takes it: a scrape of 100,000 jobs
-    // (320 MB of text) holds a chunk at a time, not a copy of the whole text (issue 7).
+    // (320 MB of text) holds a chunk at a time, not a copy of the whole text (BENCHMARKS.md).
     let chunks = snapshot
         .chunks_in(METRICS_CHUNK, format)
         .chain(std::iter::once(bytes::Bytes::from(own)))

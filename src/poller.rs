@@ -1,5 +1,5 @@
 //! The poller: tracked jobs, their last known state, and the two ways of refreshing them
-//! (SPEC §5).
+//! (`mode` in docs/configuration.md).
 //!
 //! - cached mode: [`Poller::run_cached`] polls the active jobs every `refresh_interval` and
 //!   publishes a new [`Snapshot`]; a scrape reads the last one.
@@ -1006,7 +1006,7 @@ impl Poller {
         {
             // A finished job is never fetched or rendered again: its text is final, and the
             // aggregates need only its type and status. Dropping the rest took RSS at 100,000
-            // tracked jobs from 346 MiB towards 250 (issue 7: the decoded job was ~1 KB a job).
+            // tracked jobs from 346 MiB towards 250 (BENCHMARKS.md: the decoded job was ~1 KB a job).
             // The times sit inline, so keeping them for the jobs page costs nothing; a failed
             // job also keeps what the page shows of its failure (a few hundred bytes, and
             // failed jobs are few).

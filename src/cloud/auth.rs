@@ -1,4 +1,4 @@
-//! Credentials at run time (SPEC §3): AK/SK keys (re-read from their files when rotated), IAM
+//! Credentials at run time (README, "Credentials"): AK/SK keys (re-read from their files when rotated), IAM
 //! password tokens and ECS metadata temporary keys, each cached, refreshed before expiry and once
 //! after a 401, with one refresh shared by all concurrent requests and a backoff after failures so
 //! that a revoked token or a changed password never turns into a hot loop.

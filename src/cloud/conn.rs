@@ -3,7 +3,7 @@
 //! reqwest hands every request to a connection task through channels and runs it through its
 //! redirect, retry and timeout layers (it parses the URL twice and clones the headers per
 //! request). Refreshing 10,000 active jobs every 30 s, that cost 30-31 µs of CPU per signed
-//! fetch, 1.0% of a core, against issue 7's "under 1%"; through this module 20-24 µs (0.7-0.8%),
+//! fetch, 1.0% of a core, against a target of under 1%; through this module 20-24 µs (0.7-0.8%),
 //! measured in one A/B run of `scripts/bench-scale idle` (BENCHMARKS.md). Here the task that
 //! fetches a job also polls the connection (hyper's `client::conn::http1`), so a fetch is a
 //! write, a readiness event and a read, with no task in between.

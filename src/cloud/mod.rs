@@ -1,5 +1,5 @@
 //! The Huawei Cloud client: one shared HTTPS client, AK/SK signing, job fetches, and the
-//! mapping of every failure onto the bounded `reason` label set of SPEC §4.
+//! mapping of every failure onto the bounded `reason` label set of docs/metrics.md.
 
 pub mod auth;
 mod conn;
@@ -253,7 +253,7 @@ pub struct Target {
 
 /// The parts of every request to a target that do not depend on the job: parsed once, because
 /// parsing the URL and building header values per request took about 6% of a refresh's CPU
-/// (issue 7's perf profile of 10,000 active jobs).
+/// (a perf profile of 10,000 active jobs, BENCHMARKS.md).
 #[derive(Debug)]
 struct Prepared {
     /// `{endpoint}/v1/{project_id}/jobs/`, the job id still to push.
@@ -482,7 +482,7 @@ impl Client {
 
     /// [`Client::get_job`], but a body whose digest is `known` is not decoded again: most
     /// fetches of a running job return the bytes of the last one, and decoding was about 10%
-    /// of a refresh's CPU (issue 7's perf profile of 10,000 active jobs).
+    /// of a refresh's CPU (a perf profile of 10,000 active jobs, BENCHMARKS.md).
     pub async fn get_job_since(
         &self,
         target: &Target,

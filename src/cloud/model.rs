@@ -1,4 +1,4 @@
-//! Decoding of job and error bodies (SPEC §2), leniently.
+//! Decoding of job and error bodies (their shapes: docs/simulator.md), leniently.
 //!
 //! Every field may be missing, null or of an unexpected JSON type; unknown fields are ignored and
 //! statuses are an open set. A body that is not a JSON object is the only decoding failure: a
@@ -208,7 +208,7 @@ fn job_from(map: &Map<String, Value>, depth: u8) -> Job {
     job
 }
 
-/// Parses the time formats of SPEC §2 into Unix seconds: RFC 3339 (`Z`, `+08:00`), a numeric
+/// Parses the job API's time formats into Unix seconds: RFC 3339 (`Z`, `+08:00`), a numeric
 /// offset without colon (`+0800`), with or without fraction, no offset at all (taken as UTC),
 /// and IMS's `04-Jun-2015 18:11:06:586`. Empty or unparsable gives `None`.
 pub fn parse_time(s: &str) -> Option<f64> {
@@ -249,7 +249,7 @@ pub struct ApiError {
     pub message: Option<String>,
 }
 
-/// Reads the error shapes of SPEC §2: `{"error":{code,message}}`, any other single wrapper key,
+/// Reads the error shapes of the cloud's APIs: `{"error":{code,message}}`, any other single wrapper key,
 /// top-level `{error_code,error_msg}` or `{errorCode,errorMsg}`. HTML, empty or other bodies give
 /// an empty `ApiError`.
 pub fn decode_error(body: &[u8]) -> ApiError {

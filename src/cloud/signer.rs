@@ -1,4 +1,5 @@
-//! SDK-HMAC-SHA256 request signing, as the official Huawei Cloud SDK does it (SPEC §3).
+//! SDK-HMAC-SHA256 request signing, as the official Huawei Cloud SDK does it (README, "Credentials"; checked against
+//! the SDK's own signatures in the tests).
 //!
 //! The same functions sign the exporter's requests and verify them in the simulator, so the
 //! two can only agree by agreeing with the SDK's vectors (`tests` below check all five).
@@ -84,10 +85,10 @@ pub fn signed_headers<H: AsRef<str>>(headers: &[(H, H)]) -> String {
     out
 }
 
-/// The canonical request of SPEC §3.
+/// The canonical request, as the SDK builds it.
 ///
 /// Built in one buffer: signing runs once per upstream request, and the version that collected
-/// names and values into owned strings spent more time allocating than hashing (issue 7's
+/// names and values into owned strings spent more time allocating than hashing (a
 /// profile of a 10,000-job refresh).
 pub fn canonical_request<H: AsRef<str>>(req: &Request<'_, H>) -> String {
     let mut out = String::with_capacity(320);
