@@ -715,3 +715,79 @@ async fn discovery_families_on_metrics() {
     r.shutdown().await;
     stop.cancel();
 }
+
+#[tokio::test]
+async fn a_reload_that_adds_or_removes_discover_applies_at_once() {
+    let (sim, base, stop, now) = simulator().await;
+    sim.add_jobs(evs_jobs("e", 12, now, 1200.0, 60.0));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.yml");
+    let write = |discover: &str| {
+        let yaml = format!(
+            r#"
+refresh_interval: 1s
+max_requests_per_second: 1000
+accounts: [{{name: a, access_key: {DEMO_ACCESS_KEY}, secret_key: {DEMO_SECRET_KEY}}}]
+targets:
+  - account: a
+    cloud_service: evs
+    cloud_region: cn-north-4
+    project_id: {PROJECT}
+    endpoint: "{base}"
+    jobs: [e0000]
+{discover}
+"#
+        );
+        std::fs::write(&path, yaml).expect("config written");
+    };
+    write("");
+    let cfg = Config::load(&path, &|_| None).expect("valid config");
+    let r = exporter(&sim, cfg).await;
+    let text = until(&r, "the listed job", |t| tracked_ids(t) == ["e0000"]).await;
+    assert!(!text.contains("huaweicloud_job_exporter_discovered_jobs_total{"));
+    assert!(
+        sim.cts_requests().is_empty(),
+        "no discovery without discover"
+    );
+
+    // Adding `discover` takes effect with the reload, not at the next restart.
+    write(&format!(
+        "    discover:\n      cts: {{endpoint: \"{base}\", interval: 10s, lookback: 1h}}"
+    ));
+    let reload = reqwest::Client::new()
+        .post(r.url("/-/reload"))
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(reload.status().as_u16(), 200);
+    let text = until(&r, "12 jobs discovered", |t| {
+        t.contains("huaweicloud_job_exporter_discovered_jobs_total{")
+            && discovered(t, "evs", "cts") == 11.0
+    })
+    .await;
+    assert_eq!(
+        discovered(&text, "evs", "cts"),
+        11.0,
+        "e0000 was listed already"
+    );
+    until(&r, "12 tracked", |t| tracked_ids(t).len() == 12).await;
+
+    // Removing it stops the task and its series at once; the jobs it found stay tracked.
+    write("");
+    let reload = reqwest::Client::new()
+        .post(r.url("/-/reload"))
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(reload.status().as_u16(), 200);
+    let text = until(&r, "discovery series gone", |t| {
+        !t.contains("huaweicloud_job_exporter_discovered_jobs_total{")
+    })
+    .await;
+    let asked = sim.cts_requests().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sim.cts_requests().len(), asked, "the task stopped");
+    assert!(tracked_ids(&text).contains(&"e0000".to_string()));
+    r.shutdown().await;
+    stop.cancel();
+}
