@@ -184,18 +184,6 @@ fn discovered(text: &str, service: &str, source: &str) -> f64 {
     )
 }
 
-fn tracked_ids(text: &str) -> Vec<String> {
-    let mut ids: Vec<String> = text
-        .lines()
-        .filter(|l| l.starts_with("huaweicloud_job_fetch_success{"))
-        .filter_map(|l| l.split("job_id=\"").nth(1))
-        .filter_map(|l| l.split('"').next())
-        .map(str::to_string)
-        .collect();
-    ids.sort();
-    ids
-}
-
 async fn api_jobs(r: &Running) -> Vec<serde_json::Value> {
     let resp = reqwest::Client::new()
         .get(r.url("/api/v1/jobs"))
@@ -232,8 +220,12 @@ async fn follows_markers_to_the_last_page_and_counts_each_job_once() {
     assert!(q[1..5].iter().all(|p| p.next.is_some()));
     assert_eq!(q[0].limit.as_deref(), Some("200"));
     // All of them tracked, fetched through the EVS target, listed with their source.
-    let text = until(&r, "450 tracked", |t| tracked_ids(t).len() == 450).await;
-    assert!(tracked_ids(&text).iter().all(|id| id.starts_with('e')));
+    let text = until(&r, "450 tracked", |t| common::tracked_ids(t).len() == 450).await;
+    assert!(
+        common::tracked_ids(&text)
+            .iter()
+            .all(|id| id.starts_with('e'))
+    );
     let listed = api_jobs(&r).await;
     assert_eq!(
         listed
@@ -280,7 +272,7 @@ async fn a_late_trace_is_found_thanks_to_the_overlap() {
     );
     sim.advance(Duration::from_secs(120));
     let text = until(&r, "the late job", |t| discovered(t, "evs", "cts") == 1.0).await;
-    assert_eq!(tracked_ids(&text), vec!["late1"]);
+    assert_eq!(common::tracked_ids(&text), vec!["late1"]);
     // Found by a window that began before the first one ended.
     let q = sim.cts_requests();
     let later = q
@@ -455,8 +447,8 @@ async fn the_per_target_bound_is_kept_and_what_is_left_out_counted_once() {
         )
     };
     assert_eq!(over(&text2), 50.0, "{}", discovery_lines(&text));
-    let text = until(&r, "100 tracked", |t| tracked_ids(t).len() == 100).await;
-    assert_eq!(tracked_ids(&text).len(), 100);
+    let text = until(&r, "100 tracked", |t| common::tracked_ids(t).len() == 100).await;
+    assert_eq!(common::tracked_ids(&text).len(), 100);
     r.shutdown().await;
     stop.cancel();
 }
@@ -481,8 +473,11 @@ async fn each_shard_adds_only_the_jobs_it_owns() {
         let r = exporter(&sim, cfg).await;
         let n = owned.len() as f64;
         until(&r, "owned jobs", |t| discovered(t, "evs", "cts") == n).await;
-        let text = until(&r, "owned jobs tracked", |t| tracked_ids(t) == owned).await;
-        assert_eq!(tracked_ids(&text), owned);
+        let text = until(&r, "owned jobs tracked", |t| {
+            common::tracked_ids(t) == owned
+        })
+        .await;
+        assert_eq!(common::tracked_ids(&text), owned);
         r.shutdown().await;
     }
     assert_eq!(owned_total, 60);
@@ -557,8 +552,8 @@ async fn a_restart_resumes_from_the_cursor_without_counting_again() {
         "reason=\"failed_call\"",
     );
     assert_eq!(skipped, 0.0);
-    let text = until(&r, "25 tracked", |t| tracked_ids(t).len() == 25).await;
-    assert_eq!(tracked_ids(&text).len(), 25);
+    let text = until(&r, "25 tracked", |t| common::tracked_ids(t).len() == 25).await;
+    assert_eq!(common::tracked_ids(&text).len(), 25);
     r.shutdown().await;
     stop.cancel();
 }
@@ -596,8 +591,8 @@ async fn the_task_centre_adds_failed_sdrs_jobs() {
     let q = sim.task_center_requests();
     assert_eq!(q[0].offset.as_deref(), Some("0"));
     assert_eq!(q[1].offset.as_deref(), Some("100"));
-    let text = until(&r, "tracked", |t| tracked_ids(t).len() == 130).await;
-    assert!(!tracked_ids(&text).contains(&"sdok".to_string()));
+    let text = until(&r, "tracked", |t| common::tracked_ids(t).len() == 130).await;
+    assert!(!common::tracked_ids(&text).contains(&"sdok".to_string()));
     let listed = api_jobs(&r).await;
     assert!(
         listed
@@ -625,11 +620,11 @@ async fn an_expired_discovered_job_is_not_brought_back() {
     })
     .await;
     // Fetched, seen failed, dropped after the retention; still listed by the task centre.
-    until(&r, "tracked", |t| tracked_ids(t) == ["gone1"]).await;
+    until(&r, "tracked", |t| common::tracked_ids(t) == ["gone1"]).await;
     until(&r, "dropped", |t| {
         t.lines()
             .any(|l| l.starts_with("huaweicloud_job_failures_total{") && l.contains("SDRS.1201"))
-            && tracked_ids(t).is_empty()
+            && common::tracked_ids(t).is_empty()
     })
     .await;
     // Forgotten by discovery too (the tracked set's owner prunes every few seconds).
@@ -648,7 +643,7 @@ async fn an_expired_discovered_job_is_not_brought_back() {
     })
     .await;
     let text = r.metrics().await;
-    assert!(tracked_ids(&text).is_empty());
+    assert!(common::tracked_ids(&text).is_empty());
     assert_eq!(discovered(&text, "sdrs", "failure_jobs"), 1.0);
     assert!(api_jobs(&r).await.is_empty());
     r.shutdown().await;
@@ -743,7 +738,10 @@ targets:
     write("");
     let cfg = Config::load(&path, &|_| None).expect("valid config");
     let r = exporter(&sim, cfg).await;
-    let text = until(&r, "the listed job", |t| tracked_ids(t) == ["e0000"]).await;
+    let text = until(&r, "the listed job", |t| {
+        common::tracked_ids(t) == ["e0000"]
+    })
+    .await;
     assert!(!text.contains("huaweicloud_job_exporter_discovered_jobs_total{"));
     assert!(
         sim.cts_requests().is_empty(),
@@ -770,7 +768,7 @@ targets:
         11.0,
         "e0000 was listed already"
     );
-    until(&r, "12 tracked", |t| tracked_ids(t).len() == 12).await;
+    until(&r, "12 tracked", |t| common::tracked_ids(t).len() == 12).await;
 
     // Removing it stops the task and its series at once; the jobs it found stay tracked.
     write("");
@@ -787,7 +785,7 @@ targets:
     let asked = sim.cts_requests().len();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sim.cts_requests().len(), asked, "the task stopped");
-    assert!(tracked_ids(&text).contains(&"e0000".to_string()));
+    assert!(common::tracked_ids(&text).contains(&"e0000".to_string()));
     r.shutdown().await;
     stop.cancel();
 }

@@ -55,18 +55,6 @@ fn load(path: &Path) -> Config {
     Config::load(path, &|_| None).expect("valid config")
 }
 
-fn tracked(text: &str) -> Vec<String> {
-    let mut ids: Vec<String> = text
-        .lines()
-        .filter(|l| l.starts_with("huaweicloud_job_fetch_success{"))
-        .filter_map(|l| l.split("job_id=\"").nth(1))
-        .filter_map(|l| l.split('"').next())
-        .map(str::to_string)
-        .collect();
-    ids.sort();
-    ids
-}
-
 /// POSTs `body` to the jobs API at `url` with the right token.
 async fn post(url: &str, body: Value) -> (u16, Value) {
     api(
@@ -121,7 +109,7 @@ async fn jobs_files_reload_on_change_and_on_request_and_bad_reloads_keep_running
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_config(dir.path(), &base, "");
     let exp = exporter(load(&path)).await;
-    assert_eq!(tracked(&exp.metrics().await), vec!["c1"]);
+    assert_eq!(common::tracked_ids(&exp.metrics().await), vec!["c1"]);
 
     // A new jobs file: picked up by the watcher.
     std::fs::write(
@@ -131,7 +119,7 @@ async fn jobs_files_reload_on_change_and_on_request_and_bad_reloads_keep_running
     .expect("jobs file");
     let mut seen = Vec::new();
     for _ in 0..40 {
-        seen = tracked(&exp.metrics().await);
+        seen = common::tracked_ids(&exp.metrics().await);
         if seen.len() == 2 {
             break;
         }
@@ -148,7 +136,7 @@ async fn jobs_files_reload_on_change_and_on_request_and_bad_reloads_keep_running
     let (status, _) = api(reqwest::Method::POST, exp.url("/-/reload"), None, None).await;
     assert_eq!(status, 200);
     let text = exp.metrics().await;
-    assert_eq!(tracked(&text), vec!["c1", "f2"]);
+    assert_eq!(common::tracked_ids(&text), vec!["c1", "f2"]);
     assert_eq!(
         value(
             &text,
@@ -170,7 +158,7 @@ async fn jobs_files_reload_on_change_and_on_request_and_bad_reloads_keep_running
         "{body}"
     );
     let text = exp.metrics().await;
-    assert_eq!(tracked(&text), vec!["c1", "f2"]);
+    assert_eq!(common::tracked_ids(&text), vec!["c1", "f2"]);
     assert_eq!(
         value(
             &text,
@@ -224,7 +212,10 @@ async fn registration_api_validates_persists_and_lists() {
     assert_eq!(post(&url, job("r2")).await.0, 201);
     // Persisted before the answer.
     assert_eq!(stored(dir.path()).registrations().len(), 2);
-    assert_eq!(tracked(&exp.metrics().await), vec!["c1", "r1", "r2"]);
+    assert_eq!(
+        common::tracked_ids(&exp.metrics().await),
+        vec!["c1", "r1", "r2"]
+    );
     let (_, list) = api(Method::GET, url.clone(), Some(TOKEN), None).await;
     let sources: Vec<(String, String)> = list["jobs"]
         .as_array()
@@ -252,12 +243,15 @@ async fn registration_api_validates_persists_and_lists() {
         204
     );
     assert_eq!(api(Method::DELETE, del, Some(TOKEN), None).await.0, 404);
-    assert_eq!(tracked(&exp.metrics().await), vec!["c1", "r2"]);
+    assert_eq!(common::tracked_ids(&exp.metrics().await), vec!["c1", "r2"]);
     exp.shutdown().await;
 
     // A new process from the same state file tracks what was acknowledged.
     let again = exporter(load(&path)).await;
-    assert_eq!(tracked(&again.metrics().await), vec!["c1", "r2"]);
+    assert_eq!(
+        common::tracked_ids(&again.metrics().await),
+        vec!["c1", "r2"]
+    );
     again.shutdown().await;
 
     // A corrupt state file stops startup with a clear message.
@@ -294,7 +288,7 @@ async fn registered_jobs_leave_metrics_and_state_after_retention() {
         201
     );
     let first = exp.metrics().await;
-    assert_eq!(tracked(&first), vec!["c1", "done"]);
+    assert_eq!(common::tracked_ids(&first), vec!["c1", "done"]);
     let counted = format!(
         "huaweicloud_jobs{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",job_type=\"createVolume\",status=\"SUCCESS\"}}"
     );
@@ -305,7 +299,11 @@ async fn registered_jobs_leave_metrics_and_state_after_retention() {
     assert_eq!(value(&first, &histogram), Some(2.0));
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let after = exp.metrics().await;
-    assert!(tracked(&after).is_empty(), "{:?}", tracked(&after));
+    assert!(
+        common::tracked_ids(&after).is_empty(),
+        "{:?}",
+        common::tracked_ids(&after)
+    );
     assert_eq!(
         value(&after, &histogram),
         Some(2.0),
@@ -333,7 +331,7 @@ async fn registered_jobs_leave_metrics_and_state_after_retention() {
     let (status, _) = api(reqwest::Method::POST, exp.url("/-/reload"), None, None).await;
     assert_eq!(status, 200);
     let reloaded = exp.metrics().await;
-    assert!(tracked(&reloaded).is_empty());
+    assert!(common::tracked_ids(&reloaded).is_empty());
     assert_eq!(value(&reloaded, &histogram), Some(2.0));
     exp.shutdown().await;
     stop.cancel();
@@ -357,7 +355,7 @@ async fn shards_split_the_jobs_and_redirect_registrations() {
         cfg.shard = Shard { index, total: 3 };
         cfg.shard_url_template = Some("http://shard-{shard}.example:10037".into());
         let exp = exporter(cfg).await;
-        let mine = tracked(&exp.metrics().await);
+        let mine = common::tracked_ids(&exp.metrics().await);
         assert!(!mine.is_empty());
         all.extend(mine);
         exporters.push(exp);
@@ -477,7 +475,7 @@ async fn deleting_a_configured_job_acknowledges_it_across_reloads_and_restarts()
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_config(dir.path(), &base, "");
     let exp = exporter(load(&path)).await;
-    assert_eq!(tracked(&exp.metrics().await), vec!["c1"]);
+    assert_eq!(common::tracked_ids(&exp.metrics().await), vec!["c1"]);
     let del = |id: &str| exp.url(&format!("/api/v1/jobs/evs/r/{PROJECT}/{id}"));
     assert_eq!(
         api(reqwest::Method::DELETE, del("c1"), Some(TOKEN), None)
@@ -487,11 +485,11 @@ async fn deleting_a_configured_job_acknowledges_it_across_reloads_and_restarts()
     );
     let (status, body) = api(reqwest::Method::DELETE, del("unknown"), Some(TOKEN), None).await;
     assert_eq!(status, 404, "{body}");
-    assert!(tracked(&exp.metrics().await).is_empty());
+    assert!(common::tracked_ids(&exp.metrics().await).is_empty());
     let (status, _) = api(reqwest::Method::POST, exp.url("/-/reload"), None, None).await;
     assert_eq!(status, 200);
     assert!(
-        tracked(&exp.metrics().await).is_empty(),
+        common::tracked_ids(&exp.metrics().await).is_empty(),
         "not re-added by the config"
     );
     let (status, body) = post(&exp.url("/api/v1/jobs"), job("c1")).await;
@@ -500,7 +498,7 @@ async fn deleting_a_configured_job_acknowledges_it_across_reloads_and_restarts()
     exp.shutdown().await;
     let again = exporter(load(&path)).await;
     assert!(
-        tracked(&again.metrics().await).is_empty(),
+        common::tracked_ids(&again.metrics().await).is_empty(),
         "nor by a restart"
     );
     again.shutdown().await;
@@ -567,7 +565,7 @@ async fn a_fifo_in_jobs_files_fails_the_reload_and_never_stalls_serving_or_shutd
         assert_eq!(status, 200, "{path}");
     }
     let text = exp.metrics().await;
-    assert_eq!(tracked(&text), vec!["c1"]);
+    assert_eq!(common::tracked_ids(&text), vec!["c1"]);
     assert_eq!(
         value(
             &text,

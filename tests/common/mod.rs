@@ -187,6 +187,19 @@ pub fn job_families(text: &str) -> String {
     out
 }
 
+/// The job ids of `/metrics` text (each job has one `huaweicloud_job_fetch_success`), sorted.
+pub fn tracked_ids(text: &str) -> Vec<String> {
+    let mut ids: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("huaweicloud_job_fetch_success{"))
+        .filter_map(|l| l.split("job_id=\"").nth(1))
+        .filter_map(|l| l.split('"').next())
+        .map(str::to_string)
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// The value of the first sample whose line starts with `series`.
 pub fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
