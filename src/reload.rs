@@ -27,6 +27,9 @@ use crate::shard::Shard;
 use crate::state::{JobRef, Store};
 use crate::telemetry::Telemetry;
 
+/// How long shutdown waits for discovery tasks to record their last step.
+const DISCOVERY_STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// How often the configuration files are checked for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -440,9 +443,15 @@ impl Control {
         }
     }
 
-    /// Watches the configuration files and SIGHUP until `shutdown`.
+    /// Runs discovery, and watches the configuration files and SIGHUP, until `shutdown`; then
+    /// lets discovery record its last step.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         self.discovery.start(&shutdown);
+        Arc::clone(&self).watch(&shutdown).await;
+        self.discovery.stopped(DISCOVERY_STOP_GRACE).await;
+    }
+
+    async fn watch(self: Arc<Self>, shutdown: &CancellationToken) {
         let discovered = self.discovery.changed();
         let mut seen = self.lock().config.fingerprint();
         #[cfg(unix)]
@@ -464,7 +473,7 @@ impl Control {
                 _ = discovered.notified() => self.apply(),
                 _ = hangup => {
                     tracing::info!("SIGHUP: reloading");
-                    if self.reload_or_stop(&shutdown).await.is_none() {
+                    if self.reload_or_stop(shutdown).await.is_none() {
                         return;
                     }
                     seen = self.lock().config.fingerprint();
@@ -481,7 +490,7 @@ impl Control {
                     }
                     if now != seen {
                         tracing::info!("configuration files changed: reloading");
-                        if self.reload_or_stop(&shutdown).await.is_none() {
+                        if self.reload_or_stop(shutdown).await.is_none() {
                             return;
                         }
                         seen = now;

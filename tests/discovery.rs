@@ -174,6 +174,14 @@ fn succeeded(text: &str, service: &str, source: &str) -> bool {
     common::value(text, &series(name, service, source, "")).is_some_and(|v| v > 0.0)
 }
 
+/// `huaweicloud_job_failures_total`, all series together.
+fn failures(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("huaweicloud_job_failures_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn discovered(text: &str, service: &str, source: &str) -> f64 {
     counter(
         text,
@@ -507,6 +515,8 @@ async fn a_restart_resumes_from_the_cursor_without_counting_again() {
     );
     let r = exporter(&sim, with_state(&base)).await;
     until(&r, "20 jobs", |t| discovered(t, "evs", "cts") == 20.0).await;
+    // Every fifth job failed: four failures, each counted once.
+    until(&r, "4 failures", |t| failures(t) == 4.0).await;
     r.shutdown().await;
     let cursor = {
         let stored = state::Store::open(
@@ -554,6 +564,14 @@ async fn a_restart_resumes_from_the_cursor_without_counting_again() {
     assert_eq!(skipped, 0.0);
     let text = until(&r, "25 tracked", |t| common::tracked_ids(t).len() == 25).await;
     assert_eq!(common::tracked_ids(&text).len(), 25);
+    // The new process counts the one new failure (n0000), not the four the first one counted:
+    // it remembers those jobs finished and exports them without fetching them again.
+    let text = until(&r, "the new failure", |t| failures(t) >= 1.0).await;
+    assert_eq!(failures(&text), 1.0, "old failures are not counted again");
+    assert!(
+        text.contains("huaweicloud_job_failure_info{") && text.contains("job_id=\"r0000\""),
+        "the remembered failed job is still exported"
+    );
     r.shutdown().await;
     stop.cancel();
 }

@@ -190,6 +190,8 @@ struct Inner {
     shard: Shard,
     max_jobs: usize,
     tasks: Mutex<Tasks>,
+    /// Every task spawned, so that shutdown can wait for their last commit.
+    tracker: tokio_util::task::TaskTracker,
 }
 
 /// The discovery tasks of every target.
@@ -219,6 +221,7 @@ impl Discovery {
                 shard,
                 max_jobs,
                 tasks: Mutex::new(Tasks::default()),
+                tracker: tokio_util::task::TaskTracker::new(),
             }),
         }
     }
@@ -346,10 +349,10 @@ impl Discovery {
             };
             match spec.source {
                 Source::Cts => {
-                    tokio::spawn(cts::run(ctx));
+                    self.inner.tracker.spawn(cts::run(ctx));
                 }
                 Source::FailureJobs => {
-                    tokio::spawn(failure_jobs::run(ctx));
+                    self.inner.tracker.spawn(failure_jobs::run(ctx));
                 }
             }
             tasks.running.insert(key, Running { spec, stop, status });
@@ -371,6 +374,22 @@ impl Discovery {
                 tracing::error!(error = %e, "cannot record expired discovered jobs");
                 0
             }
+        }
+    }
+
+    /// Waits, up to `grace`, for the tasks stopped by the shutdown token given to
+    /// [`Discovery::start`] to end, so that what they found and their cursors are on disk
+    /// before the process exits (a task stops at its next await point; a CTS request in flight
+    /// is dropped).
+    pub async fn stopped(&self, grace: Duration) {
+        self.inner.tracker.close();
+        if tokio::time::timeout(grace, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "discovery tasks did not stop within {grace:?}; the last cursor may be older"
+            );
         }
     }
 
