@@ -9,7 +9,8 @@ use libfuzzer_sys::fuzz_target;
 
 const TARGET_LABELS: &str = r#"cloud_service="evs",cloud_region="cn-north-4",project_id="p1""#;
 
-const SECTIONS: [PerJob; 9] = huaweicloud_job_exporter::exposition::ALL_PER_JOB;
+const SECTIONS: [PerJob; huaweicloud_job_exporter::exposition::ALL_PER_JOB.len()] =
+    huaweicloud_job_exporter::exposition::ALL_PER_JOB;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(job) = decode_job(data) else {
