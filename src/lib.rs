@@ -23,6 +23,7 @@
 //! - [`cli`]: the command line (exporter-toolkit flag names).
 //! - [`files`]: reading operator-supplied files: regular files only, bounded, off the async
 //!   workers with a deadline.
+//! - [`logging`]: log lines in Prometheus' logfmt (`ts=… level=… caller=… msg=…`) or JSON.
 //! - [`cloud`]: the HTTP client with retries, SDK-HMAC-SHA256 signing ([`cloud::signer`]),
 //!   credentials at run time ([`cloud::auth`]) and lenient decoding of job and error bodies
 //!   ([`cloud::model`]), of CTS traces ([`cloud::cts`]) and of the SDRS task centre
@@ -61,6 +62,7 @@ pub mod files;
 pub mod gzip;
 pub mod http;
 pub mod listing;
+pub mod logging;
 pub mod pages;
 pub mod poller;
 pub mod reload;
@@ -203,7 +205,7 @@ impl Exporter {
             web.limits.clone(),
             &web.telemetry_path,
         )?);
-        let telemetry = Arc::new(Telemetry::new());
+        let telemetry = Arc::new(Telemetry::for_mode(config.mode));
         let client = cloud::Client::new(config.request_timeout, Arc::clone(&telemetry))?
             .with_max_body(config.max_response_bytes);
         // Before the port: a state file that cannot be read stops startup.

@@ -5,40 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use huaweicloud_job_exporter::cli::{Cli, Command, LogFormat, WebArgs};
+use huaweicloud_job_exporter::cli::{Cli, Command, WebArgs};
 use huaweicloud_job_exporter::config::Config;
 use huaweicloud_job_exporter::shard::Shard;
 use huaweicloud_job_exporter::simulator::{self, Simulator};
-use huaweicloud_job_exporter::{WebOptions, demo};
+use huaweicloud_job_exporter::{WebOptions, demo, logging};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
-
-fn init_logging(web: &WebArgs) {
-    // Our level applies to this crate; dependencies only speak up for warnings.
-    let filter = EnvFilter::new(format!(
-        "warn,huaweicloud_job_exporter={}",
-        web.log_level.as_str()
-    ));
-    let registry = tracing_subscriber::registry().with(filter);
-    match web.log_format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            )
-            .init(),
-        LogFormat::Logfmt => registry
-            .with(
-                tracing_logfmt::builder()
-                    .layer()
-                    .with_writer(std::io::stderr),
-            )
-            .init(),
-    }
-}
 
 /// Completes on SIGINT or SIGTERM.
 async fn shutdown_signal() {
@@ -194,7 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.exporter.web);
+    logging::init(cli.exporter.web.log_level, cli.exporter.web.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

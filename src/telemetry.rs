@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::config::Mode;
 use crate::exposition::{self, Format};
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -260,8 +261,16 @@ fn hopts(name: &str, help: &str, buckets: Vec<f64>) -> HistogramOpts {
 }
 
 impl Telemetry {
-    /// Creates and registers every self-metric.
+    /// The self-metrics of cached mode, the default (tests and benchmarks).
     pub fn new() -> Self {
+        Self::for_mode(Mode::Cached)
+    }
+
+    /// Creates and registers the self-metrics of an exporter in `mode`: the refresh families
+    /// only in cached mode and the collection family only on demand, so that no family sits
+    /// at zero forever (a `last_refresh_timestamp_seconds` of 0 would read as a refresh
+    /// overdue since 1970).
+    pub fn for_mode(mode: Mode) -> Self {
         let registry = Registry::new();
         let upstream_buckets = vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
         let round_buckets = vec![
@@ -376,9 +385,6 @@ impl Telemetry {
             Box::new(build_info),
             Box::new(t.api_requests.clone()),
             Box::new(t.api_duration.clone()),
-            Box::new(t.refresh_duration.clone()),
-            Box::new(t.last_refresh.clone()),
-            Box::new(t.collect_duration.clone()),
             Box::new(t.tracked_jobs.clone()),
             Box::new(t.auth_token_expiry.clone()),
             Box::new(t.auth_failures.clone()),
@@ -389,6 +395,13 @@ impl Telemetry {
             Box::new(t.state_write_failures.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
+        match mode {
+            Mode::Cached => {
+                collectors.push(Box::new(t.refresh_duration.clone()));
+                collectors.push(Box::new(t.last_refresh.clone()));
+            }
+            Mode::OnDemand => collectors.push(Box::new(t.collect_duration.clone())),
+        }
         collectors.extend(t.discovery.collectors());
         for c in collectors {
             t.registry.register(c).expect("metric names are unique");
@@ -604,5 +617,23 @@ mod tests {
             ),
             (1, Some("HTTP 401"))
         );
+    }
+
+    #[test]
+    fn refresh_families_in_cached_mode_collect_family_on_demand() {
+        let families = |mode| {
+            let t = Telemetry::for_mode(mode);
+            let mut text = Vec::new();
+            t.encode(&mut text);
+            let text = String::from_utf8(text).expect("utf8");
+            [
+                "refresh_duration_seconds",
+                "last_refresh_timestamp_seconds",
+                "collect_duration_seconds",
+            ]
+            .map(|f| text.contains(&format!("# TYPE {PREFIX}_{f} ")))
+        };
+        assert_eq!(families(Mode::Cached), [true, true, false]);
+        assert_eq!(families(Mode::OnDemand), [false, false, true]);
     }
 }
