@@ -4,7 +4,7 @@
 //! returned one at a time, so an operator fixes a broken file in one pass; each names the file,
 //! the field path (`targets[0].jobs[2]`) and what is wrong with the value.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -73,7 +73,7 @@ pub enum Mode {
 
 /// A secret: a string, `{env: NAME}` or `{file: PATH}`. Resolved at load time.
 #[derive(Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "must be a string, {env: NAME} or {file: PATH}")]
 enum SecretSource {
     Inline(String),
     Env { env: String },
@@ -344,6 +344,10 @@ pub struct Target {
     pub discover: Discover,
 }
 
+/// Services whose asynchronous jobs this exporter is known to read (`cloud_service`): others
+/// are accepted with a warning.
+pub const KNOWN_SERVICES: &[&str] = &["evs", "sdrs", "ecs", "bms", "ims", "vpc"];
+
 /// Shortest discovery `interval`: each CTS cycle costs at least one request, and the traces
 /// themselves arrive about a minute late, so asking more often finds nothing sooner.
 pub const MIN_DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
@@ -528,12 +532,22 @@ impl Config {
     /// Parses and validates a configuration held in memory. `file` names it in errors and
     /// `base_dir` anchors relative `jobs_files` globs.
     pub fn parse(text: &str, file: &str, base_dir: &Path, env: EnvLookup<'_>) -> Result<Self> {
-        let raw: RawConfig = parse_yaml(text, file)?;
+        let parsed = parse_yaml::<RawConfig>(text, file);
+        let Some(raw) = parsed.value else {
+            return Err(Error::Invalid(parsed.problems));
+        };
         let mut v = Validator {
             file: file.to_string(),
             problems: Vec::new(),
             env,
             default_projects: BTreeMap::new(),
+            structure: parsed.problems,
+            dropped: parsed
+                .dropped
+                .into_iter()
+                .map(|d| (file.to_string(), d))
+                .collect(),
+            failed_accounts: BTreeSet::new(),
         };
         let defaults = Config::default();
         let mut cfg = Config {
@@ -635,7 +649,13 @@ impl Config {
 
         for (i, acc) in raw.accounts.into_iter().enumerate() {
             let path = format!("accounts[{i}]");
-            if let Some((account, project)) = v.account(&path, acc) {
+            let name = acc.name.clone();
+            let resolved = v.account(&path, acc);
+            if resolved.is_none() {
+                // Its problems are reported; targets naming it get no follow-on errors.
+                v.failed_accounts.insert(name);
+            }
+            if let Some((account, project)) = resolved {
                 if cfg.accounts.contains_key(&account.name) {
                     v.problem(
                         &format!("{path}.name"),
@@ -692,11 +712,49 @@ impl Config {
         }
         cfg.targets = targets;
 
-        if v.problems.is_empty() {
+        let Validator {
+            structure: mut problems,
+            problems: found,
+            dropped,
+            ..
+        } = v;
+        problems.extend(found.into_iter().filter(|p| {
+            !dropped
+                .iter()
+                .any(|(file, d)| *file == p.file && follows_from(&p.path, d))
+        }));
+        if problems.is_empty() {
             Ok(cfg)
         } else {
-            Err(Error::Invalid(v.problems))
+            Err(Error::Invalid(problems))
         }
+    }
+
+    /// Things that are valid but probably wrong, for `check-config` and the start-up log: a
+    /// `cloud_service` this exporter does not know to have the job API (a typo, or `eip`,
+    /// whose jobs are the VPC service's).
+    pub fn warnings(&self) -> Vec<Problem> {
+        let file = self
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        self.targets
+            .iter()
+            .filter(|t| !KNOWN_SERVICES.contains(&t.cloud_service.as_str()))
+            .map(|t| Problem {
+                file: file.clone(),
+                path: "targets".into(),
+                message: format!(
+                    "cloud_service {:?} (account {:?}, region {:?}, project {:?}) is not one this exporter knows to answer GET /v1/{{project_id}}/jobs/{{job_id}} ({}); check the spelling (EIP jobs are under vpc)",
+                    t.cloud_service,
+                    t.account,
+                    t.cloud_region,
+                    t.project_id,
+                    KNOWN_SERVICES.join(", ")
+                ),
+            })
+            .collect()
     }
 
     /// Number of distinct jobs over all targets.
@@ -705,17 +763,95 @@ impl Config {
     }
 }
 
-fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T> {
-    let de = serde_norway::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        Error::Invalid(vec![Problem {
-            file: file.to_string(),
-            path: if path == "." { String::new() } else { path },
-            message: inner.to_string(),
-        }])
-    })
+/// A YAML document deserialized leniently (see [`parse_yaml`]).
+struct Parsed<T> {
+    /// The document, unless a problem left nothing that deserializes.
+    value: Option<T>,
+    /// Unknown keys, values of the wrong type, broken YAML.
+    problems: Vec<Problem>,
+    /// Paths of the keys left out: validation problems at or under them are follow-ons.
+    dropped: Vec<String>,
+}
+
+/// Most structure problems reported for one file; past them the file is not a configuration.
+const MAX_STRUCTURE_PROBLEMS: usize = 100;
+
+/// Deserializes `text`, reporting every unknown key and every value of the wrong type rather
+/// than the first: each such key is reported, left out, and deserializing starts again, so the
+/// rest of the file is still checked. A problem that leaving a key out cannot get past (a
+/// missing required key, a bad list item) ends it.
+fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Parsed<T> {
+    let problem = |path: String, message: String| Problem {
+        file: file.to_string(),
+        path,
+        message,
+    };
+    let mut parsed = Parsed {
+        value: None,
+        problems: Vec::new(),
+        dropped: Vec::new(),
+    };
+    let mut doc: serde_norway::Value = match serde_norway::from_str(text) {
+        // An empty file is an empty configuration.
+        Ok(serde_norway::Value::Null) => serde_norway::Value::Mapping(Default::default()),
+        Ok(v) => v,
+        Err(e) => {
+            parsed.problems.push(problem(String::new(), e.to_string()));
+            return parsed;
+        }
+    };
+    while parsed.problems.len() < MAX_STRUCTURE_PROBLEMS {
+        let err = match serde_path_to_error::deserialize::<_, T>(&doc) {
+            Ok(v) => {
+                parsed.value = Some(v);
+                return parsed;
+            }
+            Err(e) => e,
+        };
+        let segments: Vec<_> = err.path().iter().cloned().collect();
+        let path = err.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        parsed
+            .problems
+            .push(problem(path.clone(), err.into_inner().to_string()));
+        if !remove_key(&mut doc, &segments) {
+            return parsed;
+        }
+        parsed.dropped.push(path);
+    }
+    parsed
+}
+
+/// Removes the mapping key `path` ends with; false if `path` does not end with one that exists.
+fn remove_key(doc: &mut serde_norway::Value, path: &[serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    let Some((Segment::Map { key }, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = doc;
+    for segment in parents {
+        node = match (segment, node) {
+            (Segment::Map { key }, serde_norway::Value::Mapping(m)) => match m.get_mut(key.as_str()) {
+                Some(n) => n,
+                None => return false,
+            },
+            (Segment::Seq { index }, serde_norway::Value::Sequence(s)) => match s.get_mut(*index) {
+                Some(n) => n,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match node {
+        serde_norway::Value::Mapping(m) => m.remove(key.as_str()).is_some(),
+        _ => false,
+    }
+}
+
+/// True when a validation problem at `path` follows from leaving out the key at `dropped`.
+fn follows_from(path: &str, dropped: &str) -> bool {
+    path.strip_prefix(dropped)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
 struct Validator<'a> {
@@ -724,6 +860,12 @@ struct Validator<'a> {
     env: EnvLookup<'a>,
     /// Project ids that accounts' credential sources give (SDK variable or profile).
     default_projects: BTreeMap<String, String>,
+    /// Unknown keys and values of the wrong type, of every file read.
+    structure: Vec<Problem>,
+    /// (file, path) of the keys those problems left out.
+    dropped: Vec<(String, String)>,
+    /// Accounts declared but not resolved: still known to the targets that name them.
+    failed_accounts: BTreeSet<String>,
 }
 
 impl Validator<'_> {
@@ -973,7 +1115,8 @@ impl Validator<'_> {
         out: &mut Vec<Target>,
     ) {
         let before = self.problems.len();
-        if !accounts.contains_key(&t.account) {
+        let failed_account = self.failed_accounts.contains(&t.account);
+        if !accounts.contains_key(&t.account) && !failed_account {
             self.problem(
                 &format!("{path}.account"),
                 format!("names unknown account {:?}", t.account),
@@ -995,6 +1138,8 @@ impl Validator<'_> {
             .or_else(|| self.default_projects.get(&t.account).cloned())
         {
             Some(p) => p,
+            // The account's own problem says why it gives no project id.
+            None if failed_account => String::new(),
             None => {
                 self.problem(
                     &format!("{path}.project_id"),
@@ -1230,22 +1375,24 @@ impl Validator<'_> {
                 }
             };
             let name = file.display().to_string();
-            let parsed = crate::files::read_to_string(&file, crate::files::MAX_CONFIG_BYTES)
-                .map_err(|source| Error::Read {
-                    file: name.clone(),
-                    source,
-                })
-                .and_then(|text| parse_yaml::<RawJobsFile>(&text, &name));
-            match parsed {
-                Ok(jf) => {
-                    let outer = std::mem::replace(&mut self.file, name);
-                    for (i, t) in jf.targets.into_iter().enumerate() {
-                        self.target(&format!("targets[{i}]"), t, accounts, out);
-                    }
-                    self.file = outer;
+            let text = match crate::files::read_to_string(&file, crate::files::MAX_CONFIG_BYTES) {
+                Ok(t) => t,
+                Err(source) => {
+                    let e = Error::Read { file: name, source };
+                    self.problem(path, e.to_string());
+                    continue;
                 }
-                Err(Error::Invalid(ps)) => self.problems.extend(ps),
-                Err(e @ Error::Read { .. }) => self.problem(path, e.to_string()),
+            };
+            let parsed = parse_yaml::<RawJobsFile>(&text, &name);
+            self.structure.extend(parsed.problems);
+            self.dropped
+                .extend(parsed.dropped.into_iter().map(|d| (name.clone(), d)));
+            if let Some(jf) = parsed.value {
+                let outer = std::mem::replace(&mut self.file, name);
+                for (i, t) in jf.targets.into_iter().enumerate() {
+                    self.target(&format!("targets[{i}]"), t, accounts, out);
+                }
+                self.file = outer;
             }
         }
     }
@@ -1482,6 +1629,87 @@ targets:
             "{}",
             p[0].message
         );
+    }
+
+    #[test]
+    fn every_structure_problem_is_reported_with_the_other_checks() {
+        let p = problems(
+            r#"
+colour: red
+max_concurrency: lots
+refresh_interval: soon
+accounts:
+  - {name: a, access_key: x, secret_key: [not, a, secret], region: x}
+  - {name: b, access_key: x, secret_key: y}
+targets:
+  - {account: b, cloud_service: evs, cloud_region: r, project_id: p, jobs: ["bad/id"], tags: {}}
+"#,
+        );
+        let got: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            got,
+            vec![
+                "colour",
+                "targets[0].tags",
+                "max_concurrency",
+                "accounts[0].secret_key",
+                "accounts[0].region",
+                "refresh_interval",
+                "targets[0].jobs[0]",
+            ],
+            "{p:#?}"
+        );
+        assert!(p[0].message.contains("unknown field `colour`"));
+        assert!(p[2].message.contains("\"lots\""), "{}", p[2].message);
+        assert_eq!(p[3].message, "must be a string, {env: NAME} or {file: PATH}");
+        // Left out for its type, the secret key is not reported missing as well.
+        assert!(!p.iter().any(|p| p.message.contains("is missing")));
+    }
+
+    #[test]
+    fn a_missing_required_key_ends_the_structure_check() {
+        let p = problems("colour: red\ntargets: [{account: a, cloud_region: r}]\n");
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[0].path, "colour");
+        assert_eq!(p[1].path, "targets[0]");
+        assert!(p[1].message.contains("missing field `cloud_service`"));
+        let p = problems("accounts: [x: {\n");
+        assert_eq!((p.len(), p[0].path.as_str()), (1, ""));
+        assert!(parse("").is_ok());
+    }
+
+    #[test]
+    fn an_account_that_fails_to_resolve_is_still_known_to_its_targets() {
+        let p = problems(
+            r#"
+accounts: [{name: a, source: env}]
+targets:
+  - {account: a, cloud_service: evs, cloud_region: r, jobs: [j1]}
+  - {account: nobody, cloud_service: evs, cloud_region: r, project_id: p, jobs: [j2]}
+"#,
+        );
+        let got: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            got,
+            vec!["accounts[0].source", "accounts[0].source", "targets[1].account"],
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_cloud_service_is_a_warning() {
+        let cfg = parse(
+            "accounts: [{name: a, access_key: x, secret_key: y}]\ntargets:\n  - {account: a, cloud_service: evs, cloud_region: r, project_id: p, jobs: [j]}\n  - {account: a, cloud_service: eip, cloud_region: r, project_id: p, jobs: [k]}\n",
+        )
+        .expect("valid");
+        let w = cfg.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].message.starts_with("cloud_service \"eip\" (account \"a\", region \"r\", project \"p\") is not one"),
+            "{}",
+            w[0].message
+        );
+        assert!(w[0].message.contains("evs, sdrs, ecs, bms, ims, vpc"));
     }
 
     #[test]
@@ -1850,10 +2078,8 @@ targets:
             .replace("max_pages: 5", "max_pages: 0")
             .replace("http://10.0.0.1:8080/cts/", "ftp://x");
         let p = problems(&bad);
-        // An unknown key stops parsing first, and says where.
-        assert_eq!(p.len(), 1);
+        // The unknown key comes first, and says where; the other checks still run.
         assert_eq!(p[0].path, "targets[0].discover.cts.colour");
-        let p = problems(&bad.replace(", colour: red", ""));
         let paths: Vec<(&str, &str)> = p
             .iter()
             .map(|p| (p.path.as_str(), p.message.as_str()))
@@ -1882,7 +2108,8 @@ targets:
             "targets[1].discover.cts.endpoint",
             "\"ftp://x\" must start with https://",
         );
-        assert_eq!(paths.len(), 6, "{paths:?}");
+        assert_eq!(paths.len(), 7, "{paths:?}");
+        assert_eq!(&p[1..], &problems(&bad.replace(", colour: red", ""))[..]);
         let p = problems(&DISCOVER.replace("failure_jobs: {}", "").replace(
             "    discover:\n      cts: {lookback: 2h, trace_names: [createVolume, \"extend*\"]}",
             "    discover: {}",
