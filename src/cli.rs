@@ -24,7 +24,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run the simulator alone (a stand-in for Huawei Cloud's job API).
     Simulate(SimulateArgs),
-    /// Validate the configuration file and exit: 0 if valid, 1 with the errors otherwise.
+    /// Validate the configuration file and exit: 0 if valid, 1 with every problem otherwise;
+    /// with --connect, also try each target's credentials, endpoint and clock.
     CheckConfig(CheckConfigArgs),
 }
 
@@ -124,6 +125,11 @@ pub struct CheckConfigArgs {
     /// Path to the configuration file.
     #[arg(long = "config.file", default_value = "huaweicloud-job-exporter.yml")]
     pub config_file: PathBuf,
+    /// Also make one signed request per target, for a job id that cannot exist: "no such job"
+    /// proves the credentials, endpoint and clock; print each result and exit 1 if any target
+    /// was refused or unreachable.
+    #[arg(long = "connect")]
+    pub connect: bool,
 }
 
 /// Log severities.
@@ -257,6 +263,19 @@ mod tests {
         match cli.command {
             Some(Command::Demo(d)) => {
                 assert_eq!(d.refresh_interval, std::time::Duration::from_secs(2))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn check_config_connect() {
+        let cli = Cli::try_parse_from(["x", "check-config", "--config.file=c.yml", "--connect"])
+            .expect("parses");
+        match cli.command {
+            Some(Command::CheckConfig(c)) => {
+                assert!(c.connect);
+                assert_eq!(c.config_file, PathBuf::from("c.yml"));
             }
             other => panic!("{other:?}"),
         }

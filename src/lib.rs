@@ -20,6 +20,7 @@
 //! ```
 //!
 //! - [`config`]: the YAML file, credential sources and validation.
+//! - [`check`]: `check-config --connect`, one signed request per target for a first install.
 //! - [`cli`]: the command line (exporter-toolkit flag names).
 //! - [`files`]: reading operator-supplied files: regular files only, bounded, off the async
 //!   workers with a deadline.
@@ -52,6 +53,7 @@
 //!   centre), for `demo`, tests and benchmarks; see docs/simulator.md.
 //! - [`demo`]: the exporter and the simulator together, with a sample fleet.
 
+pub mod check;
 pub mod cli;
 pub mod cloud;
 pub mod config;

@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use huaweicloud_job_exporter::cli::{Cli, Command, WebArgs};
+use huaweicloud_job_exporter::cli::{CheckConfigArgs, Cli, Command, WebArgs};
 use huaweicloud_job_exporter::config::Config;
 use huaweicloud_job_exporter::shard::Shard;
 use huaweicloud_job_exporter::simulator::{self, Simulator};
-use huaweicloud_job_exporter::{WebOptions, demo, logging};
+use huaweicloud_job_exporter::{WebOptions, check, demo, logging};
 use tokio_util::sync::CancellationToken;
 
 /// Completes on SIGINT or SIGTERM.
@@ -48,25 +48,48 @@ fn web_options(web: &WebArgs) -> WebOptions {
     WebOptions::from(web)
 }
 
+/// `check-config`: every problem of the file, its warnings, and with `--connect` one request
+/// per target.
+async fn check_config(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
+    let cfg = match Config::load(&args.config_file, &env) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    println!(
+        "{}: valid ({} accounts, {} targets, {} jobs)",
+        args.config_file.display(),
+        cfg.accounts.len(),
+        cfg.targets.len(),
+        cfg.job_count()
+    );
+    for w in cfg.warnings() {
+        eprintln!("warning: {w}");
+    }
+    if !args.connect {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let probes = check::connect(&cfg)
+        .await
+        .context("cannot make requests")?;
+    for p in &probes {
+        println!("{p}");
+    }
+    let failed = probes.iter().filter(|p| !p.ok).count();
+    println!("connect: {} of {} targets accepted", probes.len() - failed, probes.len());
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let web = &cli.exporter.web;
     match cli.command {
-        Some(Command::CheckConfig(args)) => match Config::load(&args.config_file, &env) {
-            Ok(cfg) => {
-                println!(
-                    "{}: valid ({} accounts, {} targets, {} jobs)",
-                    args.config_file.display(),
-                    cfg.accounts.len(),
-                    cfg.targets.len(),
-                    cfg.job_count()
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        Some(Command::CheckConfig(args)) => check_config(&args).await,
         Some(Command::Demo(args)) => {
             demo::run(
                 web_options(web),
@@ -145,6 +168,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
+            for w in config.warnings() {
+                tracing::warn!(file = %w.file, "{}", w.message);
+            }
             config.shard = shard;
             config.shard_url_template = cli.exporter.shard_url_template.clone();
             tracing::info!(

@@ -1,0 +1,163 @@
+//! `check-config --connect` against the simulator: a request per target that tells accepted
+//! credentials from refused ones, a skewed clock and an unreachable endpoint.
+
+mod common;
+
+use common::{PROJECT, config, simulator};
+use huaweicloud_job_exporter::check;
+use huaweicloud_job_exporter::simulator::{DEMO_ACCESS_KEY, DEMO_SECRET_KEY};
+
+const WRONG_SECRET: &str = "wrong-secret-that-must-not-be-printed";
+
+fn yaml(good: &str, skewed: &str) -> String {
+    format!(
+        r#"
+request_timeout: 2s
+accounts:
+  - {{name: good, access_key: {DEMO_ACCESS_KEY}, secret_key: {DEMO_SECRET_KEY}}}
+  - {{name: wrong, access_key: {DEMO_ACCESS_KEY}, secret_key: {WRONG_SECRET}}}
+targets:
+  - {{account: good, cloud_service: evs, cloud_region: r1, project_id: {PROJECT}, endpoint: "{good}", jobs: [j1]}}
+  - {{account: wrong, cloud_service: sdrs, cloud_region: r1, project_id: {PROJECT}, endpoint: "{good}", jobs: [j2]}}
+  - {{account: good, cloud_service: ecs, cloud_region: r2, project_id: {PROJECT}, endpoint: "{skewed}", jobs: [j3]}}
+  - {{account: good, cloud_service: vpc, cloud_region: r3, project_id: {PROJECT}, endpoint: "http://127.0.0.1:1", jobs: [j4]}}
+"#
+    )
+}
+
+#[tokio::test]
+async fn each_target_is_probed_once_and_refusals_say_why() {
+    let (_sim, good, stop) = simulator(vec![]).await;
+    let (skewed_sim, skewed, stop2) = simulator(vec![]).await;
+    skewed_sim.set_clock_skew(1200.0);
+    let probes = check::connect(&config(&yaml(&good, &skewed)))
+        .await
+        .expect("client");
+    let got: Vec<(&str, &str, bool)> = probes
+        .iter()
+        .map(|p| (p.account.as_str(), p.target.as_str(), p.ok))
+        .collect();
+    let target = |svc: &str, region: &str| format!("{svc}/{region}/{PROJECT}");
+    assert_eq!(
+        got,
+        vec![
+            ("good", target("evs", "r1").as_str(), true),
+            ("wrong", target("sdrs", "r1").as_str(), false),
+            ("good", target("ecs", "r2").as_str(), false),
+            ("good", target("vpc", "r3").as_str(), false),
+        ]
+    );
+    let has = |i: usize, needle: &str| {
+        assert!(
+            probes[i].detail.contains(needle),
+            "{needle:?} in {}",
+            probes[i]
+        )
+    };
+    has(0, "HTTP 404 for a job that does not exist");
+    has(1, "credentials refused");
+    has(1, "APIGW.0301");
+    has(2, "clock differs from the cloud's by more than 15 minutes");
+    has(2, "APIGW.0303");
+    has(3, "cannot reach the endpoint");
+    assert!(probes.iter().all(|p| !p.to_string().contains(WRONG_SECRET)));
+    stop.cancel();
+    stop2.cancel();
+}
+
+fn run_check(yaml: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("config.yml");
+    std::fs::write(&file, yaml).expect("write");
+    std::process::Command::new(env!("CARGO_BIN_EXE_huaweicloud-job-exporter"))
+        .arg("check-config")
+        .arg(format!("--config.file={}", file.display()))
+        .arg("--connect")
+        .output()
+        .expect("runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_prints_each_result_and_fails_if_any_target_failed() {
+    let (_sim, good, stop) = simulator(vec![]).await;
+    let (skewed_sim, skewed, stop2) = simulator(vec![]).await;
+    skewed_sim.set_clock_skew(-1200.0);
+    let all = yaml(&good, &skewed);
+    let out = tokio::task::spawn_blocking(move || run_check(&all))
+        .await
+        .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].ends_with("valid (2 accounts, 4 targets, 4 jobs)"), "{stdout}");
+    assert!(lines[1].starts_with("ok     account \"good\", evs/r1/"), "{stdout}");
+    assert!(lines[2].starts_with("FAILED account \"wrong\", sdrs/r1/"), "{stdout}");
+    assert!(lines[3].starts_with("FAILED account \"good\", ecs/r2/"), "{stdout}");
+    assert!(lines[4].starts_with("FAILED account \"good\", vpc/r3/"), "{stdout}");
+    assert_eq!(lines[5], "connect: 1 of 4 targets accepted");
+    assert_eq!(lines.len(), 6, "{stdout}");
+    assert!(!stdout.contains(WRONG_SECRET) && !stderr.contains(WRONG_SECRET));
+
+    // Only the good target: exit 0.
+    let only_good = yaml(&good, &skewed)
+        .lines()
+        .filter(|l| !l.contains("account: wrong") && !l.contains("r2") && !l.contains("r3"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let out = tokio::task::spawn_blocking(move || run_check(&only_good))
+        .await
+        .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.ends_with("connect: 1 of 1 targets accepted\n"), "{stdout}");
+    stop.cancel();
+    stop2.cancel();
+}
+
+#[test]
+fn check_config_reports_every_problem_and_warns_on_an_unknown_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("config.yml");
+    std::fs::write(
+        &file,
+        "colour: red\naccounts: [{name: a, source: env, shape: round}]\ntargets:\n  - {account: a, cloud_service: evs, cloud_region: r, jobs: [\"x/y\"]}\n",
+    )
+    .expect("write");
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_huaweicloud-job-exporter"))
+            .arg("check-config")
+            .arg(format!("--config.file={}", file.display()))
+            .env_remove("HUAWEICLOUD_SDK_AK")
+            .env_remove("HUAWEICLOUD_SDK_SK")
+            .output()
+            .expect("runs")
+    };
+    let out = run();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let f = file.display();
+    assert_eq!(
+        stderr,
+        format!(
+            "{f}: colour: unknown field `colour`, expected one of `mode`, `refresh_interval`, `scrape_timeout`, `request_timeout`, `max_concurrency`, `max_requests_per_second`, `max_response_bytes`, `terminal_retention`, `max_discovered_jobs`, `accounts`, `targets`, `jobs_files`, `api`, `state_file`\n\
+             {f}: accounts[0].shape: unknown field `shape`, expected one of `name`, `source`, `access_key`, `secret_key`, `security_token`, `iam`, `profile_file`, `metadata_url`, `token_refresh_margin`\n\
+             {f}: accounts[0].source: env: HUAWEICLOUD_SDK_AK is not set\n\
+             {f}: accounts[0].source: env: HUAWEICLOUD_SDK_SK is not set\n\
+             {f}: targets[0].jobs[0]: \"x/y\" is not a job id ([A-Za-z0-9-]{{1,64}})\n"
+        )
+    );
+
+    std::fs::write(
+        &file,
+        "accounts: [{name: a, access_key: x, secret_key: y}]\ntargets:\n  - {account: a, cloud_service: evss, cloud_region: r, project_id: p, jobs: [j]}\n",
+    )
+    .expect("write");
+    let out = run();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("warning: {f}: targets: cloud_service \"evss\"")),
+        "{stderr}"
+    );
+}
