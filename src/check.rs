@@ -92,7 +92,9 @@ fn verdict(answer: cloud::Result<cloud::Job>) -> (bool, String) {
                 (401, "APIGW.0303") => failed(
                     "this host's clock differs from the cloud's by more than 15 minutes; fix its time (NTP)",
                 ),
-                (401, _) => failed("credentials refused; check the account's keys, token or password"),
+                (401, _) => {
+                    failed("credentials refused; check the account's keys, token or password")
+                }
                 (403, _) => failed(
                     "credentials accepted but not allowed to read this project's jobs; check the IAM policy and project_id",
                 ),
@@ -112,8 +114,12 @@ fn verdict(answer: cloud::Result<cloud::Job>) -> (bool, String) {
                 _ => failed("the service failed; try again, or check the endpoint"),
             }
         }
-        FetchError::Timeout => failed("no answer within request_timeout; check the endpoint and the network path (proxy, firewall)"),
-        FetchError::Connect(_) => failed("cannot reach the endpoint; check it, DNS and the network path (proxy, firewall)"),
+        FetchError::Timeout => failed(
+            "no answer within request_timeout; check the endpoint and the network path (proxy, firewall)",
+        ),
+        FetchError::Connect(_) => failed(
+            "cannot reach the endpoint; check it, DNS and the network path (proxy, firewall)",
+        ),
         FetchError::Auth(_) => failed("cannot get credentials"),
         FetchError::Decode(_) => failed(
             "the endpoint answered 200 with something other than a job; check endpoint and cloud_service",
@@ -138,20 +144,40 @@ mod tests {
     #[test]
     fn only_answers_past_the_gateway_prove_the_setup() {
         let cases = [
-            (api(404, Some("404")), true, "HTTP 404 for a job that does not exist (404)"),
+            (
+                api(404, Some("404")),
+                true,
+                "HTTP 404 for a job that does not exist (404)",
+            ),
             (api(400, Some("EVS.0001")), true, "HTTP 400 for a job"),
             (api(404, None), true, "(no code)"),
             (api(401, Some("APIGW.0303")), false, "clock differs"),
-            (api(401, Some("APIGW.0301")), false, "password: HTTP 401 APIGW.0301: m"),
+            (
+                api(401, Some("APIGW.0301")),
+                false,
+                "password: HTTP 401 APIGW.0301: m",
+            ),
             (api(403, Some("Forbidden")), false, "not allowed"),
             (api(404, Some("APIGW.0101")), false, "no job API"),
             (api(429, Some("APIGW.0308")), false, "throttled"),
             (api(400, Some("APIGW.0201")), false, "API gateway"),
             (api(503, None), false, "service failed"),
             (Err(FetchError::Timeout), false, "request_timeout"),
-            (Err(FetchError::Connect("refused".into())), false, "cannot reach the endpoint; check it, DNS and the network path (proxy, firewall): connection failed: refused"),
-            (Err(FetchError::Auth("IAM said no".into())), false, "cannot get credentials: cannot sign request: IAM said no"),
-            (Err(FetchError::Decode("x".into())), false, "other than a job"),
+            (
+                Err(FetchError::Connect("refused".into())),
+                false,
+                "cannot reach the endpoint; check it, DNS and the network path (proxy, firewall): connection failed: refused",
+            ),
+            (
+                Err(FetchError::Auth("IAM said no".into())),
+                false,
+                "cannot get credentials: cannot sign request: IAM said no",
+            ),
+            (
+                Err(FetchError::Decode("x".into())),
+                false,
+                "other than a job",
+            ),
         ];
         for (answer, ok, needle) in cases {
             let (got_ok, detail) = verdict(answer);

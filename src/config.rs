@@ -831,10 +831,12 @@ fn remove_key(doc: &mut serde_norway::Value, path: &[serde_path_to_error::Segmen
     let mut node = doc;
     for segment in parents {
         node = match (segment, node) {
-            (Segment::Map { key }, serde_norway::Value::Mapping(m)) => match m.get_mut(key.as_str()) {
-                Some(n) => n,
-                None => return false,
-            },
+            (Segment::Map { key }, serde_norway::Value::Mapping(m)) => {
+                match m.get_mut(key.as_str()) {
+                    Some(n) => n,
+                    None => return false,
+                }
+            }
             (Segment::Seq { index }, serde_norway::Value::Sequence(s)) => match s.get_mut(*index) {
                 Some(n) => n,
                 None => return false,
@@ -1661,7 +1663,10 @@ targets:
         );
         assert!(p[0].message.contains("unknown field `colour`"));
         assert!(p[2].message.contains("\"lots\""), "{}", p[2].message);
-        assert_eq!(p[3].message, "must be a string, {env: NAME} or {file: PATH}");
+        assert_eq!(
+            p[3].message,
+            "must be a string, {env: NAME} or {file: PATH}"
+        );
         // Left out for its type, the secret key is not reported missing as well.
         assert!(!p.iter().any(|p| p.message.contains("is missing")));
     }
@@ -1691,7 +1696,11 @@ targets:
         let got: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             got,
-            vec!["accounts[0].source", "accounts[0].source", "targets[1].account"],
+            vec![
+                "accounts[0].source",
+                "accounts[0].source",
+                "targets[1].account"
+            ],
             "{p:#?}"
         );
     }
@@ -1705,7 +1714,9 @@ targets:
         let w = cfg.warnings();
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(
-            w[0].message.starts_with("cloud_service \"eip\" (account \"a\", region \"r\", project \"p\") is not one"),
+            w[0].message.starts_with(
+                "cloud_service \"eip\" (account \"a\", region \"r\", project \"p\") is not one"
+            ),
             "{}",
             w[0].message
         );

@@ -171,8 +171,10 @@ fn push_key(out: &mut String, key: &str) {
 /// A value bare when it has no space, `=`, `"` or control character, quoted with Go escapes
 /// otherwise (and when empty, so `key=` never appears).
 fn push_value(out: &mut String, value: &str) {
-    let needs_quotes =
-        value.is_empty() || value.chars().any(|c| c <= ' ' || c == '=' || c == '"' || c == '\u{7f}');
+    let needs_quotes = value.is_empty()
+        || value
+            .chars()
+            .any(|c| c <= ' ' || c == '=' || c == '"' || c == '\u{7f}');
     if !needs_quotes {
         out.push_str(value);
         return;
@@ -253,7 +255,11 @@ mod tests {
         let mut line = 0;
         let text = capture(|| {
             line = line!() + 1;
-            tracing::debug!(reason = "say \"hi\"\\\nbye\t\u{1}", path = "/v1/p/jobs/j-1", "single");
+            tracing::debug!(
+                reason = "say \"hi\"\\\nbye\t\u{1}",
+                path = "/v1/p/jobs/j-1",
+                "single"
+            );
         });
         assert_eq!(
             text,

@@ -71,14 +71,16 @@ async fn check_config(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
     if !args.connect {
         return Ok(ExitCode::SUCCESS);
     }
-    let probes = check::connect(&cfg)
-        .await
-        .context("cannot make requests")?;
+    let probes = check::connect(&cfg).await.context("cannot make requests")?;
     for p in &probes {
         println!("{p}");
     }
     let failed = probes.iter().filter(|p| !p.ok).count();
-    println!("connect: {} of {} targets accepted", probes.len() - failed, probes.len());
+    println!(
+        "connect: {} of {} targets accepted",
+        probes.len() - failed,
+        probes.len()
+    );
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

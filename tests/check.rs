@@ -90,11 +90,26 @@ async fn the_command_prints_each_result_and_fails_if_any_target_failed() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert!(lines[0].ends_with("valid (2 accounts, 4 targets, 4 jobs)"), "{stdout}");
-    assert!(lines[1].starts_with("ok     account \"good\", evs/r1/"), "{stdout}");
-    assert!(lines[2].starts_with("FAILED account \"wrong\", sdrs/r1/"), "{stdout}");
-    assert!(lines[3].starts_with("FAILED account \"good\", ecs/r2/"), "{stdout}");
-    assert!(lines[4].starts_with("FAILED account \"good\", vpc/r3/"), "{stdout}");
+    assert!(
+        lines[0].ends_with("valid (2 accounts, 4 targets, 4 jobs)"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("ok     account \"good\", evs/r1/"),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with("FAILED account \"wrong\", sdrs/r1/"),
+        "{stdout}"
+    );
+    assert!(
+        lines[3].starts_with("FAILED account \"good\", ecs/r2/"),
+        "{stdout}"
+    );
+    assert!(
+        lines[4].starts_with("FAILED account \"good\", vpc/r3/"),
+        "{stdout}"
+    );
     assert_eq!(lines[5], "connect: 1 of 4 targets accepted");
     assert_eq!(lines.len(), 6, "{stdout}");
     assert!(!stdout.contains(WRONG_SECRET) && !stderr.contains(WRONG_SECRET));
@@ -110,7 +125,10 @@ async fn the_command_prints_each_result_and_fails_if_any_target_failed() {
         .expect("join");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.ends_with("connect: 1 of 1 targets accepted\n"), "{stdout}");
+    assert!(
+        stdout.ends_with("connect: 1 of 1 targets accepted\n"),
+        "{stdout}"
+    );
     stop.cancel();
     stop2.cancel();
 }
