@@ -1,5 +1,5 @@
 """No secret ever shows: distinctive secret values in every credential source, every path driven
-(success, wrong key, revoked token, wrong password, bad config, check-config, --help, the landing
+(success, wrong key, revoked token, wrong password, bad config, check-config (with --connect), --help, the landing
 page, debug logs), and none of the values in any output."""
 import subprocess
 
@@ -80,6 +80,9 @@ def test_no_secret_in_any_output(exporter_bin, start_simulator, start_exporter, 
     good_file.write_text(config)
     outputs["check-good"] = subprocess.run([exporter_bin, "check-config", f"--config.file={good_file}"],
                                            capture_output=True, text=True, env=env)
+    outputs["check-connect"] = subprocess.run([exporter_bin, "check-config", f"--config.file={good_file}", "--connect"],
+                                              capture_output=True, text=True, env=env, timeout=60)
+    assert "FAILED account" in outputs["check-connect"].stdout, outputs["check-connect"].stdout
     assert outputs["check-good"].returncode == 0, outputs["check-good"].stderr
     assert outputs["check-bad"].returncode == 1
     outputs["help"] = subprocess.run([exporter_bin, "--help"], capture_output=True, text=True, env=env)
