@@ -120,7 +120,8 @@ fn verdict(answer: cloud::Result<cloud::Job>) -> (bool, String) {
         FetchError::Connect(_) => failed(
             "cannot reach the endpoint; check it, DNS and the network path (proxy, firewall)",
         ),
-        FetchError::Auth(_) => failed("cannot get credentials"),
+        // Its own wording ("cannot sign request") fits the exporter's log, not this report.
+        FetchError::Auth(m) => (false, format!("cannot get credentials: {m}")),
         FetchError::Decode(_) => failed(
             "the endpoint answered 200 with something other than a job; check endpoint and cloud_service",
         ),
@@ -171,7 +172,7 @@ mod tests {
             (
                 Err(FetchError::Auth("IAM said no".into())),
                 false,
-                "cannot get credentials: cannot sign request: IAM said no",
+                "cannot get credentials: IAM said no",
             ),
             (
                 Err(FetchError::Decode("x".into())),

@@ -1,5 +1,6 @@
 //! `check-config --connect` against the simulator: a request per target that tells accepted
-//! credentials from refused ones, a skewed clock and an unreachable endpoint.
+//! credentials (keys and IAM passwords) from refused ones, a skewed clock and an unreachable
+//! endpoint.
 
 mod common;
 
@@ -16,18 +17,23 @@ request_timeout: 2s
 accounts:
   - {{name: good, access_key: {DEMO_ACCESS_KEY}, secret_key: {DEMO_SECRET_KEY}}}
   - {{name: wrong, access_key: {DEMO_ACCESS_KEY}, secret_key: {WRONG_SECRET}}}
+  - {{name: iam, iam: {{endpoint: "{good}", domain: example, user: exporter, password: right-password}}}}
+  - {{name: iam-wrong, iam: {{endpoint: "{good}", domain: example, user: exporter, password: {WRONG_SECRET}}}}}
 targets:
   - {{account: good, cloud_service: evs, cloud_region: r1, project_id: {PROJECT}, endpoint: "{good}", jobs: [j1]}}
   - {{account: wrong, cloud_service: sdrs, cloud_region: r1, project_id: {PROJECT}, endpoint: "{good}", jobs: [j2]}}
   - {{account: good, cloud_service: ecs, cloud_region: r2, project_id: {PROJECT}, endpoint: "{skewed}", jobs: [j3]}}
   - {{account: good, cloud_service: vpc, cloud_region: r3, project_id: {PROJECT}, endpoint: "http://127.0.0.1:1", jobs: [j4]}}
+  - {{account: iam, cloud_service: evs, cloud_region: r4, project_id: {PROJECT}, endpoint: "{good}", jobs: [j5]}}
+  - {{account: iam-wrong, cloud_service: evs, cloud_region: r5, project_id: {PROJECT}, endpoint: "{good}", jobs: [j6]}}
 "#
     )
 }
 
 #[tokio::test]
 async fn each_target_is_probed_once_and_refusals_say_why() {
-    let (_sim, good, stop) = simulator(vec![]).await;
+    let (sim, good, stop) = simulator(vec![]).await;
+    sim.set_iam_user("example", "exporter", "right-password");
     let (skewed_sim, skewed, stop2) = simulator(vec![]).await;
     skewed_sim.set_clock_skew(1200.0);
     let probes = check::connect(&config(&yaml(&good, &skewed)))
@@ -45,6 +51,8 @@ async fn each_target_is_probed_once_and_refusals_say_why() {
             ("wrong", target("sdrs", "r1").as_str(), false),
             ("good", target("ecs", "r2").as_str(), false),
             ("good", target("vpc", "r3").as_str(), false),
+            ("iam", target("evs", "r4").as_str(), true),
+            ("iam-wrong", target("evs", "r5").as_str(), false),
         ]
     );
     let has = |i: usize, needle: &str| {
@@ -60,6 +68,8 @@ async fn each_target_is_probed_once_and_refusals_say_why() {
     has(2, "clock differs from the cloud's by more than 15 minutes");
     has(2, "APIGW.0303");
     has(3, "cannot reach the endpoint");
+    has(4, "HTTP 404 for a job that does not exist");
+    has(5, "cannot get credentials: ");
     assert!(probes.iter().all(|p| !p.to_string().contains(WRONG_SECRET)));
     stop.cancel();
     stop2.cancel();
@@ -79,7 +89,8 @@ fn run_check(yaml: &str) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_prints_each_result_and_fails_if_any_target_failed() {
-    let (_sim, good, stop) = simulator(vec![]).await;
+    let (sim, good, stop) = simulator(vec![]).await;
+    sim.set_iam_user("example", "exporter", "right-password");
     let (skewed_sim, skewed, stop2) = simulator(vec![]).await;
     skewed_sim.set_clock_skew(-1200.0);
     let all = yaml(&good, &skewed);
@@ -91,33 +102,32 @@ async fn the_command_prints_each_result_and_fails_if_any_target_failed() {
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(
-        lines[0].ends_with("valid (2 accounts, 4 targets, 4 jobs)"),
+        lines[0].ends_with("valid (4 accounts, 6 targets, 6 jobs)"),
         "{stdout}"
     );
-    assert!(
-        lines[1].starts_with("ok     account \"good\", evs/r1/"),
+    let heads: Vec<&str> = lines[1..lines.len() - 1]
+        .iter()
+        .map(|l| l.split_once('/').map_or(*l, |(head, _)| head))
+        .collect();
+    assert_eq!(
+        heads,
+        vec![
+            "ok     account \"good\", evs",
+            "FAILED account \"wrong\", sdrs",
+            "FAILED account \"good\", ecs",
+            "FAILED account \"good\", vpc",
+            "ok     account \"iam\", evs",
+            "FAILED account \"iam-wrong\", evs",
+        ],
         "{stdout}"
     );
-    assert!(
-        lines[2].starts_with("FAILED account \"wrong\", sdrs/r1/"),
-        "{stdout}"
-    );
-    assert!(
-        lines[3].starts_with("FAILED account \"good\", ecs/r2/"),
-        "{stdout}"
-    );
-    assert!(
-        lines[4].starts_with("FAILED account \"good\", vpc/r3/"),
-        "{stdout}"
-    );
-    assert_eq!(lines[5], "connect: 1 of 4 targets accepted");
-    assert_eq!(lines.len(), 6, "{stdout}");
+    assert_eq!(lines.last(), Some(&"connect: 2 of 6 targets accepted"));
     assert!(!stdout.contains(WRONG_SECRET) && !stderr.contains(WRONG_SECRET));
 
-    // Only the good target: exit 0.
+    // Only the good targets: exit 0.
     let only_good = yaml(&good, &skewed)
         .lines()
-        .filter(|l| !l.contains("account: wrong") && !l.contains("r2") && !l.contains("r3"))
+        .filter(|l| !["wrong", "r2", "r3"].iter().any(|x| l.contains(x)))
         .collect::<Vec<_>>()
         .join("\n");
     let out = tokio::task::spawn_blocking(move || run_check(&only_good))
@@ -126,7 +136,7 @@ async fn the_command_prints_each_result_and_fails_if_any_target_failed() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(
-        stdout.ends_with("connect: 1 of 1 targets accepted\n"),
+        stdout.ends_with("connect: 2 of 2 targets accepted\n"),
         "{stdout}"
     );
     stop.cancel();
