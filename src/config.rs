@@ -781,27 +781,42 @@ const MAX_STRUCTURE_PROBLEMS: usize = 100;
 /// rest of the file is still checked. A problem that leaving a key out cannot get past (a
 /// missing required key, a bad list item) ends it.
 fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Parsed<T> {
-    let problem = |path: String, message: String| Problem {
-        file: file.to_string(),
-        path,
-        message,
-    };
     let mut parsed = Parsed {
         value: None,
         problems: Vec::new(),
         dropped: Vec::new(),
     };
+    // A good file is read straight from the text; building the tree first costs about as much
+    // again (80,000 job ids: 0.4 s, then 0.7 s, in a debug build).
+    let first = match serde_path_to_error::deserialize(serde_norway::Deserializer::from_str(text)) {
+        Ok(v) => {
+            parsed.value = Some(v);
+            return parsed;
+        }
+        Err(e) => e,
+    };
     let mut doc: serde_norway::Value = match serde_norway::from_str(text) {
         // An empty file is an empty configuration.
         Ok(serde_norway::Value::Null) => serde_norway::Value::Mapping(Default::default()),
         Ok(v) => v,
+        // Not YAML at all (the error says where): nothing else can be checked.
         Err(e) => {
-            parsed.problems.push(problem(String::new(), e.to_string()));
+            parsed.problems.push(Problem {
+                file: file.to_string(),
+                path: String::new(),
+                message: e.to_string(),
+            });
             return parsed;
         }
     };
     while parsed.problems.len() < MAX_STRUCTURE_PROBLEMS {
         let err = match serde_path_to_error::deserialize::<_, T>(&doc) {
+            // Read from the tree, the file has nothing left to report; read from the text,
+            // it failed, and that failure must not be lost.
+            Ok(_) if parsed.problems.is_empty() => {
+                parsed.problems.push(structure_problem(file, first));
+                return parsed;
+            }
             Ok(v) => {
                 parsed.value = Some(v);
                 return parsed;
@@ -809,17 +824,25 @@ fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Parsed<
             Err(e) => e,
         };
         let segments: Vec<_> = err.path().iter().cloned().collect();
-        let path = err.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        parsed
-            .problems
-            .push(problem(path.clone(), err.into_inner().to_string()));
+        let found = structure_problem(file, err);
+        let path = found.path.clone();
+        parsed.problems.push(found);
         if !remove_key(&mut doc, &segments) {
             return parsed;
         }
         parsed.dropped.push(path);
     }
     parsed
+}
+
+/// A problem of the file's shape, at the path serde stopped at.
+fn structure_problem(file: &str, e: serde_path_to_error::Error<serde_norway::Error>) -> Problem {
+    let path = e.path().to_string();
+    Problem {
+        file: file.to_string(),
+        path: if path == "." { String::new() } else { path },
+        message: e.into_inner().to_string(),
+    }
 }
 
 /// Removes the mapping key `path` ends with; false if `path` does not end with one that exists.
@@ -1678,8 +1701,10 @@ targets:
         assert_eq!(p[0].path, "colour");
         assert_eq!(p[1].path, "targets[0]");
         assert!(p[1].message.contains("missing field `cloud_service`"));
+        // Broken YAML: one problem, where the parser stopped.
         let p = problems("accounts: [x: {\n");
         assert_eq!((p.len(), p[0].path.as_str()), (1, ""));
+        assert!(p[0].message.contains("at line 2"), "{}", p[0].message);
         assert!(parse("").is_ok());
     }
 

@@ -165,15 +165,24 @@ fn check_config_reports_every_problem_and_warns_on_an_unknown_service() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let f = file.display();
+    // The lists of expected keys grow with the configuration; the rest is exact.
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(|l| {
+            l.split_once(", expected one of")
+                .map_or(l, |(head, _)| head)
+        })
+        .collect();
     assert_eq!(
-        stderr,
-        format!(
-            "{f}: colour: unknown field `colour`, expected one of `mode`, `refresh_interval`, `scrape_timeout`, `request_timeout`, `max_concurrency`, `max_requests_per_second`, `max_response_bytes`, `terminal_retention`, `max_discovered_jobs`, `accounts`, `targets`, `jobs_files`, `api`, `state_file`\n\
-             {f}: accounts[0].shape: unknown field `shape`, expected one of `name`, `source`, `access_key`, `secret_key`, `security_token`, `iam`, `profile_file`, `metadata_url`, `token_refresh_margin`\n\
-             {f}: accounts[0].source: env: HUAWEICLOUD_SDK_AK is not set\n\
-             {f}: accounts[0].source: env: HUAWEICLOUD_SDK_SK is not set\n\
-             {f}: targets[0].jobs[0]: \"x/y\" is not a job id ([A-Za-z0-9-]{{1,64}})\n"
-        )
+        lines,
+        vec![
+            format!("{f}: colour: unknown field `colour`"),
+            format!("{f}: accounts[0].shape: unknown field `shape`"),
+            format!("{f}: accounts[0].source: env: HUAWEICLOUD_SDK_AK is not set"),
+            format!("{f}: accounts[0].source: env: HUAWEICLOUD_SDK_SK is not set"),
+            format!("{f}: targets[0].jobs[0]: \"x/y\" is not a job id ([A-Za-z0-9-]{{1,64}})"),
+        ],
+        "{stderr}"
     );
 
     std::fs::write(
