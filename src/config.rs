@@ -650,8 +650,12 @@ impl Config {
         for (i, acc) in raw.accounts.into_iter().enumerate() {
             let path = format!("accounts[{i}]");
             let name = acc.name.clone();
+            let before = v.problems.len();
             let resolved = v.account(&path, acc);
             if resolved.is_none() {
+                if v.problems.len() == before {
+                    v.problem(&path, "cannot be resolved".into());
+                }
                 // Its problems are reported; targets naming it get no follow-on errors.
                 v.failed_accounts.insert(name);
             }
