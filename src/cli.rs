@@ -166,12 +166,8 @@ pub enum LogFormat {
     Json,
 }
 
-fn telemetry_path(s: &str) -> Result<String, String> {
-    if s.starts_with('/') && s.len() > 1 && !s.contains(['{', '}', '*', '?', '#', ' ']) {
-        Ok(s.to_string())
-    } else {
-        Err(format!("{s:?} must be an absolute path such as /metrics"))
-    }
+fn telemetry_path(s: &str) -> Result<String, crate::http::TelemetryPathError> {
+    crate::http::check_telemetry_path(s).map(|()| s.to_string())
 }
 
 fn duration(s: &str) -> Result<std::time::Duration, String> {
@@ -287,6 +283,11 @@ mod tests {
             vec!["x", "--log.level=loud"],
             vec!["x", "--log.format=xml"],
             vec!["x", "--web.telemetry-path=metrics"],
+            vec!["x", "--web.telemetry-path=/-/healthy"],
+            vec!["x", "--web.telemetry-path=/-/ready"],
+            vec!["x", "--web.telemetry-path=/api/v1/jobs"],
+            vec!["x", "--web.telemetry-path=/"],
+            vec!["x", "demo", "--web.telemetry-path=/jobs"],
             vec!["x", "demo", "--demo.refresh-interval=0s"],
             vec!["x", "--no-such-flag"],
         ] {

@@ -34,6 +34,48 @@ struct App {
     telemetry_path: Arc<str>,
 }
 
+/// Paths the server registers besides the telemetry path; `/-/` and `/api/` are reserved whole,
+/// so a later route there cannot collide either.
+const FIXED_PATHS: &[&str] = &["/", "/jobs"];
+const RESERVED_PREFIXES: &[&str] = &["/-/", "/api/"];
+
+/// A `--web.telemetry-path` the router cannot serve.
+#[derive(Debug, thiserror::Error)]
+#[error("--web.telemetry-path {path:?}: {reason}")]
+pub struct TelemetryPathError {
+    path: String,
+    reason: &'static str,
+}
+
+/// Checks a telemetry path before anything binds: an absolute path without route syntax that
+/// no other route of the server uses (axum would panic on the overlap when the router is built).
+pub fn check_telemetry_path(path: &str) -> Result<(), TelemetryPathError> {
+    let reason = if !path.starts_with('/') || path.len() < 2 {
+        Some("must be an absolute path such as /metrics")
+    } else if path.contains(['{', '}', '*', '?', '#', ' '])
+        || path.split('/').any(|seg| seg.starts_with(':'))
+    {
+        Some(
+            "must be a plain path (no `{`, `}`, `*`, `?`, `#`, space, or segment starting with `:`)",
+        )
+    } else if FIXED_PATHS.contains(&path)
+        || RESERVED_PREFIXES
+            .iter()
+            .any(|p| path.starts_with(p) || path == &p[..p.len() - 1])
+    {
+        Some("collides with a route the server already serves (/, /jobs, /-/..., /api/...)")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(TelemetryPathError {
+            path: path.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Largest registration request body.
 const API_BODY_LIMIT: usize = 16 * 1024;
 
@@ -440,6 +482,41 @@ mod tests {
                 bad.parse().expect("hv"),
             );
             assert_eq!(scrape_timeout(&h), None, "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[test]
+    fn telemetry_path_must_not_collide_with_a_route() {
+        for bad in [
+            "/",
+            "/jobs",
+            "/-/healthy",
+            "/-/ready",
+            "/-/reload",
+            "/-",
+            "/api/v1/jobs",
+            "/api/v1/jobs/evs/r/p/j",
+            "/api",
+            "/x/:id",
+            "/a{b}",
+            "metrics",
+        ] {
+            let e = check_telemetry_path(bad).expect_err(bad);
+            assert!(e.to_string().contains("--web.telemetry-path"), "{e}");
+        }
+        for good in [
+            "/metrics",
+            "/m",
+            "/jobs/metrics",
+            "/prometheus/metrics",
+            "/apis",
+        ] {
+            check_telemetry_path(good).expect(good);
         }
     }
 }

@@ -113,6 +113,9 @@ pub enum Error {
     /// The web configuration file is invalid.
     #[error(transparent)]
     Web(#[from] web::Error),
+    /// The telemetry path collides with another route or is not a plain path.
+    #[error(transparent)]
+    TelemetryPath(#[from] http::TelemetryPathError),
     /// The state file cannot be read.
     #[error(transparent)]
     State(#[from] state::Error),
@@ -202,6 +205,8 @@ impl Exporter {
         web: WebOptions,
         mut discovery: discovery::Options,
     ) -> Result<Self> {
+        // The command line checks it too; options built in code come through here.
+        http::check_telemetry_path(&web.telemetry_path)?;
         let web_state = Arc::new(web::Web::new(
             web.config_file.as_deref(),
             web.limits.clone(),

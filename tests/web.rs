@@ -444,3 +444,51 @@ async fn a_bad_web_config_stops_startup_naming_file_field_and_value() {
     );
     sim_stop.cancel();
 }
+
+#[tokio::test]
+async fn a_telemetry_path_colliding_with_a_route_is_refused_before_binding() {
+    let (yaml, sim_stop) = backend().await;
+    for path in [
+        "/-/healthy",
+        "/-/ready",
+        "/api/v1/jobs",
+        "/",
+        "/jobs",
+        "/-/reload",
+    ] {
+        let err = match Exporter::bind(
+            config(&yaml),
+            WebOptions {
+                listen_address: "127.0.0.1:0".into(),
+                telemetry_path: path.into(),
+                ..WebOptions::default()
+            },
+        )
+        .await
+        {
+            Ok(_) => panic!("{path} accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("--web.telemetry-path"), "{err}");
+        assert!(err.contains(path), "{err}");
+    }
+    // The binary refuses the flag itself, naming it, and exits non-zero without serving.
+    let dir = tempfile::tempdir().expect("dir");
+    write(dir.path(), "exporter.yml", &yaml);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_huaweicloud-job-exporter"))
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("exporter.yml").display()
+        ))
+        .arg("--web.telemetry-path=/-/ready")
+        .arg("--web.listen-address=127.0.0.1:0")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--web.telemetry-path") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    sim_stop.cancel();
+}
