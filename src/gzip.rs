@@ -185,21 +185,46 @@ pub fn compress(text: &[u8]) -> Result<Block> {
     DEFLATER.with(|d| d.borrow_mut().get_or_insert_with(Deflater::new).block(text))
 }
 
-/// Whether an `Accept-Encoding` value accepts gzip: a `gzip` or `*` coding whose quality is not
-/// zero (RFC 9110 §12.5.3).
+/// Whether an `Accept-Encoding` value accepts gzip: a `gzip` coding, or else `*`, whose quality
+/// is not zero (RFC 9110 §12.5.3).
 pub fn accepted(accept_encoding: &str) -> bool {
-    accept_encoding.split(',').any(|coding| {
+    quality(accept_encoding, &["gzip", "x-gzip"]).is_some_and(|q| q > 0.0)
+}
+
+/// Whether an `Accept-Encoding` value lets the body go uncompressed: identity is acceptable
+/// unless `identity;q=0`, or `*;q=0` without an `identity` entry of its own, refuses it
+/// (RFC 9110 §12.5.3).
+pub fn identity_accepted(accept_encoding: &str) -> bool {
+    quality(accept_encoding, &["identity"]).is_none_or(|q| q > 0.0)
+}
+
+/// The quality `accept_encoding` gives the coding known by `names`: that of its own entry (the
+/// highest if repeated), else that of `*`, else none.
+fn quality(accept_encoding: &str, names: &[&str]) -> Option<f32> {
+    let mut own: Option<f32> = None;
+    let mut any: Option<f32> = None;
+    for coding in accept_encoding.split(',') {
         let mut parts = coding.split(';');
         let name = parts.next().unwrap_or_default().trim();
-        let named =
-            name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") || name == "*";
-        let refused = parts.any(|p| {
-            let p = p.trim();
-            p.get(..2).is_some_and(|k| k.eq_ignore_ascii_case("q="))
-                && p[2..].trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
-        });
-        named && !refused
-    })
+        let q = parts
+            .filter_map(|p| {
+                let p = p.trim();
+                p.get(..2)
+                    .is_some_and(|k| k.eq_ignore_ascii_case("q="))
+                    .then(|| p[2..].trim().parse::<f32>().ok())?
+            })
+            .next()
+            .unwrap_or(1.0);
+        let slot = if names.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            &mut own
+        } else if name == "*" {
+            &mut any
+        } else {
+            continue;
+        };
+        *slot = Some(slot.map_or(q, |old| old.max(q)));
+    }
+    own.or(any)
 }
 
 #[cfg(test)]
@@ -276,8 +301,25 @@ mod tests {
             "gzip; q=0.000",
             "br, deflate",
             "gzipx",
+            "gzip;q=0, *",
+            "*;q=0",
         ] {
             assert!(!accepted(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn identity_is_refused_only_explicitly() {
+        for yes in ["", "gzip", "identity", "*", "gzip;q=0", "*;q=0, identity"] {
+            assert!(identity_accepted(yes), "{yes}");
+        }
+        for no in [
+            "identity;q=0",
+            "*;q=0",
+            "IDENTITY; q=0.0, br",
+            "gzip;q=0, identity;q=0",
+        ] {
+            assert!(!identity_accepted(no), "{no}");
         }
     }
 

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, Request};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde_json::json;
@@ -120,7 +122,81 @@ pub fn router(
                 .no_zstd()
                 .quality(tower_http::CompressionLevel::Fastest),
         )
+        // Outside the compression layer, which would call the handler (a whole scrape) and
+        // only then turn its answer into a 406 carrying the full body.
+        .layer(axum::middleware::from_fn(not_acceptable))
         .with_state(app)
+}
+
+/// Answers 406, without running the handler, a request whose `Accept-Encoding` refuses both
+/// identity and gzip, the only codings served.
+async fn not_acceptable(req: Request, next: Next) -> Response {
+    let values: Vec<&str> = req
+        .headers()
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() {
+        return next.run(req).await;
+    }
+    let joined = values.join(",");
+    if gzip::accepted(&joined) || gzip::identity_accepted(&joined) {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::NOT_ACCEPTABLE,
+        [(header::VARY, "accept-encoding")],
+    )
+        .into_response()
+}
+
+/// Gives every error under `/api/` a JSON body, `{"error": "..."}`, whatever produced it: an
+/// extractor's rejection, a method or path the API does not have, or the server's own layers
+/// (the body size limit, basic authentication, the 406 above). Applied outside them all.
+pub fn with_json_api_errors(router: Router) -> Router {
+    router.layer(axum::middleware::from_fn(json_api_errors))
+}
+
+/// Longest error text kept when an error body is rewritten as JSON.
+const ERROR_TEXT_LIMIT: usize = 4096;
+
+async fn json_api_errors(req: Request, next: Next) -> Response {
+    if !req.uri().path().starts_with("/api/") {
+        return next.run(req).await;
+    }
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, ERROR_TEXT_LIMIT)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error"),
+        t => t,
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    let body = json!({ "error": message }).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// A request the API could not take apart (a body over the limit, a path segment that is not
+/// UTF-8), with the extractor's status and reason, as JSON like every other API error.
+fn rejected(status: StatusCode, reason: String) -> Response {
+    (status, axum::Json(json!({ "error": reason }))).into_response()
 }
 
 /// Parses `X-Prometheus-Scrape-Timeout-Seconds`; nonsense is ignored, not trusted.
@@ -262,10 +338,18 @@ async fn list_jobs(State(app): State<App>, headers: HeaderMap) -> Response {
     axum::Json(json!({"jobs": app.control.list()})).into_response()
 }
 
-async fn register_job(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+async fn register_job(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     if let Err(e) = app.control.authorize(bearer(&headers)) {
         return api_error(e);
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => return rejected(r.status(), r.body_text()),
+    };
     let job: JobRef = match serde_json::from_slice(&body) {
         Ok(j) => j,
         Err(e) => {
@@ -292,11 +376,15 @@ async fn register_job(State(app): State<App>, headers: HeaderMap, body: Bytes) -
 async fn unregister_job(
     State(app): State<App>,
     headers: HeaderMap,
-    Path((cloud_service, cloud_region, project_id, job_id)): Path<(String, String, String, String)>,
+    path: Result<Path<(String, String, String, String)>, PathRejection>,
 ) -> Response {
     if let Err(e) = app.control.authorize(bearer(&headers)) {
         return api_error(e);
     }
+    let Path((cloud_service, cloud_region, project_id, job_id)) = match path {
+        Ok(p) => p,
+        Err(r) => return rejected(r.status(), r.body_text()),
+    };
     let job = JobRef {
         cloud_service,
         cloud_region,

@@ -281,12 +281,12 @@ impl Exporter {
             .then(|| tokio::spawn(self.poller.clone().run_cached(token.clone())));
         let watch_task = tokio::spawn(Arc::clone(&self.web).watch(token.clone()));
         let control_task = tokio::spawn(Arc::clone(&self.control).run(token.clone()));
-        let app = self.web.wrap(http::router(
+        let app = http::with_json_api_errors(self.web.wrap(http::router(
             self.poller,
             self.control,
             self.telemetry,
             &self.telemetry_path,
-        ));
+        )));
         tracing::info!(
             address = %self.local_addr,
             tls = self.web.settings().tls().is_some(),

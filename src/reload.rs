@@ -510,10 +510,7 @@ impl Control {
             tracing::error!(error = %e, "cannot read the API token file");
             ApiError::Unauthorized
         })?;
-        let presented = header
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .unwrap_or("");
+        let presented = header.and_then(bearer_token).unwrap_or("");
         if constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
             Ok(())
         } else {
@@ -722,6 +719,13 @@ fn newly_empty(
         .any(|(path, _, len)| *len == 0 && before.iter().any(|(p, _, was)| p == path && *was > 0))
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme name is case-insensitive
+/// (RFC 7235 §2.1).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -733,6 +737,16 @@ mod tests {
         assert!(!newly_empty(&f(0), &f(0)));
         assert!(!newly_empty(&f(10), &f(5)));
         assert!(!newly_empty(&[], &f(0)));
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for h in ["Bearer t0k", "bearer t0k", "BEARER  t0k ", "BeArEr\tt0k"] {
+            assert_eq!(bearer_token(h), Some("t0k"), "{h:?}");
+        }
+        for h in ["Basic t0k", "Bearert0k", "t0k", ""] {
+            assert_eq!(bearer_token(h), None, "{h:?}");
+        }
     }
 
     #[test]

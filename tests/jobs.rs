@@ -577,3 +577,147 @@ async fn a_fifo_in_jobs_files_fails_the_reload_and_never_stalls_serving_or_shutd
     exp.shutdown().await;
     stop.cancel();
 }
+
+/// Sends a raw request and returns the status, the headers and the body.
+async fn raw(
+    method: reqwest::Method,
+    url: String,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    // No automatic decompression: what the server sent is what is checked.
+    let client = reqwest::Client::builder().build().expect("client");
+    let mut req = client.request(method, url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(b) = body {
+        req = req.body(b);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.bytes().await.expect("body").to_vec())
+}
+
+/// An API error: the status, and the body as JSON with an `error` string.
+fn json_error(status: u16, headers: &reqwest::header::HeaderMap, body: &[u8]) -> (u16, String) {
+    assert_eq!(
+        headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default(),
+        "application/json",
+        "{status}: {}",
+        String::from_utf8_lossy(body)
+    );
+    let v: Value = serde_json::from_slice(body).expect("a JSON body");
+    (status, v["error"].as_str().expect("error text").to_string())
+}
+
+#[tokio::test]
+async fn api_edges_answer_json_accept_any_bearer_case_and_406_without_a_body() {
+    let (_sim, base, stop) = simulator(jobs(&["c1", "b1"], 1e12)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), &base, "");
+    let exp = exporter(load(&path)).await;
+    let auth = format!("Bearer {TOKEN}");
+    let json_type = ("content-type", "application/json");
+
+    // A body over the API's 16 KiB: 413, as JSON.
+    let big = format!(
+        "{{\"cloud_service\":\"evs\",\"pad\":\"{}\"}}",
+        "x".repeat(17 * 1024)
+    );
+    let (s, h, b) = raw(
+        reqwest::Method::POST,
+        exp.url("/api/v1/jobs"),
+        &[("authorization", &auth), json_type],
+        Some(big.into_bytes()),
+    )
+    .await;
+    let (s, e) = json_error(s, &h, &b);
+    assert_eq!(s, 413, "{e}");
+    // Over the server's 1 MiB limit, stopped before any handler: still JSON.
+    let (s, h, b) = raw(
+        reqwest::Method::POST,
+        exp.url("/api/v1/jobs"),
+        &[("authorization", &auth), json_type],
+        Some(vec![b'x'; (1 << 20) + 1]),
+    )
+    .await;
+    assert_eq!(json_error(s, &h, &b).0, 413);
+    // A path segment that is not UTF-8: 400, as JSON (after the token was checked).
+    let bad_path = exp.url(&format!("/api/v1/jobs/evs/r/{PROJECT}/%ff"));
+    let (s, h, b) = raw(
+        reqwest::Method::DELETE,
+        bad_path.clone(),
+        &[("authorization", &auth)],
+        None,
+    )
+    .await;
+    assert_eq!(json_error(s, &h, &b).0, 400);
+    let (s, h, b) = raw(reqwest::Method::DELETE, bad_path, &[], None).await;
+    assert_eq!(json_error(s, &h, &b).0, 401);
+    // A method the API does not have, and a path it does not have.
+    let (s, h, b) = raw(
+        reqwest::Method::PATCH,
+        exp.url("/api/v1/jobs"),
+        &[("authorization", &auth)],
+        None,
+    )
+    .await;
+    assert_eq!(json_error(s, &h, &b).0, 405);
+    let (s, h, b) = raw(reqwest::Method::GET, exp.url("/api/v2/nothing"), &[], None).await;
+    assert_eq!(json_error(s, &h, &b).0, 404);
+
+    // The scheme name is case-insensitive.
+    for scheme in ["bearer", "BEARER", "BeArEr"] {
+        let (s, _, b) = raw(
+            reqwest::Method::POST,
+            exp.url("/api/v1/jobs"),
+            &[("authorization", &format!("{scheme} {TOKEN}")), json_type],
+            Some(job("b1").to_string().into_bytes()),
+        )
+        .await;
+        assert!(
+            s == 200 || s == 201,
+            "{scheme}: {s} {}",
+            String::from_utf8_lossy(&b)
+        );
+    }
+    let (s, h, b) = raw(
+        reqwest::Method::GET,
+        exp.url("/api/v1/jobs"),
+        &[("authorization", &format!("Basic {TOKEN}"))],
+        None,
+    )
+    .await;
+    assert_eq!(json_error(s, &h, &b).0, 401);
+
+    // Neither identity nor gzip acceptable: 406, and no exposition in it.
+    for refused in ["identity;q=0", "*;q=0", "gzip;q=0, identity;q=0"] {
+        let (s, _, b) = raw(
+            reqwest::Method::GET,
+            exp.url("/metrics"),
+            &[("accept-encoding", refused)],
+            None,
+        )
+        .await;
+        assert_eq!(s, 406, "{refused}");
+        assert!(b.is_empty(), "{refused}: {}", String::from_utf8_lossy(&b));
+    }
+    // Identity refused but gzip offered: gzip.
+    let (s, h, b) = raw(
+        reqwest::Method::GET,
+        exp.url("/metrics"),
+        &[("accept-encoding", "identity;q=0, gzip")],
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(h.get("content-encoding").expect("encoded"), "gzip");
+    assert_eq!(&b[..2], &[0x1f, 0x8b]);
+    exp.shutdown().await;
+    stop.cancel();
+}
