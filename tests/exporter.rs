@@ -259,6 +259,14 @@ fn fault_matrix() -> Vec<(&'static str, Fault, &'static str, u64)> {
             1,
         ),
         ("f-huge", Fault::Oversized { bytes: 2 << 20 }, "decode", 1),
+        (
+            "f-other-id",
+            Fault::WrongJobId {
+                job_id: "f-404".into(),
+            },
+            "decode",
+            1,
+        ),
     ]
 }
 

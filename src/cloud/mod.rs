@@ -598,9 +598,23 @@ impl Client {
             if known == Some(digest) {
                 return Ok(Fetched::Unchanged);
             }
-            return model::decode_job(&body)
-                .map(|job| Fetched::Job(job, Some(digest)))
-                .map_err(|e| FetchError::Decode(e.to_string()));
+            let job = model::decode_job(&body).map_err(|e| FetchError::Decode(e.to_string()))?;
+            // A body about another job (a misrouting proxy or cache) must not be exported under
+            // the id asked for: it is a body that does not decode to this job.
+            if let Some(reported) = job.job_id.as_deref()
+                && reported != job_id
+            {
+                tracing::warn!(
+                    job_id,
+                    body_job_id = reported,
+                    endpoint = %target.endpoint,
+                    "the job body is for another job_id; keeping the job's last values"
+                );
+                return Err(FetchError::Decode(format!(
+                    "the body is for job_id {reported:?}, not {job_id:?}"
+                )));
+            }
+            return Ok(Fetched::Job(job, Some(digest)));
         }
         let err = api_error(status, &resp_headers, &body);
         if let FetchError::Api { code: Some(c), .. } = &err

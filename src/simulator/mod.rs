@@ -105,6 +105,15 @@ pub enum Fault {
         /// Body size.
         bytes: usize,
     },
+    /// A 200 with a valid job whose `job_id` is this one instead of the one asked for, as a
+    /// misrouting cache or proxy would answer.
+    WrongJobId {
+        /// The `job_id` the body reports.
+        job_id: String,
+    },
+    /// 401 `APIGW.0301` although the request was signed or carried a valid token, as when a
+    /// token's scope or a policy does not cover the job API, or a proxy refuses the request.
+    Unauthorized,
 }
 
 /// A fault applied to every job with some probability.
@@ -704,6 +713,18 @@ async fn answer(
             r
         }
         Some(Fault::NotFound) => not_found(missing),
+        Some(Fault::WrongJobId { job_id }) => {
+            let mut v = body;
+            if let Some(m) = v.as_object_mut() {
+                m.insert("job_id".into(), json!(job_id));
+            }
+            json_response(StatusCode::OK, v.to_string())
+        }
+        Some(Fault::Unauthorized) => apig_error(
+            StatusCode::UNAUTHORIZED,
+            "APIGW.0301",
+            "Incorrect IAM authentication information: the token does not allow this request",
+        ),
         Some(Fault::Oversized { bytes }) => {
             let mut v = body;
             if let Some(m) = v.as_object_mut() {
