@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use huaweicloud_job_exporter::simulator::{DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Outcome};
+use huaweicloud_job_exporter::simulator::{
+    DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Fault, GlobalFault, Outcome,
+};
 
 fn running_jobs(n: usize) -> Vec<huaweicloud_job_exporter::simulator::JobScript> {
     (0..n)
@@ -82,6 +84,60 @@ async fn iam_token_is_reused_refreshed_after_revocation_once_for_all() {
         assert_eq!(fetch_ok(&t, &format!("j{i}")), Some(1.0), "j{i}");
     }
     assert_eq!(sim.tokens_issued(), 2);
+    exp.shutdown().await;
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_401_to_a_valid_token_refreshes_once_then_backs_off_instead_of_storming_iam() {
+    const JOBS: usize = 30;
+    const SCRAPES: u32 = 4;
+    let (sim, base, stop) = simulator(running_jobs(JOBS)).await;
+    sim.set_iam_user("example", "exporter", "right-password");
+    let exp = exporter(config(&iam_config(&base, JOBS, "1h"))).await;
+    assert_eq!(fetch_ok(&exp.metrics().await, "j0"), Some(1.0));
+    assert_eq!(sim.token_requests(), 1);
+    // The job API now refuses the (valid) token, as a policy or a proxy would.
+    sim.set_global_faults(vec![GlobalFault {
+        fault: Fault::Unauthorized,
+        probability: 1.0,
+    }]);
+    let started = std::time::Instant::now();
+    let mut text = String::new();
+    for _ in 0..SCRAPES {
+        text = exp.metrics().await;
+    }
+    // The first 401 of the token buys one refresh; later ones only after the backoff, which
+    // starts at 1 s and doubles: within `elapsed`, at most 1 + log2(elapsed + 1) of them.
+    // (Before, every second 401 asked IAM: about 60 requests for these 4 scrapes.)
+    let elapsed = started.elapsed().as_secs_f64();
+    let allowed = 1 + 1 + (elapsed + 1.0).log2().floor() as u64;
+    let asked = sim.token_requests();
+    assert!(
+        (2..=allowed).contains(&asked),
+        "{asked} token requests in {elapsed:.1} s (at most {allowed})"
+    );
+    // The 401s are counted, each fetch once.
+    let unauthorized = format!(
+        "huaweicloud_job_fetch_errors_total{{cloud_service=\"evs\",cloud_region=\"r\",project_id=\"{PROJECT}\",reason=\"unauthorized\"}}"
+    );
+    assert_eq!(
+        value(&text, &unauthorized),
+        Some((JOBS as u32 * SCRAPES) as f64)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "huaweicloud_job_exporter_auth_failures_total{account=\"ops\"}"
+        ),
+        Some((JOBS as u32 * SCRAPES) as f64)
+    );
+    assert_eq!(fetch_ok(&text, "j0"), Some(0.0));
+    // The fault gone, the jobs are fetched again with the token in hand.
+    sim.set_global_faults(Vec::new());
+    let before = sim.token_requests();
+    assert_eq!(fetch_ok(&exp.metrics().await, "j0"), Some(1.0));
+    assert_eq!(sim.token_requests(), before);
     exp.shutdown().await;
     stop.cancel();
 }

@@ -1,7 +1,8 @@
 //! Credentials at run time (README, "Credentials"): AK/SK keys (re-read from their files when rotated), IAM
 //! password tokens and ECS metadata temporary keys, each cached, refreshed before expiry and once
-//! after a 401, with one refresh shared by all concurrent requests and a backoff after failures so
-//! that a revoked token or a changed password never turns into a hot loop.
+//! after a 401 (then, while 401s go on, only after a backoff), with one refresh shared by all
+//! concurrent requests and a backoff after failures so that a revoked token, a changed password or
+//! a cloud refusing valid tokens never turns into a hot loop.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -144,6 +145,16 @@ struct Cached<T> {
 struct Refresher<T> {
     entries: tokio::sync::Mutex<HashMap<String, Cached<T>>>,
     failure: Mutex<Option<(tokio::time::Instant, Duration, Error)>>,
+    /// Per key, the last refresh a 401 caused and the wait before another may be.
+    rejected: Mutex<HashMap<String, Rejected>>,
+}
+
+/// Refreshes caused by 401s: the cloud may refuse a valid token for reasons a new one does not
+/// cure (a policy, a scope, a proxy), so every 401 asking IAM anew would be a storm.
+#[derive(Debug, Clone, Copy)]
+struct Rejected {
+    at: tokio::time::Instant,
+    wait: Duration,
 }
 
 impl<T: Clone> Refresher<T> {
@@ -151,6 +162,7 @@ impl<T: Clone> Refresher<T> {
         Self {
             entries: tokio::sync::Mutex::new(HashMap::new()),
             failure: Mutex::new(None),
+            rejected: Mutex::new(HashMap::new()),
         }
     }
 
@@ -213,12 +225,32 @@ impl<T: Clone> Refresher<T> {
         }
     }
 
-    /// Forgets `key`'s value if `is_current` says it is the one that was rejected.
-    async fn invalidate(&self, key: &str, is_current: impl Fn(&T) -> bool) {
+    /// After a 401 with the value `is_current` recognises: returns whether a retry can have
+    /// other credentials. A value already replaced (or being replaced) is retried with its
+    /// successor. The current one is forgotten, so the next [`Refresher::get`] asks anew, at
+    /// most once per value, and after a 401-caused refresh only once [`MIN_BACKOFF`] (doubling
+    /// to [`MAX_BACKOFF`] while 401s go on) has passed; until then the 401 stands.
+    async fn invalidate(&self, key: &str, is_current: impl Fn(&T) -> bool) -> bool {
         let mut entries = self.entries.lock().await;
-        if entries.get(key).is_some_and(|c| is_current(&c.value)) {
-            entries.remove(key);
+        if !entries.get(key).is_some_and(|c| is_current(&c.value)) {
+            return true;
         }
+        let now = tokio::time::Instant::now();
+        let mut rejected = self.rejected.lock().unwrap_or_else(PoisonError::into_inner);
+        let wait = match rejected.get(key) {
+            Some(r) if now < r.at + r.wait => return false,
+            // 401s went on after the last refresh: wait longer before the next.
+            Some(r) if now < r.at + r.wait + MAX_BACKOFF => (r.wait * 2).min(MAX_BACKOFF),
+            // None lately: a revoked token, refreshed at once.
+            _ => MIN_BACKOFF,
+        };
+        rejected.insert(key.to_string(), Rejected { at: now, wait });
+        entries.remove(key);
+        tracing::warn!(
+            next_refresh_after_seconds = wait.as_secs(),
+            "the cloud refused the current credentials (HTTP 401); asking for new ones"
+        );
+        true
     }
 }
 
@@ -385,17 +417,16 @@ impl Provider {
         }
     }
 
-    /// After a 401: drops `rejected` so the next [`Provider::material`] fetches anew. Returns
-    /// whether a retry can help (tokens and temporary keys; not fixed keys).
+    /// After a 401: drops `rejected` so the next [`Provider::material`] fetches anew, unless a
+    /// 401 already caused a refresh within the backoff (1 s doubling to 5 min while the 401s go
+    /// on). Returns whether a retry can have other credentials (never with fixed keys).
     pub async fn invalidate(&self, project_id: &str, rejected: &Material) -> bool {
         match (&self.kind, rejected) {
             (Kind::Iam { tokens, .. }, Material::Token(t)) => {
-                tokens.invalidate(project_id, |c| c == t).await;
-                true
+                tokens.invalidate(project_id, |c| c == t).await
             }
             (Kind::Metadata { keys, .. }, Material::Keys(k)) => {
-                keys.invalidate("", |c| c.access_key == k.access_key).await;
-                true
+                keys.invalidate("", |c| c.access_key == k.access_key).await
             }
             _ => false,
         }
@@ -565,6 +596,52 @@ mod tests {
         tokio::time::advance(MIN_BACKOFF).await;
         assert!(r.get("p", Duration::ZERO, issue(true)).await.is_ok());
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_401_refreshes_once_per_value_then_backs_off() {
+        let r: Refresher<u32> = Refresher::new();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let next = || {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            async move { Ok((n, unix_now() + 86_400.0)) }
+        };
+        let issued = || calls.load(std::sync::atomic::Ordering::SeqCst);
+        let margin = Duration::from_secs(60);
+        assert_eq!(r.get("p", margin, next).await.expect("token").0, 1);
+        // The first 401 of a token: one refresh, shared by every request that saw it.
+        assert!(r.invalidate("p", |v| *v == 1).await);
+        assert!(
+            r.invalidate("p", |v| *v == 1).await,
+            "retried with the successor"
+        );
+        assert_eq!(r.get("p", margin, next).await.expect("token").0, 2);
+        assert!(r.invalidate("p", |v| *v == 1).await, "already replaced");
+        // The new token is refused too: no refresh for a thousand 401s within the backoff.
+        for _ in 0..1000 {
+            assert!(!r.invalidate("p", |v| *v == 2).await);
+            assert_eq!(r.get("p", margin, next).await.expect("token").0, 2);
+        }
+        assert_eq!(issued(), 2);
+        // Then one refresh per backoff period, doubling: 1 s, 2 s, 4 s, ….
+        let mut wait = MIN_BACKOFF;
+        for token in 3..=12 {
+            tokio::time::advance(wait - Duration::from_millis(1)).await;
+            assert!(!r.invalidate("p", |v| *v == token - 1).await, "{token}");
+            tokio::time::advance(Duration::from_millis(1)).await;
+            assert!(r.invalidate("p", |v| *v == token - 1).await, "{token}");
+            assert_eq!(r.get("p", margin, next).await.expect("token").0, token);
+            wait = (wait * 2).min(MAX_BACKOFF);
+        }
+        assert_eq!(wait, MAX_BACKOFF, "capped at 5 min");
+        assert_eq!(issued(), 12);
+        // Quiet for long: a later revocation is refreshed at once, the backoff started anew.
+        tokio::time::advance(3 * MAX_BACKOFF).await;
+        assert!(r.invalidate("p", |v| *v == 12).await);
+        assert_eq!(r.get("p", margin, next).await.expect("token").0, 13);
+        assert!(!r.invalidate("p", |v| *v == 13).await);
+        tokio::time::advance(MIN_BACKOFF).await;
+        assert!(r.invalidate("p", |v| *v == 13).await);
     }
 
     #[test]

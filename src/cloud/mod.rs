@@ -140,7 +140,8 @@ pub type Result<T, E = FetchError> = std::result::Result<T, E>;
 
 /// How failed job fetches are retried: connection failures, 5xx and throttling (429 or
 /// `APIGW.0308`) only, with exponential backoff and jitter. Other 4xx, timeouts and bodies that
-/// do not decode are final (a 401 is retried once with fresh credentials, apart from this).
+/// do not decode are final (a 401 is retried once with fresh credentials, apart from this, when
+/// the provider allows a refresh: see `auth::Provider::invalidate`).
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// Retries after the first attempt.
