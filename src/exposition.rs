@@ -134,7 +134,7 @@ pub const AGGREGATE: [Family; 5] = [
     family!(
         "huaweicloud_job_failures_total",
         "counter",
-        "Failed jobs, each counted once, by error_code (\"none\" when absent, \"other\" beyond 100 codes)."
+        "Failed jobs, each counted once, by error_code (\"none\" when absent, \"other\" beyond 100 codes or job types in the target)."
     ),
     family!(
         "huaweicloud_job_subjob_failures_total",

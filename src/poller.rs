@@ -36,8 +36,9 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     86400.0,
 ];
 
-/// Distinct error codes kept per counter family before the rest count as `other`.
-pub const MAX_ERROR_CODES: usize = 100;
+/// Distinct values of a label the cloud chooses (`error_code`, `job_type`, `subjob_type`) kept
+/// per target and family before the rest count as `other`.
+pub const MAX_LABEL_VALUES: usize = 100;
 
 /// How much of a scrape's timeout is kept back for rendering and the network, as
 /// blackbox_exporter does with its timeout offset.
@@ -350,22 +351,50 @@ struct Histogram {
     count: u64,
 }
 
-/// Error codes seen so far, capped so a misbehaving upstream cannot grow cardinality.
+/// Values of one label seen so far for one target, capped so that a misbehaving upstream
+/// cannot grow cardinality, nor one noisy target turn another's values into `other`.
 #[derive(Default)]
-struct CodeCap(HashSet<String>);
+struct LabelCap(HashSet<String>);
 
-impl CodeCap {
-    fn label(&mut self, code: Option<&str>) -> String {
-        let code = code.filter(|c| !c.is_empty()).unwrap_or("none");
-        if self.0.contains(code) {
-            return code.to_string();
+/// What a label value is exported as.
+const FOLDED: &str = "other";
+
+impl LabelCap {
+    /// The value itself if it is known or there is room for it, else `other`; the second
+    /// item says whether it was folded.
+    fn label(&mut self, value: &str) -> (String, bool) {
+        if self.0.contains(value) {
+            return (value.to_string(), false);
         }
-        if self.0.len() < MAX_ERROR_CODES {
-            self.0.insert(code.to_string());
-            return code.to_string();
+        if self.0.len() < MAX_LABEL_VALUES {
+            self.0.insert(value.to_string());
+            return (value.to_string(), false);
         }
-        "other".to_string()
+        (FOLDED.to_string(), true)
     }
+
+    /// The value as already admitted, without admitting it.
+    fn get<'a>(&self, value: &'a str) -> &'a str {
+        if self.0.contains(value) {
+            value
+        } else {
+            FOLDED
+        }
+    }
+}
+
+/// An error code's label: `none` when the cloud sent none.
+fn code_label(code: Option<&str>) -> &str {
+    code.filter(|c| !c.is_empty()).unwrap_or("none")
+}
+
+/// The label caps of one target.
+#[derive(Default)]
+struct TargetCaps {
+    codes: LabelCap,
+    subjob_codes: LabelCap,
+    job_types: LabelCap,
+    subjob_types: LabelCap,
 }
 
 #[derive(Default)]
@@ -374,8 +403,8 @@ struct Aggregates {
     failures: BTreeMap<(Arc<str>, String, String), u64>,
     subjob_failures: BTreeMap<(Arc<str>, String, String), u64>,
     fetch_errors: BTreeMap<(Arc<str>, Reason), u64>,
-    codes: CodeCap,
-    subjob_codes: CodeCap,
+    /// Per target (its labels).
+    caps: HashMap<Arc<str>, TargetCaps>,
 }
 
 /// A job seen finished, or acknowledged: never fetched or counted again. Exported from
@@ -508,6 +537,11 @@ impl Poller {
                 ))
             });
         self.inner.telemetry.register_account(&target.account);
+        self.inner.telemetry.register_label_caps([
+            &target.cloud_service,
+            &target.cloud_region,
+            &target.project_id,
+        ]);
         let labels: Arc<str> = scope_labels(
             &target.cloud_service,
             &target.cloud_region,
@@ -906,6 +940,16 @@ impl Poller {
                 entry.last_success = Some(now);
                 entry.digest = digest;
                 let agg = &mut state.agg;
+                let caps = agg.caps.entry(Arc::clone(&labels)).or_default();
+                let t = &entry.tracked.target;
+                let folded = |label: &str| {
+                    self.inner
+                        .telemetry
+                        .label_folded([&t.cloud_service, &t.cloud_region, &t.project_id], label);
+                };
+                // Admitted when first seen, not when first finished, so `huaweicloud_jobs` shows
+                // the types of running jobs too.
+                let (jt, jt_folded) = caps.job_types.label(exposition::job_type(&job));
                 let failed_subs = job
                     .sub_jobs
                     .iter()
@@ -918,18 +962,25 @@ impl Poller {
                         continue;
                     }
                     entry.counted_subjob_failures.push(id);
-                    let code = agg.subjob_codes.label(sub.error_code.as_deref());
+                    let (code, code_folded) = caps
+                        .subjob_codes
+                        .label(code_label(sub.error_code.as_deref()));
+                    let (st, st_folded) = caps.subjob_types.label(exposition::job_type(sub));
+                    if code_folded {
+                        folded("error_code");
+                    }
+                    if st_folded {
+                        folded("subjob_type");
+                    }
                     *agg.subjob_failures
-                        .entry((
-                            Arc::clone(&labels),
-                            exposition::job_type(sub).to_string(),
-                            code,
-                        ))
+                        .entry((Arc::clone(&labels), st, code))
                         .or_default() += 1;
                 }
                 if job.is_terminal() && entry.terminal_since.is_none() {
                     entry.terminal_since = Some(now);
-                    let jt = exposition::job_type(&job).to_string();
+                    if jt_folded {
+                        folded("job_type");
+                    }
                     let status = job.status.clone().unwrap_or_default();
                     if let (Some(b), Some(e)) = (job.begin, job.end) {
                         let h = agg
@@ -946,7 +997,11 @@ impl Poller {
                         h.count += 1;
                     }
                     if status == "FAIL" {
-                        let code = agg.codes.label(job.error_code.as_deref());
+                        let (code, code_folded) =
+                            caps.codes.label(code_label(job.error_code.as_deref()));
+                        if code_folded {
+                            folded("error_code");
+                        }
                         *agg.failures
                             .entry((Arc::clone(&labels), jt, code))
                             .or_default() += 1;
@@ -1244,9 +1299,13 @@ fn render_aggregates(state: &State) -> [String; AGGREGATE.len()] {
     for e in state.jobs.values() {
         if let Some(job) = &e.job {
             let status = job.status.as_deref().unwrap_or(exposition::UNKNOWN_STATUS);
-            *counts
-                .entry((&e.tracked.labels, exposition::job_type(job), status))
-                .or_default() += 1;
+            let jt = exposition::job_type(job);
+            let jt = state
+                .agg
+                .caps
+                .get(&e.tracked.labels)
+                .map_or(FOLDED, |c| c.job_types.get(jt));
+            *counts.entry((&e.tracked.labels, jt, status)).or_default() += 1;
         }
     }
     let s = &mut out[Aggregate::Jobs as usize];
@@ -1460,12 +1519,16 @@ mod tests {
     }
 
     fn target(host: &str) -> Arc<cloud::Target> {
+        target_in(host, "p1")
+    }
+
+    fn target_in(host: &str, project: &str) -> Arc<cloud::Target> {
         Arc::new(cloud::Target::new(
             &config::Target {
                 account: "acc".into(),
                 cloud_service: "evs".into(),
                 cloud_region: "r1".into(),
-                project_id: "p1".into(),
+                project_id: project.into(),
                 endpoint: format!("http://{host}"),
                 jobs: vec![],
                 discover: Default::default(),
@@ -1932,14 +1995,86 @@ mod tests {
         assert!(held.sub_jobs.is_empty());
     }
 
-    #[test]
-    fn error_codes_are_capped() {
-        let mut cap = CodeCap::default();
-        for i in 0..MAX_ERROR_CODES {
-            assert_eq!(cap.label(Some(&format!("C{i}"))), format!("C{i}"));
+    #[tokio::test(start_paused = true)]
+    async fn label_caps_are_per_target_and_count_what_they_fold() {
+        let fake = Fake::new(Duration::from_millis(1));
+        let in_project = |project: &str| target_in("h1", project);
+        // The noisy target fails 110 jobs with 110 codes and 110 types.
+        let noisy: Vec<String> = (0..110).map(|i| format!("n{i}")).collect();
+        for (i, id) in noisy.iter().enumerate() {
+            let mut j = failed(Some(&format!("NOISY.{i}")));
+            j.job_type = Some(format!("type{i}"));
+            fake.script(id, vec![Ok(j)]);
         }
-        assert_eq!(cap.label(Some("C0")), "C0");
-        assert_eq!(cap.label(Some("NEW")), "other");
+        fake.script("q1", vec![Ok(failed(Some("QUIET.1")))]);
+        let telemetry = Arc::new(Telemetry::new());
+        let p = Poller::new(
+            Arc::clone(&fake) as Arc<dyn JobSource>,
+            vec![
+                (in_project("noisy"), noisy.clone()),
+                (in_project("quiet"), vec!["q1".to_string()]),
+            ],
+            settings(Mode::Cached),
+            Arc::clone(&telemetry),
+        );
+        p.collect(None).await;
+        let t = text(&p);
+        // The quiet target keeps its own code and type, whatever the noisy one did.
+        assert_eq!(
+            series(
+                &t,
+                "huaweicloud_job_failures_total{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"quiet\""
+            ),
+            vec![
+                "huaweicloud_job_failures_total{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"quiet\",job_type=\"createVolume\",error_code=\"QUIET.1\"} 1"
+            ]
+        );
+        // The noisy one: 100 codes and types of its own at most, the rest under `other`.
+        let noisy_failures = series(
+            &t,
+            "huaweicloud_job_failures_total{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"noisy\"",
+        );
+        assert_eq!(
+            noisy_failures.len(),
+            MAX_LABEL_VALUES + 1,
+            "{noisy_failures:?}"
+        );
+        assert!(noisy_failures.contains(
+            &"huaweicloud_job_failures_total{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"noisy\",job_type=\"other\",error_code=\"other\"} 10"
+        ));
+        let histograms = series(
+            &t,
+            "huaweicloud_job_completed_duration_seconds_count{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"noisy\"",
+        );
+        assert_eq!(histograms.len(), MAX_LABEL_VALUES + 1);
+        assert!(t.contains("huaweicloud_jobs{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"noisy\",job_type=\"other\",status=\"FAIL\"} 10\n"));
+        // What was folded is counted, per target and label, from 0 (the crate sorts labels).
+        let mut own = Vec::new();
+        telemetry.encode_in(&mut own, crate::exposition::Format::Text);
+        let own = String::from_utf8(own).expect("utf8");
+        for (project, label, n) in [
+            ("noisy", "error_code", 10),
+            ("noisy", "job_type", 10),
+            ("noisy", "subjob_type", 0),
+            ("quiet", "error_code", 0),
+        ] {
+            let line = format!(
+                "huaweicloud_job_exporter_label_values_folded_total{{cloud_region=\"r1\",cloud_service=\"evs\",label=\"{label}\",project_id=\"{project}\"}} {n}\n"
+            );
+            assert!(own.contains(&line), "{line}{own}");
+        }
+    }
+
+    #[test]
+    fn label_values_are_capped() {
+        let mut cap = LabelCap::default();
+        for i in 0..MAX_LABEL_VALUES {
+            assert_eq!(cap.label(&format!("C{i}")), (format!("C{i}"), false));
+        }
+        assert_eq!(cap.label("C0"), ("C0".to_string(), false));
+        assert_eq!(cap.label("NEW"), ("other".to_string(), true));
+        assert_eq!(cap.get("NEW"), "other");
+        assert_eq!(cap.get("C7"), "C7");
     }
 }
 

@@ -53,6 +53,7 @@ pub struct Telemetry {
     auth_failures: IntCounterVec,
     auth_last_success: GaugeVec,
     truncated: IntCounterVec,
+    label_folded: IntCounterVec,
     /// 1 when the last configuration load succeeded.
     pub config_reload_ok: IntGauge,
     /// When the configuration was last loaded successfully.
@@ -362,6 +363,14 @@ impl Telemetry {
                 &["kind"],
             )
             .expect("valid metric"),
+            label_folded: IntCounterVec::new(
+                opts(
+                    "label_values_folded_total",
+                    "Jobs, sub-jobs and failures counted under the label value \"other\" because their target already had 100 distinct values of that label (error_code, job_type, subjob_type) in a family.",
+                ),
+                &["cloud_service", "cloud_region", "project_id", "label"],
+            )
+            .expect("valid metric"),
             config_reload_ok: IntGauge::with_opts(opts(
                 "config_last_reload_successful",
                 "1 if the last configuration load succeeded.",
@@ -390,6 +399,7 @@ impl Telemetry {
             Box::new(t.auth_failures.clone()),
             Box::new(t.auth_last_success.clone()),
             Box::new(t.truncated.clone()),
+            Box::new(t.label_folded.clone()),
             Box::new(t.config_reload_ok.clone()),
             Box::new(t.config_reload_ts.clone()),
             Box::new(t.state_write_failures.clone()),
@@ -454,6 +464,25 @@ impl Telemetry {
         self.auth_last_success
             .with_label_values(&[account])
             .set(now);
+    }
+
+    /// The labels a target's values can be folded under.
+    const FOLDABLE: [&'static str; 3] = ["error_code", "job_type", "subjob_type"];
+
+    /// Creates a target's folded-value counters at 0, so `increase()` sees the first fold.
+    pub fn register_label_caps(&self, target: [&str; 3]) {
+        for label in Self::FOLDABLE {
+            self.label_folded
+                .with_label_values(&[target[0], target[1], target[2], label]);
+        }
+    }
+
+    /// Counts one job, sub-job or failure of `target` ((cloud_service, cloud_region,
+    /// project_id)) whose `label` was exported as `other`.
+    pub fn label_folded(&self, target: [&str; 3], label: &str) {
+        self.label_folded
+            .with_label_values(&[target[0], target[1], target[2], label])
+            .inc();
     }
 
     /// Records when the account's token or temporary credentials expire.
