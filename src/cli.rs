@@ -74,6 +74,14 @@ pub struct WebArgs {
     /// the limit.
     #[arg(long = "web.max-requests", default_value_t = 40, global = true)]
     pub max_requests: usize,
+    /// Maximum number of open connections from one client address; more are closed at once,
+    /// so one client cannot keep Prometheus out. 0 disables the limit.
+    #[arg(
+        long = "web.max-connections-per-client",
+        default_value_t = 64,
+        global = true
+    )]
+    pub max_connections_per_client: usize,
     /// Only log messages with the given severity or above.
     #[arg(long = "log.level", value_enum, default_value_t = LogLevel::Info, global = true)]
     pub log_level: LogLevel,
@@ -220,6 +228,7 @@ mod tests {
             "--web.config.file=/etc/web.yml",
             "--web.shutdown-grace=30s",
             "--web.max-requests=5",
+            "--web.max-connections-per-client=8",
         ])
         .expect("parses");
         assert_eq!(cli.exporter.config_file, PathBuf::from("/etc/c.yml"));
@@ -232,6 +241,7 @@ mod tests {
             std::time::Duration::from_secs(30)
         );
         assert_eq!(cli.exporter.web.max_requests, 5);
+        assert_eq!(cli.exporter.web.max_connections_per_client, 8);
         assert_eq!(cli.exporter.web.telemetry_path, "/m");
         assert_eq!(cli.exporter.web.log_level, LogLevel::Debug);
         assert_eq!(cli.exporter.web.log_format, LogFormat::Json);

@@ -173,6 +173,7 @@ impl From<&cli::WebArgs> for WebOptions {
             shutdown_grace: a.shutdown_grace,
             limits: web::Limits {
                 max_concurrent_scrapes: a.max_requests,
+                max_connections_per_client: a.max_connections_per_client,
                 ..web::Limits::default()
             },
         }

@@ -20,7 +20,7 @@
 //! The file and the files it names are polled; a change is applied to new connections and
 //! requests, and a file that does not validate leaves the previous settings in force (logged).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -80,8 +80,13 @@ pub struct Limits {
     pub max_concurrent_scrapes: usize,
     /// How long an excess `/metrics` request waits for a slot before a 503.
     pub scrape_queue_wait: Duration,
-    /// Open connections; beyond it, new ones are closed at once.
+    /// Open connections; beyond it, new ones are closed at once. When fewer than an eighth of
+    /// them are left, idle keep-alive connections are closed (and busy ones after their
+    /// response), so that a scrape can always get in.
     pub max_connections: usize,
+    /// Open connections from one client address; beyond it, its new ones are closed at once.
+    /// 0 means no limit.
+    pub max_connections_per_client: usize,
     /// How often the web configuration file is checked for changes.
     pub reload_interval: Duration,
 }
@@ -95,6 +100,7 @@ impl Default for Limits {
             max_concurrent_scrapes: 40,
             scrape_queue_wait: Duration::from_secs(2),
             max_connections: 1024,
+            max_connections_per_client: 64,
             reload_interval: Duration::from_secs(5),
         }
     }
@@ -858,8 +864,14 @@ pub(crate) async fn serve(
         // hyper answers 431 when the request head outgrows its buffer; 8 KiB is its minimum.
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Shutdown: every connection finishes its request in flight, then closes.
+    let closing = CancellationToken::new();
+    // Near the connection limit: every connection open before then closes once idle. A
+    // generation count each connection subscribes to when accepted, so none misses a signal.
+    let (pressure, _) = tokio::sync::watch::channel(0u64);
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let low_water = limits.max_connections.max(1) / 8;
+    let clients = Clients::new(limits.max_connections_per_client);
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -876,31 +888,47 @@ pub(crate) async fn serve(
                 }
             },
         };
-        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-            tracing::debug!(%peer, limit = limits.max_connections, "too many connections; closing a new one");
+        let Some(client) = clients.admit(peer.ip()) else {
+            tracing::debug!(%peer, limit = limits.max_connections_per_client, "too many connections from this address; closing a new one");
             continue;
         };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            tracing::debug!(%peer, limit = limits.max_connections, "too many connections; closing a new one");
+            pressure.send_modify(|g| *g += 1);
+            continue;
+        };
+        if connections.available_permits() < low_water.max(1) {
+            tracing::debug!(
+                open = limits.max_connections - connections.available_permits(),
+                "near the connection limit; closing idle connections"
+            );
+            pressure.send_modify(|g| *g += 1);
+        }
         let _ = stream.set_nodelay(true);
         let tls = web.settings().tls();
-        let watcher = graceful.watcher();
+        let closing = closing.clone();
+        // After the signal above: the connection that took a slot is not the one closed.
+        let mut pressed = pressure.subscribe();
         let router = router.clone();
         let http = http.clone();
         let handshake_timeout = limits.header_read_timeout;
         tasks.spawn(async move {
-            let _permit = permit;
+            let _slots = (permit, client);
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 router.clone().oneshot(req.map(axum::body::Body::new))
             });
             let Some(tls) = tls else {
                 let conn = http.serve_connection(TokioIo::new(stream), svc);
-                if let Err(e) = watcher.watch(conn).await {
+                if let Err(e) = drive(conn, &closing, &mut pressed).await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 return;
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            let stream =
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+            let stream = tokio::select! {
+                _ = closing.cancelled() => return,
+                r = handshake => match r {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -910,9 +938,10 @@ pub(crate) async fn serve(
                         tracing::debug!(%peer, "TLS handshake timed out");
                         return;
                     }
-                };
+                },
+            };
             let conn = http.serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = watcher.watch(conn).await {
+            if let Err(e) = drive(conn, &closing, &mut pressed).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -920,8 +949,10 @@ pub(crate) async fn serve(
     drop(listener);
     tracing::info!(grace_seconds = grace.as_secs_f64(), "shutting down");
     stopping.cancel();
+    closing.cancel();
+    let drained = async { while tasks.join_next().await.is_some() {} };
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = drained => {}
         _ = tokio::time::sleep(grace) => {
             tracing::warn!(
                 connections = tasks.len(),
@@ -930,6 +961,83 @@ pub(crate) async fn serve(
         }
     }
     tasks.shutdown().await;
+}
+
+/// Serves one connection until it ends; on shutdown or under connection pressure, asks it to
+/// close once its request in flight (if any) is answered.
+async fn drive<C>(
+    conn: C,
+    closing: &CancellationToken,
+    pressure: &mut tokio::sync::watch::Receiver<u64>,
+) -> Result<(), C::Error>
+where
+    C: hyper_util::server::graceful::GracefulConnection,
+{
+    tokio::pin!(conn);
+    let mut asked = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            _ = closing.cancelled(), if !asked => {}
+            Ok(()) = pressure.changed(), if !asked => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        asked = true;
+    }
+}
+
+/// Open connections per client address, so one client cannot take them all.
+#[derive(Clone)]
+struct Clients {
+    limit: usize,
+    open: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// One connection's place in its address's count, given back when dropped.
+struct ClientSlot {
+    clients: Clients,
+    ip: std::net::IpAddr,
+}
+
+impl Clients {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for a new connection from `ip`, or none if it has `limit` open already. An
+    /// IPv4 client reaching an IPv6 socket counts as its IPv4 address.
+    fn admit(&self, ip: std::net::IpAddr) -> Option<ClientSlot> {
+        let ip = ip.to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(ip).or_default();
+        if self.limit > 0 && *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            clients: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .clients
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

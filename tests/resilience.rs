@@ -442,3 +442,111 @@ async fn past_the_grace_period_connections_are_dropped_and_the_exit_is_clean() {
     assert!(scraped.is_err(), "{scraped:?}");
     sim_stop.cancel();
 }
+
+/// A connection from `from` that has sent one request and read its answer: open and idle, as a
+/// keep-alive client leaves it. None if the server closed it without an answer.
+async fn idle_connection(addr: std::net::SocketAddr, from: std::net::IpAddr) -> Option<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::new(from, 0))
+        .expect("bind");
+    let mut s = socket.connect(addr).await.expect("connect");
+    s.write_all(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("Healthy") {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+    Some(s)
+}
+
+/// True when the server closes `s` (end of stream or reset) before the bound.
+async fn closed_by_server(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn one_client_address_cannot_take_every_connection() {
+    let (_sim, base, sim_stop) = simulator(vec![running("j")]).await;
+    let exp = exporter_with(
+        config(&on_demand_yaml(&base, &["j"])),
+        limits(|l| l.max_connections_per_client = 4),
+    )
+    .await;
+    let local: std::net::IpAddr = [127, 0, 0, 1].into();
+    let mut held = Vec::new();
+    for i in 0..4 {
+        held.push(
+            idle_connection(exp.addr, local)
+                .await
+                .unwrap_or_else(|| panic!("connection {i} served")),
+        );
+    }
+    // The fifth from the same address is closed unanswered; another address is served.
+    assert!(idle_connection(exp.addr, local).await.is_none());
+    let other: std::net::IpAddr = [127, 0, 0, 2].into();
+    assert!(
+        idle_connection(exp.addr, other).await.is_some(),
+        "another address gets in"
+    );
+    // One of the four closed: the address gets a connection again.
+    drop(held.pop());
+    let mut again = None;
+    for _ in 0..100 {
+        again = idle_connection(exp.addr, local).await;
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(again.is_some(), "a freed slot is given back");
+    exp.shutdown().await;
+    sim_stop.cancel();
+}
+
+#[tokio::test]
+async fn near_the_connection_limit_idle_connections_close_so_a_scrape_gets_in() {
+    let (_sim, base, sim_stop) = simulator(vec![running("j")]).await;
+    let exp = exporter_with(
+        config(&on_demand_yaml(&base, &["j"])),
+        limits(|l| {
+            l.max_connections = 8;
+            // Idle connections would otherwise stay this long: not what closes them here.
+            l.header_read_timeout = Duration::from_secs(60);
+        }),
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(TcpStream::connect(exp.addr).await.expect("connect"));
+    }
+    // Taking the last slot closed every idle connection opened before...
+    let newest = idle.pop();
+    for (i, s) in idle.iter_mut().enumerate() {
+        assert!(closed_by_server(s).await, "idle connection {i} closed");
+    }
+    // ...so a scrape gets in, the newest still open.
+    let mut scraped = false;
+    for _ in 0..100 {
+        if let Ok(r) = reqwest::get(exp.url("/metrics")).await
+            && r.status() == 200
+        {
+            scraped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(scraped);
+    drop(newest);
+    exp.shutdown().await;
+    sim_stop.cancel();
+}
