@@ -47,7 +47,8 @@
 //! - [`gzip`]: gzip bodies joined from deflate blocks compressed once, when their text changed.
 //! - [`telemetry`]: the exporter's own metrics.
 //! - [`http`]: the landing page, `/jobs`, `/metrics`, health, readiness, `/-/reload` and `/api/v1/jobs`.
-//! - [`web`]: `--web.config.file` (TLS, basic auth, headers) and the HTTP limits; served by
+//! - [`web`]: `--web.config.file` (TLS, basic auth, headers) and the HTTP limits (connections
+//!   per client address among them); served by
 //!   [`Exporter::run`]'s own accept loop (hyper), which also stops gracefully.
 //! - [`simulator`]: a faithful stand-in for the cloud (job API, IAM, CTS traces, SDRS task
 //!   centre), for `demo`, tests and benchmarks; see docs/simulator.md.
