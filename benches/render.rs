@@ -239,6 +239,7 @@ fn main() {
                 terminal_retention: Duration::from_secs(86400),
                 shard: Default::default(),
                 job_limits: Default::default(),
+                families: Default::default(),
             },
             Arc::new(Telemetry::new()),
         );

@@ -47,10 +47,36 @@ pub struct ExporterArgs {
     /// for a job another shard owns are redirected there (307) instead of refused (421).
     #[arg(long = "shard.url-template")]
     pub shard_url_template: Option<String>,
+    /// Job metric families to export, every other left out (comma-separated or repeated;
+    /// names as in docs/metrics.md, e.g. huaweicloud_job_status). Replaces the config file's
+    /// metric_allowlist; not with a denylist.
+    #[arg(
+        long = "collector.metric-allowlist",
+        value_name = "FAMILY",
+        value_delimiter = ',',
+        value_parser = allowed_family,
+        conflicts_with = "metric_denylist"
+    )]
+    pub metric_allowlist: Vec<String>,
+    /// Job metric families to leave out (comma-separated or repeated), e.g.
+    /// huaweicloud_job_entity_info. Replaces the config file's metric_denylist; not with an
+    /// allowlist.
+    #[arg(
+        long = "collector.metric-denylist",
+        value_name = "FAMILY",
+        value_delimiter = ',',
+        value_parser = denied_family
+    )]
+    pub metric_denylist: Vec<String>,
     /// Web and logging flags.
     #[command(flatten)]
     pub web: WebArgs,
 }
+
+/// The flag of the families kept, named in errors.
+pub const ALLOWLIST_FLAG: &str = "--collector.metric-allowlist";
+/// The flag of the families left out, named in errors.
+pub const DENYLIST_FLAG: &str = "--collector.metric-denylist";
 
 /// Flags shared by the exporter and `demo`.
 #[derive(Debug, Clone, Args)]
@@ -178,6 +204,14 @@ fn telemetry_path(s: &str) -> Result<String, crate::http::TelemetryPathError> {
     crate::http::check_telemetry_path(s).map(|()| s.to_string())
 }
 
+fn allowed_family(s: &str) -> crate::families::Result<String> {
+    crate::families::parse_name(s, ALLOWLIST_FLAG)
+}
+
+fn denied_family(s: &str) -> crate::families::Result<String> {
+    crate::families::parse_name(s, DENYLIST_FLAG)
+}
+
 fn duration(s: &str) -> Result<std::time::Duration, String> {
     crate::config::parse_duration(s).and_then(|d| {
         if d.is_zero() {
@@ -285,6 +319,48 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn family_lists_are_parsed_checked_and_exclusive() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--collector.metric-denylist=huaweicloud_job_entity_info,huaweicloud_job_subjob_status",
+            "--collector.metric-denylist",
+            "huaweicloud_jobs",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cli.exporter.metric_denylist,
+            [
+                "huaweicloud_job_entity_info",
+                "huaweicloud_job_subjob_status",
+                "huaweicloud_jobs"
+            ]
+        );
+        assert!(cli.exporter.metric_allowlist.is_empty());
+        let cli = Cli::try_parse_from(["x", "--collector.metric-allowlist=huaweicloud_job_status"])
+            .expect("parses");
+        assert_eq!(cli.exporter.metric_allowlist, ["huaweicloud_job_status"]);
+
+        let e = Cli::try_parse_from(["x", "--collector.metric-denylist=huaweicloud_job_nope"])
+            .expect_err("unknown family");
+        let text = e.to_string();
+        assert!(
+            text.contains("--collector.metric-denylist") && text.contains("huaweicloud_job_nope"),
+            "{text}"
+        );
+        assert!(
+            text.contains("huaweicloud_job_status"),
+            "lists the families: {text}"
+        );
+        let e = Cli::try_parse_from([
+            "x",
+            "--collector.metric-allowlist=huaweicloud_job_status",
+            "--collector.metric-denylist=huaweicloud_jobs",
+        ])
+        .expect_err("both lists");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]

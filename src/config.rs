@@ -11,6 +11,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::families::{self, Families};
+
+/// The config key of the families kept.
+const ALLOWLIST_KEY: &str = "metric_allowlist";
+/// The config key of the families left out.
+const DENYLIST_KEY: &str = "metric_denylist";
+
 /// Where secrets and the SDK fallback variables are looked up. `main` passes the process
 /// environment; tests pass a map, so nothing global is mutated.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -202,6 +209,10 @@ struct RawConfig {
     jobs_files: Vec<String>,
     api: Option<RawApi>,
     state_file: Option<PathBuf>,
+    #[serde(default)]
+    metric_allowlist: Vec<String>,
+    #[serde(default)]
+    metric_denylist: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -448,6 +459,13 @@ pub struct Config {
     /// Where other shards are reached, `{shard}` standing for the index (from
     /// `--shard.url-template`), so registrations can be redirected to the owner.
     pub shard_url_template: Option<String>,
+    /// `metric_allowlist` as written in the file.
+    pub metric_allowlist: Vec<String>,
+    /// `metric_denylist` as written in the file.
+    pub metric_denylist: Vec<String>,
+    /// The job families exported: from the lists above, or from the command line's
+    /// ([`Config::apply_family_flags`]).
+    pub families: Families,
 }
 
 impl Default for Config {
@@ -471,6 +489,9 @@ impl Default for Config {
             jobs_file_patterns: Vec::new(),
             shard: crate::shard::Shard::default(),
             shard_url_template: None,
+            metric_allowlist: Vec::new(),
+            metric_denylist: Vec::new(),
+            families: Families::ALL,
         }
     }
 }
@@ -510,10 +531,32 @@ impl Config {
             .collect()
     }
 
+    /// Applies the command line's family lists over the file's: a non-empty flag list replaces
+    /// the key of the same list, and an allowlist with a denylist, wherever each comes from,
+    /// is an error.
+    pub fn apply_family_flags(
+        &mut self,
+        allow: &[String],
+        deny: &[String],
+    ) -> std::result::Result<(), families::Error> {
+        let allow = if allow.is_empty() {
+            (ALLOWLIST_KEY, &self.metric_allowlist[..])
+        } else {
+            (crate::cli::ALLOWLIST_FLAG, allow)
+        };
+        let deny = if deny.is_empty() {
+            (DENYLIST_KEY, &self.metric_denylist[..])
+        } else {
+            (crate::cli::DENYLIST_FLAG, deny)
+        };
+        self.families = Families::select(allow, deny)?;
+        Ok(())
+    }
+
     /// Settings that only a restart applies, for a warning when a reload changes them.
     pub fn restart_settings(&self) -> String {
         format!(
-            "mode={:?} refresh_interval={:?} scrape_timeout={:?} request_timeout={:?} max_concurrency={} max_requests_per_second={} max_response_bytes={} job_limits={:?} terminal_retention={:?} api={:?} state_file={:?} max_discovered_jobs={}",
+            "mode={:?} refresh_interval={:?} scrape_timeout={:?} request_timeout={:?} max_concurrency={} max_requests_per_second={} max_response_bytes={} job_limits={:?} terminal_retention={:?} api={:?} state_file={:?} max_discovered_jobs={} metric_allowlist={:?} metric_denylist={:?}",
             self.mode,
             self.refresh_interval,
             self.scrape_timeout,
@@ -525,7 +568,9 @@ impl Config {
             self.terminal_retention,
             self.api_token_file,
             self.state_file,
-            self.max_discovered_jobs
+            self.max_discovered_jobs,
+            self.metric_allowlist,
+            self.metric_denylist
         )
     }
 
@@ -589,6 +634,9 @@ impl Config {
             path: None,
             shard: crate::shard::Shard::default(),
             shard_url_template: None,
+            families: Families::ALL,
+            metric_allowlist: raw.metric_allowlist,
+            metric_denylist: raw.metric_denylist,
             jobs_file_patterns: raw
                 .jobs_files
                 .iter()
@@ -601,6 +649,23 @@ impl Config {
                 })
                 .collect(),
         };
+        match Families::select(
+            (ALLOWLIST_KEY, &cfg.metric_allowlist),
+            (DENYLIST_KEY, &cfg.metric_denylist),
+        ) {
+            Ok(f) => cfg.families = f,
+            Err(families::Error::Unknown { origin, name }) => v.problem(
+                &origin,
+                format!(
+                    "unknown metric family {name:?}; the families are: {}",
+                    families::known_names().join(", ")
+                ),
+            ),
+            Err(families::Error::Both { .. }) => v.problem(
+                ALLOWLIST_KEY,
+                format!("cannot be set with {DENYLIST_KEY}: keep an allowlist or a denylist"),
+            ),
+        }
         if cfg.max_concurrency == 0 || cfg.max_concurrency > 10_000 {
             v.problem(
                 "max_concurrency",
@@ -1578,6 +1643,38 @@ mod tests {
             Err(Error::Invalid(p)) => p,
             other => panic!("expected problems, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn family_lists_from_the_file_and_the_command_line() {
+        let cfg = parse(&format!(
+            "metric_denylist: [huaweicloud_job_entity_info]\n{GOOD}"
+        ))
+        .expect("valid");
+        assert!(!cfg.families.per_job(crate::exposition::PerJob::EntityInfo));
+        assert!(cfg.families.per_job(crate::exposition::PerJob::Status));
+
+        let p = problems(&format!(
+            "metric_allowlist: [huaweicloud_jobs]\nmetric_denylist: [huaweicloud_job_status]\n{GOOD}"
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "metric_allowlist");
+        assert!(p[0].message.contains("metric_denylist"), "{}", p[0].message);
+
+        // A flag list replaces the key of its own list ...
+        let mut cfg = cfg;
+        cfg.apply_family_flags(&[], &["huaweicloud_jobs".to_string()])
+            .expect("replaces the file's denylist");
+        assert!(cfg.families.per_job(crate::exposition::PerJob::EntityInfo));
+        assert!(!cfg.families.aggregate(crate::exposition::Aggregate::Jobs));
+        // ... and an allowlist beside the file's denylist is an error naming both.
+        let e = cfg
+            .apply_family_flags(&["huaweicloud_jobs".to_string()], &[])
+            .expect_err("both lists");
+        assert_eq!(
+            e.to_string(),
+            "--collector.metric-allowlist and metric_denylist cannot both be set: keep an allowlist or a denylist, not both"
+        );
     }
 
     const GOOD: &str = r#"

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::cloud::Job;
+use crate::families::Families;
 
 /// The documented statuses, always present in a state set.
 pub const STATUSES: [&str; 4] = ["INIT", "RUNNING", "SUCCESS", "FAIL"];
@@ -460,6 +461,9 @@ const OPEN: [&str; PER_JOB.len()] = [
 
 /// Writes a [`JobText`] line by line, straight into its length-prefixed form.
 struct Builder {
+    /// The families written; the lines of the others are dropped here, so that they are
+    /// neither held nor compressed nor served.
+    keep: Families,
     text: Vec<u8>,
     base_len: usize,
     /// The line being written, reused for every line.
@@ -469,12 +473,13 @@ struct Builder {
 }
 
 impl Builder {
-    fn new(base: &[u8]) -> Self {
+    fn new(base: &[u8], keep: Families) -> Self {
         let (mut text, mut line) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
         text.clear();
         line.clear();
         text.extend_from_slice(base);
         Self {
+            keep,
             text,
             base_len: base.len(),
             line,
@@ -485,6 +490,9 @@ impl Builder {
 
     /// Adds the lines of `family` as `from` holds them.
     fn copy(&mut self, from: &JobText, family: PerJob) {
+        if !self.keep.per_job(family) {
+            return;
+        }
         let tails = from.tails(family);
         self.text.extend_from_slice(tails);
         let mut rest = tails;
@@ -533,6 +541,9 @@ impl Builder {
     }
 
     fn commit(&mut self, family: PerJob) {
+        if !self.keep.per_job(family) {
+            return;
+        }
         let line = self.line.as_bytes();
         match u8::try_from(line.len()) {
             Ok(n) if n < LONG_LINE => self.text.push(n),
@@ -671,6 +682,8 @@ pub struct JobView<'a> {
     pub fetch_ok: bool,
     /// When a fetch last succeeded (Unix seconds).
     pub last_success: Option<f64>,
+    /// The families rendered; the others get no lines.
+    pub families: Families,
 }
 
 /// The job_type label of a job.
@@ -691,7 +704,7 @@ pub fn render_job(v: &JobView<'_>) -> JobText {
     base.push_str(",job_id=\"");
     escape_into(&mut base, v.job_id);
     base.push('"');
-    render(v, Builder::new(base.as_bytes()), None)
+    render(v, Builder::new(base.as_bytes(), v.families), None)
 }
 
 /// [`render_job`] for a job whose body is the one `previous` was rendered from: the sections
@@ -700,7 +713,7 @@ pub fn render_job(v: &JobView<'_>) -> JobText {
 /// return the same body, and rendering it whole was about 7% of a refresh's CPU.
 pub fn rerender_fetch(v: &JobView<'_>, previous: &JobText) -> JobText {
     let base = &previous.text[..previous.base_len as usize];
-    render(v, Builder::new(base), Some(previous))
+    render(v, Builder::new(base, v.families), Some(previous))
 }
 
 fn render(v: &JobView<'_>, mut b: Builder, previous: Option<&JobText>) -> JobText {
@@ -950,6 +963,7 @@ mod tests {
             job: Some(&job),
             fetch_ok: true,
             last_success: None,
+            families: crate::families::Families::ALL,
         });
         let info = t.section(PerJob::FailureInfo);
         assert!(info.len() > 300, "{info}");
@@ -1004,6 +1018,7 @@ mod tests {
                 job: Some(job),
                 fetch_ok,
                 last_success,
+                families: crate::families::Families::ALL,
             };
             let before = render_job(&view(false, Some(40.0)));
             let after = view(true, Some(95.5));
@@ -1038,6 +1053,7 @@ mod tests {
             job: None,
             fetch_ok: false,
             last_success: None,
+            families: crate::families::Families::ALL,
         });
         let all: String = ALL_PER_JOB.iter().map(|f| t.section(*f)).collect();
         assert_eq!(
@@ -1073,6 +1089,7 @@ mod tests {
             job: Some(&job),
             fetch_ok: true,
             last_success: Some(200.0),
+            families: crate::families::Families::ALL,
         });
         assert_eq!(
             t.section(PerJob::Status),
@@ -1129,6 +1146,7 @@ mod tests {
             job: Some(&job),
             fetch_ok: true,
             last_success: Some(200.0),
+            families: crate::families::Families::ALL,
         });
         // A running job with failed sub-jobs: no job failure info, one line per failed sub-job.
         assert_eq!(t.section(PerJob::FailureInfo), "");
@@ -1162,6 +1180,7 @@ mod tests {
             job: Some(&job),
             fetch_ok: true,
             last_success: Some(130.0),
+            families: crate::families::Families::ALL,
         });
         assert_eq!(t.section(PerJob::End), "");
         assert!(t.section(PerJob::Duration).ends_with("} 30\n"));

@@ -43,6 +43,8 @@
 //! - [`pages`]: the HTML of `/jobs` and of the landing page's sections.
 //! - [`poller`]: tracked jobs, concurrency and rate limits, cached and on-demand collection.
 //! - [`exposition`]: the text format, rendered per job when the job changes.
+//! - [`families`]: which job families are exported (the allowlist or denylist), applied as jobs
+//!   are rendered and snapshots are built.
 //! - [`snapshot`]: the immutable view a scrape serves, plain and as stored deflate blocks.
 //! - [`gzip`]: gzip bodies joined from deflate blocks compressed once, when their text changed.
 //! - [`telemetry`]: the exporter's own metrics.
@@ -61,6 +63,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod exposition;
+pub mod families;
 pub mod files;
 pub mod gzip;
 pub mod http;

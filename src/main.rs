@@ -175,6 +175,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             config.shard = shard;
             config.shard_url_template = cli.exporter.shard_url_template.clone();
+            if let Err(e) = config.apply_family_flags(
+                &cli.exporter.metric_allowlist,
+                &cli.exporter.metric_denylist,
+            ) {
+                eprintln!("{e}");
+                return Ok(ExitCode::FAILURE);
+            }
             tracing::info!(
                 version = env!("CARGO_PKG_VERSION"),
                 config = %path.display(),
@@ -182,6 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 mode = ?config.mode,
                 shard = shard.index,
                 total_shards = shard.total,
+                left_out = ?config.families.left_out(),
                 "starting"
             );
             huaweicloud_job_exporter::run(config, web_options(web), shutdown_signal())

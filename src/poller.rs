@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cloud::{self, BodyDigest, FetchError, Fetched, Job, Reason};
 use crate::config::Mode;
 use crate::exposition::{self, AGGREGATE, Aggregate, JobText, JobView};
+use crate::families::Families;
 use crate::listing;
 use crate::snapshot::Snapshot;
 use crate::state::{Finished, JobRef, LastState, Store};
@@ -91,6 +92,8 @@ pub struct Settings {
     pub shard: crate::shard::Shard,
     /// Entities and sub-jobs kept per job.
     pub job_limits: cloud::model::Limits,
+    /// The job families exported.
+    pub families: Families,
 }
 
 impl From<&crate::config::Config> for Settings {
@@ -104,6 +107,7 @@ impl From<&crate::config::Config> for Settings {
             terminal_retention: c.terminal_retention,
             shard: c.shard,
             job_limits: c.job_limits,
+            families: c.families,
         }
     }
 }
@@ -324,23 +328,24 @@ struct Entry {
 }
 
 impl Entry {
-    fn view(&self) -> JobView<'_> {
+    fn view(&self, families: Families) -> JobView<'_> {
         JobView {
             target_labels: &self.tracked.labels,
             job_id: &self.job_id,
             job: self.job.as_ref(),
             fetch_ok: self.fetch_ok,
             last_success: self.last_success,
+            families,
         }
     }
 
-    fn render(&mut self) {
-        self.text = exposition::render_job(&self.view());
+    fn render(&mut self, families: Families) {
+        self.text = exposition::render_job(&self.view(families));
     }
 
     /// Renders again after a fetch that returned the body `text` was rendered from.
-    fn rerender_fetch(&mut self) {
-        self.text = exposition::rerender_fetch(&self.view(), &self.text);
+    fn rerender_fetch(&mut self, families: Families) {
+        self.text = exposition::rerender_fetch(&self.view(families), &self.text);
     }
 }
 
@@ -468,7 +473,7 @@ impl Poller {
                 telemetry,
                 clock: Clock::new(),
                 state: Mutex::new(State::default()),
-                snapshot: RwLock::new(Arc::new(Snapshot::empty(cached))),
+                snapshot: RwLock::new(Arc::new(Snapshot::empty_of(cached, settings.families))),
                 limiters: Mutex::new(HashMap::new()),
                 ready: std::sync::atomic::AtomicBool::new(!cached),
                 inflight: Mutex::new(None),
@@ -507,7 +512,14 @@ impl Poller {
                     if !desired.insert(key.clone()) {
                         continue;
                     }
-                    if insert_job(state, &tracked, key, now, retention) {
+                    if insert_job(
+                        state,
+                        &tracked,
+                        key,
+                        now,
+                        retention,
+                        self.inner.settings.families,
+                    ) {
                         added += 1;
                     }
                 }
@@ -588,7 +600,14 @@ impl Poller {
             None => self.track(state, target),
         };
         let key = (Arc::clone(&tracked.labels), job_id);
-        let added = insert_job(state, &tracked, key, now, retention);
+        let added = insert_job(
+            state,
+            &tracked,
+            key,
+            now,
+            retention,
+            self.inner.settings.families,
+        );
         if added {
             self.inner
                 .dirty
@@ -1052,9 +1071,9 @@ impl Poller {
             }
         }
         if unchanged {
-            entry.rerender_fetch();
+            entry.rerender_fetch(self.inner.settings.families);
         } else {
-            entry.render();
+            entry.render(self.inner.settings.families);
         }
         if entry.terminal_since.is_some()
             && let Some(job) = &mut entry.job
@@ -1104,7 +1123,12 @@ impl Poller {
         let (mut snap, summary) = {
             let state = self.state();
             let jobs = state.jobs.values().map(|e| e.text.clone());
-            let snap = Snapshot::uncompressed(cached, jobs, render_aggregates(&state));
+            let snap = Snapshot::uncompressed(
+                cached,
+                self.inner.settings.families,
+                jobs,
+                render_aggregates(&state),
+            );
             (snap, summarize(&state))
         };
         snap.compress_after(Some(&self.current()));
@@ -1205,6 +1229,7 @@ fn insert_job(
     key: JobKey,
     now: f64,
     retention: f64,
+    families: Families,
 ) -> bool {
     if let Some(e) = state.jobs.get_mut(&key) {
         // Credentials or endpoint may have changed; the labels have not.
@@ -1244,7 +1269,7 @@ fn insert_job(
         entry.last_success = Some(at);
         entry.terminal_since = Some(at);
     }
-    entry.render();
+    entry.render(families);
     if entry.terminal_since.is_some()
         && let Some(job) = &mut entry.job
     {
@@ -1551,6 +1576,7 @@ mod tests {
             terminal_retention: Duration::from_secs(3600),
             shard: crate::shard::Shard::default(),
             job_limits: Default::default(),
+            families: Families::ALL,
         }
     }
 

@@ -14,12 +14,16 @@ use bytes::Bytes;
 use crate::exposition::{
     self, AGGREGATE, ALL_PER_JOB, Format, JobText, ORDER, PER_JOB, PerJob, Slot,
 };
+use crate::families::Families;
 use crate::gzip::{self, Block, Deflater, Sum};
 
 /// What one scrape serves.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     cached: bool,
+    /// The families exported: the others have neither header nor lines (the jobs' texts were
+    /// rendered without them) nor blocks.
+    families: Families,
     /// The jobs in segments of about [`SEGMENT`] (see [`starts_segment`]).
     jobs: Vec<Vec<JobText>>,
     job_count: usize,
@@ -94,7 +98,7 @@ impl Snapshot {
         jobs: impl IntoIterator<Item = JobText>,
         aggregates: [String; AGGREGATE.len()],
     ) -> Self {
-        let mut snap = Self::uncompressed(cached, jobs, aggregates);
+        let mut snap = Self::uncompressed(cached, Families::ALL, jobs, aggregates);
         snap.compress_after(None);
         snap
     }
@@ -103,6 +107,7 @@ impl Snapshot {
     /// that the caller can gather the jobs under its lock and compress outside it.
     pub fn uncompressed(
         cached: bool,
+        families: Families,
         jobs: impl IntoIterator<Item = JobText>,
         aggregates: [String; AGGREGATE.len()],
     ) -> Self {
@@ -125,6 +130,7 @@ impl Snapshot {
             + 4096;
         Self {
             cached,
+            families,
             jobs,
             job_count,
             aggregates,
@@ -172,7 +178,10 @@ impl Snapshot {
                 Some((jobs, gz.segments.get(i)?))
             });
             let mut blocks: [Block; PER_JOB.len()] = Default::default();
-            for f in ALL_PER_JOB {
+            for f in ALL_PER_JOB
+                .into_iter()
+                .filter(|f| self.families.per_job(*f))
+            {
                 let same =
                     old.filter(|(jobs, _)| jobs.iter().zip(seg).all(|(a, b)| a.same_section(b, f)));
                 blocks[f as usize] = match same {
@@ -186,6 +195,10 @@ impl Snapshot {
             out.segments.push(blocks);
         }
         for slot in ORDER {
+            if !self.families.slot(slot) {
+                out.heads.push(Block::default());
+                continue;
+            }
             let buf = d.buffer();
             match slot {
                 Slot::PerJob(f) => {
@@ -204,6 +217,9 @@ impl Snapshot {
             out.heads.push(d.finish()?);
         }
         for (i, slot) in ORDER.iter().enumerate() {
+            if !self.families.slot(*slot) {
+                continue;
+            }
             out.sum.add(&out.heads[i]);
             out.bytes += out.heads[i].data().len();
             if let Slot::PerJob(f) = slot {
@@ -218,7 +234,14 @@ impl Snapshot {
 
     /// An empty snapshot, before the first refresh.
     pub fn empty(cached: bool) -> Self {
-        Self::new(cached, Vec::new(), Default::default())
+        Self::empty_of(cached, Families::ALL)
+    }
+
+    /// An empty snapshot of `families`.
+    pub fn empty_of(cached: bool, families: Families) -> Self {
+        let mut snap = Self::uncompressed(cached, families, Vec::new(), Default::default());
+        snap.compress_after(None);
+        snap
     }
 
     /// Number of jobs exported.
@@ -289,6 +312,10 @@ impl Snapshot {
         while let Some(slot) = ORDER.get(cursor.slot) {
             if out.len() >= limit {
                 return false;
+            }
+            if !self.families.slot(*slot) {
+                cursor.slot += 1;
+                continue;
             }
             match *slot {
                 Slot::PerJob(f) => {
@@ -472,6 +499,7 @@ mod tests {
             job: Some(&j),
             fetch_ok: true,
             last_success: Some(200.0),
+            families: crate::families::Families::ALL,
         })
     }
 
@@ -524,7 +552,7 @@ mod tests {
 
     impl Snapshot {
         fn following(previous: &Snapshot, jobs: Vec<JobText>, agg: [String; 5]) -> Snapshot {
-            let mut s = Snapshot::uncompressed(previous.cached, jobs, agg);
+            let mut s = Snapshot::uncompressed(previous.cached, previous.families, jobs, agg);
             s.compress_after(Some(previous));
             s
         }
@@ -621,6 +649,7 @@ mod tests {
             job: Some(&j),
             fetch_ok: true,
             last_success: Some(200.0),
+            families: crate::families::Families::ALL,
         });
         let next = Arc::new(Snapshot::following(
             &again,

@@ -741,6 +741,82 @@ async fn global_faults_hit_every_job_and_clear() {
     sim_stop.cancel();
 }
 
+/// The golden text without the lines (headers and samples) of `families`.
+fn golden_without(families: &[&str]) -> String {
+    let name = |line: &str| -> String {
+        match line.strip_prefix("# ") {
+            Some(rest) => rest.split(' ').nth(1).unwrap_or("").to_string(),
+            None => line.split(['{', ' ']).next().unwrap_or("").to_string(),
+        }
+    };
+    GOLDEN
+        .lines()
+        .filter(|l| !families.contains(&name(l).as_str()))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// A denylist in the config file leaves its families out of `/metrics`, plain and gzip
+/// (headers, samples and their stored compressed blocks), and the rest is the golden text.
+#[tokio::test]
+async fn denied_families_are_absent_plain_and_gzip() {
+    let denied = [
+        "huaweicloud_job_entity_info",
+        "huaweicloud_job_subjob_status",
+        "huaweicloud_job_fetch_errors_total",
+    ];
+    let (_sim, base, sim_stop) = simulator(scenario()).await;
+    let yaml = format!(
+        "metric_denylist: [{}]\n{}",
+        denied.join(", "),
+        scenario_config(&base, "cached")
+    );
+    let exp = exporter(config(&yaml)).await;
+    exp.wait_ready().await;
+    let expected = golden_without(&denied);
+    assert!(expected.len() < GOLDEN.len() && expected.contains("huaweicloud_job_status{"));
+    let text = exp.metrics().await;
+    assert_eq!(job_families(&text), expected);
+    let r = reqwest::Client::new()
+        .get(exp.url("/metrics"))
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .expect("gzip scrape");
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let body = r.bytes().await.expect("body");
+    let mut unzipped = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut unzipped)
+        .expect("valid gzip");
+    assert_eq!(job_families(&unzipped), expected);
+    for family in denied {
+        assert!(!unzipped.contains(family), "{family} is served");
+    }
+    exp.shutdown().await;
+    sim_stop.cancel();
+}
+
+/// An unknown family in the config file is a validation error naming the key and the value.
+#[test]
+fn unknown_family_in_the_config_is_an_error() {
+    let yaml = format!(
+        "metric_allowlist: [huaweicloud_job_status, huaweicloud_job_nope]\n{}",
+        scenario_config("http://127.0.0.1:1", "cached")
+    );
+    let e = huaweicloud_job_exporter::config::Config::parse(
+        &yaml,
+        "c.yml",
+        std::path::Path::new("."),
+        &|_| None,
+    )
+    .expect_err("unknown family");
+    let text = e.to_string();
+    assert!(
+        text.contains("metric_allowlist") && text.contains("\"huaweicloud_job_nope\""),
+        "{text}"
+    );
+}
+
 /// `docs/metrics.md` is the metric contract: every family served is documented there with the
 /// same type, and every documented family is served (unless the row says it is conditional).
 #[tokio::test]

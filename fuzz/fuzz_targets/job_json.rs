@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
             job: Some(&job),
             fetch_ok,
             last_success,
+            families: huaweicloud_job_exporter::families::Families::ALL,
         };
         check_text(&job, &view);
     }
