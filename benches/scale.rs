@@ -1,5 +1,5 @@
 //! `cargo bench --bench scale --
-//! [latency|concurrent|prometheus|upstream|ondemand|memory|idle|profile|all]`: figures at scale,
+//! [latency|concurrent|prometheus|upstream|ondemand|memory|idle|families|profile|all]`: figures at scale,
 //! measured end to end over loopback.
 //!
 //! The simulator runs in this process (on 127.0.0.1, port 0) with a generated fleet whose
@@ -19,7 +19,7 @@
 //! build of the binary), `BENCH_BASELINE` (an earlier build run beside this one, for before/after
 //! ratios from one run), `BENCH_SCRAPERS`, `BENCH_CONCURRENT_JOBS`, `BENCH_CONCURRENT_ROUNDS`
 //! (`concurrent`), `BENCH_PROM_JOBS`, `BENCH_PROM_SECS`, `BENCH_PROM_INTERVAL`,
-//! `BENCH_PROMETHEUS` (`prometheus`: a real Prometheus, default the one on the PATH), `BENCH_WRAPPER` (a command put before the exporter, e.g. valgrind for
+//! `BENCH_PROMETHEUS` (`prometheus`: a real Prometheus, default the one on the PATH), `BENCH_FAMILY_JOBS` (`families`), `BENCH_METRIC_DENYLIST` (families every exporter started here leaves out, comma-separated), `BENCH_WRAPPER` (a command put before the exporter, e.g. valgrind for
 //! `profile`). Everything is bounded in time and count and only 127.0.0.1 is contacted. No timing
 //! is asserted: the figures are printed as Markdown tables.
 
@@ -149,6 +149,11 @@ fn write_config(dir: &std::path::Path, sim: &Sim, scripts: &[JobScript], s: &Set
             y.push_str(id);
             y.push('\n');
         }
+    }
+    if let Ok(deny) = std::env::var("BENCH_METRIC_DENYLIST")
+        && !deny.trim().is_empty()
+    {
+        y.push_str(&format!("metric_denylist: [{deny}]\n"));
     }
     let path = dir.join("exporter.yml");
     std::fs::write(&path, y).expect("write config");
@@ -918,6 +923,75 @@ async fn prometheus(dir: &std::path::Path, c: &reqwest::Client) {
     }
 }
 
+/// What each job family costs: one plain scrape of a cached exporter of `BENCH_FAMILY_JOBS`
+/// (10,000) jobs, 90% finished, its samples and bytes counted per family (the exporter's own
+/// families together). The figures behind the allowlist and denylist documentation.
+async fn families(dir: &std::path::Path, c: &reqwest::Client) {
+    let n: usize = env_or("BENCH_FAMILY_JOBS", 10_000);
+    let scripts = fleet(n, 0.9, 7);
+    let sim = Sim::start(scripts.clone()).await;
+    let settings = Settings {
+        mode: "cached",
+        refresh_interval: "1h",
+        max_concurrency: 64,
+    };
+    let (mut exp, _) = exporter_for(dir, &sim, &scripts, &settings, c).await;
+    let text = c
+        .get(format!("{}/metrics", exp.base))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    exp.terminate();
+    let own = "the exporter's own (`huaweicloud_job_exporter_*`, `process_*`)";
+    let mut order: Vec<String> = Vec::new();
+    let mut per: std::collections::HashMap<String, (u64, u64)> = Default::default();
+    let mut family = String::new();
+    for line in text.lines() {
+        let bytes = line.len() as u64 + 1;
+        if let Some(rest) = line.strip_prefix("# ") {
+            let name = rest.split(' ').nth(1).unwrap_or("");
+            family = if name.starts_with("huaweicloud_job_exporter_")
+                || !name.starts_with("huaweicloud_job")
+            {
+                own.to_string()
+            } else {
+                format!("`{name}`")
+            };
+            if !per.contains_key(&family) {
+                order.push(family.clone());
+            }
+            per.entry(family.clone()).or_default().1 += bytes;
+            continue;
+        }
+        let e = per.entry(family.clone()).or_default();
+        e.0 += 1;
+        e.1 += bytes;
+    }
+    let total: (u64, u64) = per.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1));
+    println!("\n## Samples and bytes per family, {n} jobs, 90% finished\n");
+    println!(
+        "| family | samples | per job | bytes per job | share of bytes |\n|---|---:|---:|---:|---:|"
+    );
+    for f in &order {
+        let (samples, bytes) = per[f];
+        println!(
+            "| {f} | {samples} | {:.2} | {:.0} | {:.1}% |",
+            samples as f64 / n as f64,
+            bytes as f64 / n as f64,
+            bytes as f64 * 100.0 / total.1 as f64
+        );
+    }
+    println!(
+        "| all | {} | {:.2} | {:.0} | 100% |",
+        total.0,
+        total.0 as f64 / n as f64,
+        total.1 as f64 / n as f64
+    );
+}
+
 /// Point 6: the exporter under `BENCH_WRAPPER` (callgrind): first refresh of 10,000 jobs (all
 /// active), one more refresh, then 5 scrapes; then a clean stop so the profile is written.
 async fn profile(dir: &std::path::Path, c: &reqwest::Client) {
@@ -996,6 +1070,9 @@ fn main() {
         }
         if wants("idle") {
             idle(dir.path(), &c).await;
+        }
+        if wants("families") {
+            families(dir.path(), &c).await;
         }
         if wants("profile") {
             profile(dir.path(), &c).await;
