@@ -183,6 +183,7 @@ fn decode_huge(runs: usize) {
                     job: Some(&job),
                     fetch_ok: true,
                     last_success: Some(1.7e9),
+                    families: Default::default(),
                 },
             );
             std::hint::black_box(text);
