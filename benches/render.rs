@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use huaweicloud_job_exporter::cloud::{self, Job, model};
-use huaweicloud_job_exporter::config::{self, Credentials, Mode, Secret};
+use huaweicloud_job_exporter::config::Mode;
 use huaweicloud_job_exporter::poller::{JobSource, Poller, Settings, TargetJobs};
+use huaweicloud_job_exporter::scope::Scope;
+use huaweicloud_job_exporter::secret::{Credentials, Secret};
 use huaweicloud_job_exporter::simulator::{self, FleetShape};
 use huaweicloud_job_exporter::telemetry::Telemetry;
 
@@ -61,15 +63,9 @@ fn fleet(n: usize) -> (HashMap<String, Job>, TargetJobs) {
         .into_iter()
         .map(|(svc, ids)| {
             let t = cloud::Target::new(
-                &config::Target {
-                    account: "bench".into(),
-                    cloud_service: svc.clone(),
-                    cloud_region: "cn-north-4".into(),
-                    project_id: simulator::DEMO_PROJECT_ID.into(),
-                    endpoint: format!("http://127.0.0.1:1/{svc}"),
-                    jobs: vec![],
-                    discover: Default::default(),
-                },
+                "bench",
+                Scope::new(&svc, "cn-north-4", simulator::DEMO_PROJECT_ID),
+                &format!("http://127.0.0.1:1/{svc}"),
                 Credentials {
                     access_key: Secret::new("a"),
                     secret_key: Secret::new("b"),

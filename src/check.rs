@@ -52,11 +52,16 @@ pub async fn connect(config: &Config) -> Result<Vec<Probe>, cloud::ClientError> 
     let probes = config.targets.iter().map(|t| {
         let client = client.clone();
         async move {
-            let target = format!("{}/{}/{}", t.cloud_service, t.cloud_region, t.project_id);
+            let target = t.scope.to_string();
             let (ok, detail) = match config.accounts.get(&t.account) {
                 Some(account) => {
                     let auth = Arc::new(client.provider(account));
-                    let target = cloud::Target::with_provider(t, auth);
+                    let target = cloud::Target::with_provider(
+                        &t.account,
+                        t.scope.clone(),
+                        &t.endpoint,
+                        auth,
+                    );
                     verdict(client.get_job(&target, PROBE_JOB_ID).await)
                 }
                 None => (false, "the account is not configured".to_string()),

@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::families::{self, Families};
+use crate::scope::{Scope, is_id};
+use crate::secret::{Account, AccountAuth, SecretRef, read_secret_file};
 
 /// The config key of the families kept.
 const ALLOWLIST_KEY: &str = "metric_allowlist";
@@ -85,30 +87,6 @@ enum SecretSource {
     Inline(String),
     Env { env: String },
     File { file: PathBuf },
-}
-
-/// A resolved secret. Its `Debug` and `Display` never show the value.
-///
-/// Shared rather than copied: every signed request takes the account's keys.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(std::sync::Arc<str>);
-
-impl Secret {
-    /// Wraps a value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into().into())
-    }
-
-    /// The value, for signing. Callers must not log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
 }
 
 /// Where an account's credentials come from, when the config names it.
@@ -228,108 +206,6 @@ struct RawJobsFile {
     targets: Vec<RawTarget>,
 }
 
-/// AK/SK credentials, as used for one signature.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
-    /// Access key id; not secret, but kept out of logs all the same.
-    pub access_key: Secret,
-    /// Secret access key.
-    pub secret_key: Secret,
-    /// Security token of temporary credentials.
-    pub security_token: Option<Secret>,
-}
-
-/// A secret as configured: its value at load time and, for `{file: PATH}`, the file to re-read
-/// when it changes (a rotated Kubernetes Secret).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretRef {
-    /// The value read at load time.
-    pub value: Secret,
-    /// The file it came from, if any.
-    pub file: Option<PathBuf>,
-}
-
-impl SecretRef {
-    /// A fixed value.
-    pub fn value(value: impl Into<String>) -> Self {
-        Self {
-            value: Secret::new(value),
-            file: None,
-        }
-    }
-}
-
-/// How an account authenticates.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AccountAuth {
-    /// AK/SK signing (permanent or temporary keys).
-    AkSk {
-        /// Access key.
-        access_key: SecretRef,
-        /// Secret key.
-        secret_key: SecretRef,
-        /// Security token, for temporary keys.
-        security_token: Option<SecretRef>,
-        /// Where the keys came from: `config`, `env` or `profile`.
-        source: &'static str,
-    },
-    /// An IAM user's password, exchanged for project-scoped tokens.
-    Iam {
-        /// IAM endpoint, e.g. `https://iam.myhuaweicloud.com`.
-        endpoint: String,
-        /// Account (domain) name.
-        domain: String,
-        /// IAM user name.
-        user: String,
-        /// The user's password.
-        password: SecretRef,
-        /// Refresh this long before the token expires.
-        refresh_margin: Duration,
-    },
-    /// Temporary keys from the ECS metadata service.
-    Metadata {
-        /// Base URL of the metadata service.
-        url: String,
-        /// Refresh this long before the keys expire.
-        refresh_margin: Duration,
-    },
-}
-
-impl AccountAuth {
-    /// A short name of the credential source, for logs and the landing page.
-    pub fn source(&self) -> &'static str {
-        match self {
-            AccountAuth::AkSk { source, .. } => source,
-            AccountAuth::Iam { .. } => "iam",
-            AccountAuth::Metadata { .. } => "metadata",
-        }
-    }
-}
-
-/// A named account.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Account {
-    /// The name targets refer to.
-    pub name: String,
-    /// How requests of this account are authenticated.
-    pub auth: AccountAuth,
-}
-
-impl Account {
-    /// An account with fixed AK/SK keys.
-    pub fn aksk(name: &str, access_key: &str, secret_key: &str) -> Self {
-        Self {
-            name: name.to_string(),
-            auth: AccountAuth::AkSk {
-                access_key: SecretRef::value(access_key),
-                secret_key: SecretRef::value(secret_key),
-                security_token: None,
-                source: "config",
-            },
-        }
-    }
-}
-
 /// Default base URL of the ECS metadata service.
 pub const METADATA_URL: &str = "http://169.254.169.254";
 
@@ -341,12 +217,8 @@ pub const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(3600);
 pub struct Target {
     /// Name of the account whose credentials sign the requests.
     pub account: String,
-    /// Service name as in the endpoint host (`evs`, `sdrs`, `ecs`, …).
-    pub cloud_service: String,
-    /// Region, e.g. `cn-north-4`.
-    pub cloud_region: String,
-    /// Project id.
-    pub project_id: String,
+    /// Service, region and project.
+    pub scope: Scope,
     /// Base URL, without a trailing slash.
     pub endpoint: String,
     /// Job ids, de-duplicated, in the order first given.
@@ -760,15 +632,15 @@ impl Config {
             crate::cloud::model::dedup_keep_first(&mut t.jobs);
         }
         // Two accounts tracking the same job would export the same series twice.
-        let mut owners: BTreeMap<(&str, &str, &str, &str), &str> = BTreeMap::new();
+        let mut owners: BTreeMap<(&Scope, &str), &str> = BTreeMap::new();
         let mut clashes = Vec::new();
         for t in &targets {
             for job in &t.jobs {
-                let key = (&*t.cloud_service, &*t.cloud_region, &*t.project_id, &**job);
+                let key = (&t.scope, &**job);
                 match owners.get(&key) {
                     Some(first) if *first != t.account => clashes.push(format!(
-                        "job {job:?} of {}/{}/{} is listed under accounts {first:?} and {:?}; keep one",
-                        t.cloud_service, t.cloud_region, t.project_id, t.account
+                        "job {job:?} of {} is listed under accounts {first:?} and {:?}; keep one",
+                        t.scope, t.account
                     )),
                     _ => {
                         owners.insert(key, &t.account);
@@ -810,16 +682,16 @@ impl Config {
             .unwrap_or_default();
         self.targets
             .iter()
-            .filter(|t| !KNOWN_SERVICES.contains(&t.cloud_service.as_str()))
+            .filter(|t| !KNOWN_SERVICES.contains(&t.scope.cloud_service.as_str()))
             .map(|t| Problem {
                 file: file.clone(),
                 path: "targets".into(),
                 message: format!(
                     "cloud_service {:?} (account {:?}, region {:?}, project {:?}) is not one this exporter knows to answer GET /v1/{{project_id}}/jobs/{{job_id}} ({}); check the spelling (EIP jobs are under vpc)",
-                    t.cloud_service,
+                    t.scope.cloud_service,
                     t.account,
-                    t.cloud_region,
-                    t.project_id,
+                    t.scope.cloud_region,
+                    t.scope.project_id,
                     KNOWN_SERVICES.join(", ")
                 ),
             })
@@ -1009,7 +881,7 @@ impl Validator<'_> {
                     file: Some(file.clone()),
                 }),
                 Err(e) => {
-                    self.problem(path, e);
+                    self.problem(path, e.to_string());
                     None
                 }
             },
@@ -1245,7 +1117,7 @@ impl Validator<'_> {
                 String::new()
             }
         };
-        if !project_id.is_empty() && !is_job_id(&project_id) {
+        if !project_id.is_empty() && !is_id(&project_id) {
             self.problem(
                 &format!("{path}.project_id"),
                 format!("{project_id:?} must match [A-Za-z0-9-]{{1,64}}"),
@@ -1265,7 +1137,7 @@ impl Validator<'_> {
             ),
         };
         for (j, id) in t.jobs.iter().enumerate() {
-            if !is_job_id(id) {
+            if !is_id(id) {
                 self.problem(
                     &format!("{path}.jobs[{j}]"),
                     format!("{id:?} is not a job id ([A-Za-z0-9-]{{1,64}})"),
@@ -1285,12 +1157,14 @@ impl Validator<'_> {
         if self.problems.len() > before {
             return;
         }
-        let existing = out.iter_mut().find(|o| {
-            o.account == t.account
-                && o.cloud_service == t.cloud_service
-                && o.cloud_region == t.cloud_region
-                && o.project_id == project_id
-        });
+        let scope = Scope {
+            cloud_service: t.cloud_service,
+            cloud_region: t.cloud_region,
+            project_id,
+        };
+        let existing = out
+            .iter_mut()
+            .find(|o| o.account == t.account && o.scope == scope);
         match existing {
             Some(o) => {
                 if o.endpoint != endpoint {
@@ -1319,9 +1193,7 @@ impl Validator<'_> {
             None => {
                 out.push(Target {
                     account: t.account,
-                    cloud_service: t.cloud_service,
-                    cloud_region: t.cloud_region,
-                    project_id,
+                    scope,
                     endpoint,
                     jobs: t.jobs,
                     discover,
@@ -1492,22 +1364,6 @@ impl Validator<'_> {
     }
 }
 
-/// Reads a secret file, without its trailing newline (Kubernetes Secrets and `echo > file`
-/// leave one). The error names the file, never its content.
-pub fn read_secret_file(file: &Path) -> std::result::Result<Secret, String> {
-    match crate::files::read_to_string(file, crate::files::MAX_SECRET_BYTES) {
-        Ok(v) => {
-            let v = v.trim_end_matches(['\r', '\n']);
-            if v.is_empty() {
-                Err(format!("secret file {} is empty", file.display()))
-            } else {
-                Ok(Secret::new(v))
-            }
-        }
-        Err(e) => Err(format!("cannot read secret file {}: {e}", file.display())),
-    }
-}
-
 /// The `[basic]` section of the SDK's credentials file.
 struct Profile {
     ak: String,
@@ -1561,11 +1417,6 @@ fn validate_endpoint(e: &str) -> std::result::Result<String, String> {
     }
     reqwest::Url::parse(trimmed).map_err(|err| format!("{e:?} is not a valid URL: {err}"))?;
     Ok(trimmed.to_string())
-}
-
-/// A job or project id: `[A-Za-z0-9-]{1,64}`.
-pub fn is_job_id(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -1953,7 +1804,7 @@ targets:
                 "env"
             )
         );
-        assert_eq!(cfg.targets[0].project_id, "proj-from-env");
+        assert_eq!(cfg.targets[0].scope.project_id, "proj-from-env");
 
         std::fs::create_dir_all(home.join(".huaweicloud")).expect("mkdir");
         std::fs::write(
@@ -1968,7 +1819,7 @@ targets:
             keys(&cfg.accounts["a"]),
             ("prof-ak".into(), "prof-sk".into(), None, "profile")
         );
-        assert_eq!(cfg.targets[0].project_id, "proj-from-profile");
+        assert_eq!(cfg.targets[0].scope.project_id, "proj-from-profile");
 
         let nothing = |_: &str| None;
         let text_p = "accounts: [{name: a}]\ntargets: [{account: a, cloud_service: evs, cloud_region: r, project_id: p, jobs: [j]}]\n";

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{
-    Account, AccountAuth, Config, CtsDiscovery, Discover, FailureJobsDiscovery, SecretRef, Target,
-};
+use crate::config::{Config, CtsDiscovery, Discover, FailureJobsDiscovery, Target};
+use crate::scope::Scope;
+use crate::secret::{Account, AccountAuth, SecretRef};
 use crate::simulator::{self, Fault, FleetShape, GlobalFault, JobScript, Simulator};
 use crate::{Exporter, Result, WebOptions};
 
@@ -98,9 +98,7 @@ pub fn config(simulator_base: &str, jobs: &[JobScript], refresh_interval: Durati
                 "demo"
             }
             .into(),
-            cloud_service: service.into(),
-            cloud_region: DEMO_REGION.into(),
-            project_id: simulator::DEMO_PROJECT_ID.into(),
+            scope: Scope::new(service, DEMO_REGION, simulator::DEMO_PROJECT_ID),
             endpoint: format!("{simulator_base}/{service}"),
             jobs: jobs
                 .iter()

@@ -473,17 +473,17 @@ async fn landing(State(app): State<App>) -> Html<String> {
     let mut rows = String::new();
     for s in app.poller.summary() {
         let filter = serde_urlencoded::to_string([
-            ("cloud_service", s.cloud_service.as_str()),
-            ("cloud_region", s.cloud_region.as_str()),
-            ("project_id", s.project_id.as_str()),
+            ("cloud_service", s.scope.cloud_service.as_str()),
+            ("cloud_region", s.scope.cloud_region.as_str()),
+            ("project_id", s.scope.project_id.as_str()),
         ])
         .unwrap_or_default();
         let _ = write!(
             rows,
             "<tr><td>{}</td><td>{}</td><td class=\"id\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td><a href=\"/jobs?{}\">jobs</a></td></tr>",
-            escape_html(&s.cloud_service),
-            escape_html(&s.cloud_region),
-            escape_html(&s.project_id),
+            escape_html(&s.scope.cloud_service),
+            escape_html(&s.scope.cloud_region),
+            escape_html(&s.scope.project_id),
             s.active,
             s.terminal,
             s.failing,

@@ -72,6 +72,8 @@ pub mod logging;
 pub mod pages;
 pub mod poller;
 pub mod reload;
+pub mod scope;
+pub mod secret;
 pub mod shard;
 pub mod simulator;
 pub mod snapshot;

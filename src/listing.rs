@@ -130,9 +130,9 @@ impl Query {
     fn matches(&self, item: &Item<'_>, group: Group) -> bool {
         let t = item.target;
         let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
-        if !(eq(&self.cloud_service, &t.cloud_service)
-            && eq(&self.cloud_region, &t.cloud_region)
-            && eq(&self.project_id, &t.project_id))
+        if !(eq(&self.cloud_service, &t.scope.cloud_service)
+            && eq(&self.cloud_region, &t.scope.cloud_region)
+            && eq(&self.project_id, &t.scope.project_id))
         {
             return false;
         }
@@ -188,9 +188,9 @@ pub fn select<'a>(items: impl Iterator<Item = Item<'a>>, query: &Query, now: f64
             let job = item.job;
             let failed = group == Group::Failed;
             Row {
-                cloud_service: item.target.cloud_service.clone(),
-                cloud_region: item.target.cloud_region.clone(),
-                project_id: item.target.project_id.clone(),
+                cloud_service: item.target.scope.cloud_service.clone(),
+                cloud_region: item.target.scope.cloud_region.clone(),
+                project_id: item.target.scope.project_id.clone(),
                 job_id: item.job_id.to_string(),
                 job_type: job.and_then(|j| j.job_type.clone()).unwrap_or_default(),
                 status: job
@@ -218,20 +218,14 @@ pub fn select<'a>(items: impl Iterator<Item = Item<'a>>, query: &Query, now: f64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Credentials, Secret};
+    use crate::scope::Scope;
+    use crate::secret::{Credentials, Secret};
 
     fn target(service: &str) -> Target {
-        let t = crate::config::Target {
-            account: "a".into(),
-            cloud_service: service.into(),
-            cloud_region: "r".into(),
-            project_id: "p".into(),
-            endpoint: "http://127.0.0.1:1".into(),
-            jobs: Vec::new(),
-            discover: Default::default(),
-        };
         Target::new(
-            &t,
+            "a",
+            Scope::new(service, "r", "p"),
+            "http://127.0.0.1:1",
             Credentials {
                 access_key: Secret::new("a"),
                 secret_key: Secret::new("b"),

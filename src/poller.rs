@@ -27,6 +27,7 @@ use crate::config::Mode;
 use crate::exposition::{self, AGGREGATE, Aggregate, JobText, JobView};
 use crate::families::Families;
 use crate::listing;
+use crate::scope::Scope;
 use crate::snapshot::Snapshot;
 use crate::state::{Finished, JobRef, LastState, Store};
 use crate::telemetry::Telemetry;
@@ -174,12 +175,8 @@ fn remember_error(
 /// Counts for the landing page and `tracked_jobs`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TargetSummary {
-    /// Service.
-    pub cloud_service: String,
-    /// Region.
-    pub cloud_region: String,
-    /// Project.
-    pub project_id: String,
+    /// Service, region and project.
+    pub scope: Scope,
     /// Jobs still polled.
     pub active: usize,
     /// Finished jobs kept until retention.
@@ -505,7 +502,7 @@ impl Poller {
                 let tracked = self.track(state, target);
                 let t = &tracked.target;
                 for job_id in jobs {
-                    if !shard.owns(&t.cloud_service, &t.cloud_region, &t.project_id, &job_id) {
+                    if !shard.owns(&t.scope, &job_id) {
                         continue;
                     }
                     let key = (Arc::clone(&tracked.labels), job_id);
@@ -549,17 +546,8 @@ impl Poller {
                 ))
             });
         self.inner.telemetry.register_account(&target.account);
-        self.inner.telemetry.register_label_caps([
-            &target.cloud_service,
-            &target.cloud_region,
-            &target.project_id,
-        ]);
-        let labels: Arc<str> = scope_labels(
-            &target.cloud_service,
-            &target.cloud_region,
-            &target.project_id,
-        )
-        .into();
+        self.inner.telemetry.register_label_caps(&target.scope);
+        let labels: Arc<str> = scope_labels(&target.scope).into();
         // Every reason from the start, so rate() and alerts see the first failure.
         for reason in Reason::ALL {
             state
@@ -576,19 +564,14 @@ impl Poller {
     /// publishes it. Returns whether it was added.
     pub fn add_job(&self, target: Arc<cloud::Target>, job_id: String) -> bool {
         let t = &target;
-        if !self.inner.settings.shard.owns(
-            &t.cloud_service,
-            &t.cloud_region,
-            &t.project_id,
-            &job_id,
-        ) {
+        if !self.inner.settings.shard.owns(&t.scope, &job_id) {
             return false;
         }
         let now = self.inner.clock.now();
         let retention = self.inner.settings.terminal_retention.as_secs_f64();
         let mut guard = self.state();
         let state = &mut *guard;
-        let labels = scope_labels(&t.cloud_service, &t.cloud_region, &t.project_id);
+        let labels = scope_labels(&t.scope);
         // Reuse the labels (and target) of a job of the same scope when there is one.
         let tracked = match state
             .jobs
@@ -962,9 +945,7 @@ impl Poller {
                 let caps = agg.caps.entry(Arc::clone(&labels)).or_default();
                 let t = &entry.tracked.target;
                 let folded = |label: &str| {
-                    self.inner
-                        .telemetry
-                        .label_folded([&t.cloud_service, &t.cloud_region, &t.project_id], label);
+                    self.inner.telemetry.count_folded(&t.scope, label);
                 };
                 // Admitted when first seen, not when first finished, so `huaweicloud_jobs` shows
                 // the types of running jobs too.
@@ -1027,12 +1008,7 @@ impl Poller {
                     }
                     let t = &entry.tracked.target;
                     let remembered = Finished {
-                        job: JobRef {
-                            cloud_service: t.cloud_service.clone(),
-                            cloud_region: t.cloud_region.clone(),
-                            project_id: t.project_id.clone(),
-                            job_id: key.1.clone(),
-                        },
+                        job: JobRef::new(&t.scope, &key.1),
                         at: now,
                         last: Some(last_state(&job)),
                     };
@@ -1063,7 +1039,7 @@ impl Poller {
                         .telemetry
                         .auth_failure(&t.account, &e.to_string());
                 }
-                let target = format!("{}/{}/{}", t.cloud_service, t.cloud_region, t.project_id);
+                let target = t.scope.to_string();
                 // Per job at debug: a broken endpoint fails thousands of jobs at once, and
                 // collect() logs one summary per round at warn.
                 tracing::debug!(target_id = %target, job_id = %key.1, reason = reason.as_str(), error = %e, "fetch failed");
@@ -1132,19 +1108,9 @@ impl Poller {
             (snap, summarize(&state))
         };
         snap.compress_after(Some(&self.current()));
-        let counts: Vec<((&str, &str, &str), i64, i64)> = summary
+        let counts: Vec<(&Scope, i64, i64)> = summary
             .iter()
-            .map(|s| {
-                (
-                    (
-                        s.cloud_service.as_str(),
-                        s.cloud_region.as_str(),
-                        s.project_id.as_str(),
-                    ),
-                    s.active as i64,
-                    s.terminal as i64,
-                )
-            })
+            .map(|s| (&s.scope, s.active as i64, s.terminal as i64))
             .collect();
         self.inner.telemetry.set_tracked(&counts);
         let snap = Arc::new(snap);
@@ -1187,19 +1153,12 @@ pub fn forget_after(retention: f64) -> f64 {
 }
 
 /// The common labels of a scope, escaped, as every series of its jobs carries them.
-fn scope_labels(cloud_service: &str, cloud_region: &str, project_id: &str) -> String {
-    exposition::labels(&[
-        ("cloud_service", cloud_service),
-        ("cloud_region", cloud_region),
-        ("project_id", project_id),
-    ])
+fn scope_labels(scope: &Scope) -> String {
+    exposition::labels(&scope.labels())
 }
 
 fn job_key(job: &JobRef) -> JobKey {
-    (
-        scope_labels(&job.cloud_service, &job.cloud_region, &job.project_id).into(),
-        job.job_id.clone(),
-    )
+    (scope_labels(&job.scope()).into(), job.job_id.clone())
 }
 
 /// What is kept of a finished job to export it after a restart.
@@ -1287,17 +1246,11 @@ fn summarize(state: &State) -> Vec<TargetSummary> {
     let mut out: Vec<TargetSummary> = Vec::new();
     for e in state.jobs.values() {
         let t = &e.tracked.target;
-        let idx = match out.iter().position(|s| {
-            s.cloud_service == t.cloud_service
-                && s.cloud_region == t.cloud_region
-                && s.project_id == t.project_id
-        }) {
+        let idx = match out.iter().position(|s| s.scope == t.scope) {
             Some(i) => i,
             None => {
                 out.push(TargetSummary {
-                    cloud_service: t.cloud_service.clone(),
-                    cloud_region: t.cloud_region.clone(),
-                    project_id: t.project_id.clone(),
+                    scope: t.scope.clone(),
                     ..TargetSummary::default()
                 });
                 out.len() - 1
@@ -1427,7 +1380,7 @@ fn render_aggregates(state: &State) -> [String; AGGREGATE.len()] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{self, Credentials, Secret};
+    use crate::secret::{Credentials, Secret};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A scripted source: each job returns the next status of its script, then the last one.
@@ -1549,15 +1502,9 @@ mod tests {
 
     fn target_in(host: &str, project: &str) -> Arc<cloud::Target> {
         Arc::new(cloud::Target::new(
-            &config::Target {
-                account: "acc".into(),
-                cloud_service: "evs".into(),
-                cloud_region: "r1".into(),
-                project_id: project.into(),
-                endpoint: format!("http://{host}"),
-                jobs: vec![],
-                discover: Default::default(),
-            },
+            "acc",
+            Scope::new("evs", "r1", project),
+            &format!("http://{host}"),
             Credentials {
                 access_key: Secret::new("a"),
                 secret_key: Secret::new("b"),

@@ -20,9 +20,11 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::cloud::{self, auth::Provider};
-use crate::config::{self, Config};
-use crate::discovery::{Discovery, Scope};
+use crate::config::Config;
+use crate::discovery::Discovery;
 use crate::poller::{Poller, TargetJobs};
+use crate::scope::Scope;
+use crate::secret::{AccountAuth, read_secret_file};
 use crate::shard::Shard;
 use crate::state::{JobRef, Store};
 use crate::telemetry::Telemetry;
@@ -121,7 +123,7 @@ pub struct Listed {
 
 struct Current {
     config: Config,
-    providers: BTreeMap<String, (config::AccountAuth, Arc<Provider>)>,
+    providers: BTreeMap<String, (AccountAuth, Arc<Provider>)>,
 }
 
 /// The tracked set's owner.
@@ -228,9 +230,7 @@ impl Control {
             let mut claimed = vec![false; registered.len()];
             let mut found: BTreeMap<Scope, Vec<String>> = BTreeMap::new();
             for d in discovered {
-                let scope =
-                    Scope::new(&d.job.cloud_service, &d.job.cloud_region, &d.job.project_id);
-                found.entry(scope).or_default().push(d.job.job_id);
+                found.entry(d.job.scope()).or_default().push(d.job.job_id);
             }
             cur.config
                 .targets
@@ -239,23 +239,24 @@ impl Control {
                     let (_, provider) = cur.providers.get(&t.account)?;
                     let mut jobs = t.jobs.clone();
                     for (i, r) in registered.iter().enumerate() {
-                        if !claimed[i]
-                            && r.cloud_service == t.cloud_service
-                            && r.cloud_region == t.cloud_region
-                            && r.project_id == t.project_id
-                        {
+                        if !claimed[i] && r.is_in(&t.scope) {
                             claimed[i] = true;
                             jobs.push(r.job_id.clone());
                         }
                     }
                     // Discovered jobs are fetched through the target that discovers them.
                     if !t.discover.is_empty()
-                        && let Some(more) = found.remove(&Scope::of(t))
+                        && let Some(more) = found.remove(&t.scope)
                     {
                         jobs.extend(more);
                     }
                     Some((
-                        Arc::new(cloud::Target::with_provider(t, Arc::clone(provider))),
+                        Arc::new(cloud::Target::with_provider(
+                            &t.account,
+                            t.scope.clone(),
+                            &t.endpoint,
+                            Arc::clone(provider),
+                        )),
                         jobs,
                     ))
                 })
@@ -421,12 +422,7 @@ impl Control {
         out.extend(self.store.discovered().into_iter().map(|d| d.job));
         for t in &self.lock().config.targets {
             for j in &t.jobs {
-                out.insert(JobRef {
-                    cloud_service: t.cloud_service.clone(),
-                    cloud_region: t.cloud_region.clone(),
-                    project_id: t.project_id.clone(),
-                    job_id: j.clone(),
-                });
+                out.insert(JobRef::new(&t.scope, j));
             }
         }
         out
@@ -506,7 +502,7 @@ impl Control {
         let Some(file) = self.lock().config.api_token_file.clone() else {
             return Err(ApiError::Disabled);
         };
-        let expected = config::read_secret_file(&file).map_err(|e| {
+        let expected = read_secret_file(&file).map_err(|e| {
             tracing::error!(error = %e, "cannot read the API token file");
             ApiError::Unauthorized
         })?;
@@ -520,7 +516,7 @@ impl Control {
 
     fn check_ids(job: &JobRef) -> Result<(), ApiError> {
         for (field, value) in [("project_id", &job.project_id), ("job_id", &job.job_id)] {
-            if !config::is_job_id(value) {
+            if !crate::scope::is_id(value) {
                 return Err(ApiError::Invalid(format!(
                     "{field}: {value:?} must match [A-Za-z0-9-]{{1,64}}"
                 )));
@@ -532,31 +528,14 @@ impl Control {
     fn check(&self, job: &JobRef) -> Result<Shard, ApiError> {
         Self::check_ids(job)?;
         let cur = self.lock();
-        let known = cur.config.targets.iter().any(|t| {
-            t.cloud_service == job.cloud_service
-                && t.cloud_region == job.cloud_region
-                && t.project_id == job.project_id
-        });
+        let scope = job.scope();
+        let known = cur.config.targets.iter().any(|t| t.scope == scope);
         if !known {
-            return Err(ApiError::UnknownTarget(format!(
-                "{}/{}/{}",
-                job.cloud_service, job.cloud_region, job.project_id
-            )));
+            return Err(ApiError::UnknownTarget(scope.to_string()));
         }
         let shard = cur.config.shard;
-        if !shard.owns(
-            &job.cloud_service,
-            &job.cloud_region,
-            &job.project_id,
-            &job.job_id,
-        ) {
-            let owner = Shard::owner(
-                shard.total,
-                &job.cloud_service,
-                &job.cloud_region,
-                &job.project_id,
-                &job.job_id,
-            );
+        if !shard.owns(&scope, &job.job_id) {
+            let owner = Shard::owner(shard.total, &scope, &job.job_id);
             return Err(ApiError::OtherShard {
                 shard: owner,
                 total: shard.total,
@@ -610,12 +589,17 @@ impl Control {
         let target = {
             let cur = self.lock();
             cur.config.targets.iter().find_map(|t| {
-                (t.cloud_service == job.cloud_service
-                    && t.cloud_region == job.cloud_region
-                    && t.project_id == job.project_id)
+                job.is_in(&t.scope)
                     .then(|| cur.providers.get(&t.account))
                     .flatten()
-                    .map(|(_, p)| Arc::new(cloud::Target::with_provider(t, Arc::clone(p))))
+                    .map(|(_, p)| {
+                        Arc::new(cloud::Target::with_provider(
+                            &t.account,
+                            t.scope.clone(),
+                            &t.endpoint,
+                            Arc::clone(p),
+                        ))
+                    })
             })
         };
         if let Some(target) = target {
@@ -662,11 +646,11 @@ impl Control {
         let mut out: Vec<Listed> = Vec::new();
         for t in &cur.config.targets {
             for j in &t.jobs {
-                if shard.owns(&t.cloud_service, &t.cloud_region, &t.project_id, j) {
+                if shard.owns(&t.scope, j) {
                     out.push(Listed {
-                        cloud_service: t.cloud_service.clone(),
-                        cloud_region: t.cloud_region.clone(),
-                        project_id: t.project_id.clone(),
+                        cloud_service: t.scope.cloud_service.clone(),
+                        cloud_region: t.scope.cloud_region.clone(),
+                        project_id: t.scope.project_id.clone(),
                         job_id: j.clone(),
                         source: "config",
                         tracked: true,
@@ -675,12 +659,9 @@ impl Control {
             }
         }
         for r in self.store.registrations() {
-            let tracked = shard.owns(&r.cloud_service, &r.cloud_region, &r.project_id, &r.job_id)
-                && cur.config.targets.iter().any(|t| {
-                    t.cloud_service == r.cloud_service
-                        && t.cloud_region == r.cloud_region
-                        && t.project_id == r.project_id
-                });
+            let scope = r.scope();
+            let tracked = shard.owns(&scope, &r.job_id)
+                && cur.config.targets.iter().any(|t| t.scope == scope);
             out.push(Listed {
                 cloud_service: r.cloud_service,
                 cloud_region: r.cloud_region,
@@ -695,7 +676,7 @@ impl Control {
                 .config
                 .targets
                 .iter()
-                .any(|t| !t.discover.is_empty() && Scope::of(t).job(&d.job.job_id) == d.job);
+                .any(|t| !t.discover.is_empty() && d.job.is_in(&t.scope));
             out.push(Listed {
                 cloud_service: d.job.cloud_service,
                 cloud_region: d.job.cloud_region,

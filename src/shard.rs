@@ -1,6 +1,8 @@
 //! Sharding: which replica owns a job. A stable hash of (cloud_service, cloud_region,
 //! project_id, job_id) modulo the number of shards, so every replica agrees without talking.
 
+use crate::scope::Scope;
+
 /// This replica's place among `total` shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
@@ -34,14 +36,20 @@ fn fnv1a(parts: &[&str]) -> u64 {
 }
 
 impl Shard {
-    /// The shard that owns a job.
-    pub fn owner(total: u32, service: &str, region: &str, project: &str, job: &str) -> u32 {
-        (fnv1a(&[service, region, project, job]) % u64::from(total.max(1))) as u32
+    /// The shard that owns job `job` of `scope`.
+    pub fn owner(total: u32, scope: &Scope, job: &str) -> u32 {
+        let parts = [
+            &*scope.cloud_service,
+            &scope.cloud_region,
+            &scope.project_id,
+            job,
+        ];
+        (fnv1a(&parts) % u64::from(total.max(1))) as u32
     }
 
-    /// True if this shard owns the job.
-    pub fn owns(&self, service: &str, region: &str, project: &str, job: &str) -> bool {
-        self.total <= 1 || Self::owner(self.total, service, region, project, job) == self.index
+    /// True if this shard owns job `job` of `scope`.
+    pub fn owns(&self, scope: &Scope, job: &str) -> bool {
+        self.total <= 1 || Self::owner(self.total, scope, job) == self.index
     }
 
     /// Parses `--shard`: a number, or `auto` for a StatefulSet pod's ordinal, the number after
@@ -80,12 +88,10 @@ mod tests {
         let jobs: Vec<String> = (0..5000).map(|i| format!("{:032x}", i * 7919)).collect();
         for total in [1u32, 2, 3, 5] {
             let shards: Vec<Shard> = (0..total).map(|index| Shard { index, total }).collect();
+            let scope = Scope::new("evs", "cn-north-4", "p");
             let mut sizes = vec![0usize; total as usize];
             for j in &jobs {
-                let owners: Vec<&Shard> = shards
-                    .iter()
-                    .filter(|s| s.owns("evs", "cn-north-4", "p", j))
-                    .collect();
+                let owners: Vec<&Shard> = shards.iter().filter(|s| s.owns(&scope, j)).collect();
                 assert_eq!(owners.len(), 1, "{j} with {total} shards");
                 sizes[owners[0].index as usize] += 1;
             }
@@ -98,9 +104,10 @@ mod tests {
     #[test]
     fn owner_is_stable() {
         // Pinned so that a change of hash, which would move every job, is noticed.
+        let scope = Scope::new("evs", "cn-north-4", "p");
         assert_eq!(
-            Shard::owner(4, "evs", "cn-north-4", "p", "job-1"),
-            Shard::owner(4, "evs", "cn-north-4", "p", "job-1")
+            Shard::owner(4, &scope, "job-1"),
+            Shard::owner(4, &scope, "job-1")
         );
         assert_eq!(fnv1a(&["a"]), 0xaf63_dc4c_8601_ec8c);
         assert_ne!(fnv1a(&["ab", "c"]), fnv1a(&["a", "bc"]));

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::config::Mode;
 use crate::exposition::{self, Format};
+use crate::scope::Scope;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -470,19 +471,24 @@ impl Telemetry {
     const FOLDABLE: [&'static str; 3] = ["error_code", "job_type", "subjob_type"];
 
     /// Creates a target's folded-value counters at 0, so `increase()` sees the first fold.
-    pub fn register_label_caps(&self, target: [&str; 3]) {
+    pub fn register_label_caps(&self, scope: &Scope) {
         for label in Self::FOLDABLE {
-            self.label_folded
-                .with_label_values(&[target[0], target[1], target[2], label]);
+            self.folded_counter(scope, label);
         }
     }
 
-    /// Counts one job, sub-job or failure of `target` ((cloud_service, cloud_region,
-    /// project_id)) whose `label` was exported as `other`.
-    pub fn label_folded(&self, target: [&str; 3], label: &str) {
-        self.label_folded
-            .with_label_values(&[target[0], target[1], target[2], label])
-            .inc();
+    fn folded_counter(&self, scope: &Scope, label: &str) -> IntCounter {
+        self.label_folded.with_label_values(&[
+            &*scope.cloud_service,
+            &scope.cloud_region,
+            &scope.project_id,
+            label,
+        ])
+    }
+
+    /// Counts one job, sub-job or failure of `scope` whose `label` was exported as `other`.
+    pub fn count_folded(&self, scope: &Scope, label: &str) {
+        self.folded_counter(scope, label).inc();
     }
 
     /// Records when the account's token or temporary credentials expire.
@@ -529,15 +535,19 @@ impl Telemetry {
     }
 
     /// Sets the tracked-job gauges; series of targets no longer present are removed.
-    pub fn set_tracked(&self, counts: &[((&str, &str, &str), i64, i64)]) {
+    pub fn set_tracked(&self, counts: &[(&Scope, i64, i64)]) {
         self.tracked_jobs.reset();
-        for ((svc, region, project), active, terminal) in counts {
-            self.tracked_jobs
-                .with_label_values(&[svc, region, project, "active"])
-                .set(*active);
-            self.tracked_jobs
-                .with_label_values(&[svc, region, project, "terminal"])
-                .set(*terminal);
+        for (scope, active, terminal) in counts {
+            for (phase, n) in [("active", active), ("terminal", terminal)] {
+                self.tracked_jobs
+                    .with_label_values(&[
+                        &*scope.cloud_service,
+                        &scope.cloud_region,
+                        &scope.project_id,
+                        phase,
+                    ])
+                    .set(*n);
+            }
         }
     }
 

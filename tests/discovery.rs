@@ -15,6 +15,7 @@ use std::time::Duration;
 use common::{PROJECT, Running, fail, script};
 use huaweicloud_job_exporter::config::Config;
 use huaweicloud_job_exporter::discovery;
+use huaweicloud_job_exporter::scope::Scope;
 use huaweicloud_job_exporter::shard::Shard;
 use huaweicloud_job_exporter::simulator::{
     Api, DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Fault, JobScript, Outcome, Simulator,
@@ -468,12 +469,13 @@ async fn each_shard_adds_only_the_jobs_it_owns() {
     let ids: Vec<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
     sim.add_jobs(jobs);
     let mut owned_total = 0;
+    let scope = Scope::new("evs", "cn-north-4", PROJECT);
     for index in 0..2 {
         let mut cfg = config(&base, "", "");
         cfg.shard = Shard::parse(&index.to_string(), 2, None).expect("shard");
         let mut owned: Vec<String> = ids
             .iter()
-            .filter(|id| cfg.shard.owns("evs", "cn-north-4", PROJECT, id))
+            .filter(|id| cfg.shard.owns(&scope, id))
             .cloned()
             .collect();
         owned.sort();

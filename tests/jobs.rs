@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use huaweicloud_job_exporter::config::Config;
+use huaweicloud_job_exporter::scope::Scope;
 use huaweicloud_job_exporter::shard::Shard;
 use huaweicloud_job_exporter::simulator::{DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Outcome};
 use huaweicloud_job_exporter::state::Store;
@@ -366,7 +367,7 @@ async fn shards_split_the_jobs_and_redirect_registrations() {
     assert_eq!(all, expected, "every job exactly once across the shards");
 
     // Registering on the wrong replica says where the job belongs.
-    let owner = Shard::owner(3, "evs", "r", PROJECT, "new-job");
+    let owner = Shard::owner(3, &Scope::new("evs", "r", PROJECT), "new-job");
     let wrong = (owner + 1) % 3;
     let (status, body) = api(
         reqwest::Method::POST,

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use huaweicloud_job_exporter::scope::Scope;
+use huaweicloud_job_exporter::secret::{Credentials, Secret};
 use huaweicloud_job_exporter::simulator::{DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Fault, Outcome};
-use huaweicloud_job_exporter::{WebOptions, cloud, config, telemetry::Telemetry, web};
+use huaweicloud_job_exporter::{WebOptions, cloud, telemetry::Telemetry, web};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -88,18 +90,12 @@ fn client_and_target(base: &str) -> (cloud::Client, cloud::Target) {
     let client =
         cloud::Client::new(Duration::from_secs(2), Arc::new(Telemetry::new())).expect("client");
     let target = cloud::Target::new(
-        &config::Target {
-            account: "a".into(),
-            cloud_service: "evs".into(),
-            cloud_region: "r".into(),
-            project_id: PROJECT.into(),
-            endpoint: base.to_string(),
-            jobs: vec![],
-            discover: Default::default(),
-        },
-        config::Credentials {
-            access_key: config::Secret::new(DEMO_ACCESS_KEY),
-            secret_key: config::Secret::new(DEMO_SECRET_KEY),
+        "a",
+        Scope::new("evs", "r", PROJECT),
+        base,
+        Credentials {
+            access_key: Secret::new(DEMO_ACCESS_KEY),
+            secret_key: Secret::new(DEMO_SECRET_KEY),
             security_token: None,
         },
     );

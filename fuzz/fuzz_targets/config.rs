@@ -13,7 +13,8 @@
 
 use std::path::Path;
 
-use huaweicloud_job_exporter::config::{Config, Error, is_job_id};
+use huaweicloud_job_exporter::config::{Config, Error};
+use huaweicloud_job_exporter::scope::is_id;
 use huaweicloud_job_exporter_fuzz::document_names_no_real_file;
 use libfuzzer_sys::fuzz_target;
 
@@ -67,7 +68,7 @@ fn check(cfg: &Config) {
         );
         assert!(!t.endpoint.ends_with('/'), "{:?}", t.endpoint);
         for (i, job) in t.jobs.iter().enumerate() {
-            assert!(is_job_id(job), "{job:?}");
+            assert!(is_id(job), "{job:?}");
             assert!(!t.jobs[..i].contains(job), "{job:?} listed twice");
         }
     }

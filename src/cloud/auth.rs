@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 
 use crate::cloud::model;
-use crate::config::{self, AccountAuth, Credentials, Secret, SecretRef};
+use crate::secret::{self, Account, AccountAuth, Credentials, Secret, SecretRef};
 use crate::telemetry::Telemetry;
 
 /// How often a `{file: …}` secret's modification time is checked.
@@ -122,7 +122,7 @@ impl Watched {
         st.checked = tokio::time::Instant::now();
         let modified = std::fs::metadata(file).and_then(|m| m.modified()).ok();
         if modified != st.modified {
-            match config::read_secret_file(file) {
+            match secret::read_secret_file(file) {
                 Ok(v) => {
                     tracing::info!(file = %file.display(), "secret file changed, re-read");
                     st.value = v;
@@ -300,7 +300,7 @@ fn unix_now() -> f64 {
 impl Provider {
     /// A provider for `account`, using `http` for IAM and the metadata service.
     pub fn new(
-        account: &config::Account,
+        account: &Account,
         http: reqwest::Client,
         telemetry: Option<Arc<Telemetry>>,
     ) -> Self {

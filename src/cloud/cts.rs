@@ -129,7 +129,7 @@ fn outcome(map: &Map<String, Value>) -> Outcome {
         return Outcome::Unparsable;
     };
     match text(&response, "job_id") {
-        Some(id) if crate::config::is_job_id(&id) => Outcome::Job(id),
+        Some(id) if crate::scope::is_id(&id) => Outcome::Job(id),
         _ => Outcome::NoJob {
             order: response.get("order_id").is_some_and(|v| !v.is_null()),
         },

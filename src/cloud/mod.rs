@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{self, Credentials};
+use crate::scope::Scope;
+use crate::secret::{Account, AccountAuth, Credentials, Secret, SecretRef};
 use crate::telemetry::Telemetry;
 use auth::{Material, Provider};
 pub use model::Job;
@@ -238,18 +239,65 @@ fn context() -> FetchContext {
 pub struct Target {
     /// Account name.
     pub account: String,
-    /// `cloud_service` label.
-    pub cloud_service: String,
-    /// `cloud_region` label.
-    pub cloud_region: String,
-    /// `project_id` label.
-    pub project_id: String,
+    /// The `cloud_service`, `cloud_region` and `project_id` labels.
+    pub scope: Scope,
     /// Base URL without trailing slash.
     pub endpoint: String,
     host: String,
     path_prefix: String,
     auth: Arc<Provider>,
-    request: std::result::Result<Prepared, String>,
+    /// Checked at configuration time ([`check_endpoint`]); an error here is a target built
+    /// around that check (tests), reported as `connect` on each fetch.
+    request: std::result::Result<Prepared, EndpointError>,
+}
+
+/// Why requests cannot be built for an endpoint.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EndpointError {
+    /// The jobs URL made from it does not parse.
+    #[error("{endpoint:?} does not make a valid URL ({url}): {reason}")]
+    Url {
+        /// The endpoint.
+        endpoint: String,
+        /// The URL made from it.
+        url: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// It parses, but cannot be connected to (scheme other than http or https, no host, no
+    /// port).
+    #[error("{endpoint:?} cannot be connected to: {reason}")]
+    Unreachable {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// A header every request carries cannot hold a part of it (a host that is not ASCII).
+    #[error("{what} {value:?} is not a valid HTTP header value")]
+    Header {
+        /// Which part.
+        what: &'static str,
+        /// Its value.
+        value: String,
+    },
+}
+
+/// Whether job requests can be built for `endpoint` and `project_id`, exactly as the client
+/// will build them: the configuration calls this so that a bad endpoint is an error at load time
+/// rather than `reason="connect"` on every fetch.
+pub fn check_endpoint(endpoint: &str, project_id: &str) -> std::result::Result<(), EndpointError> {
+    let (host, _) = split_endpoint(endpoint);
+    Prepared::new(endpoint, host, project_id).map(drop)
+}
+
+/// The host and the path prefix of an endpoint (`https://host[:port][/prefix]`).
+fn split_endpoint(endpoint: &str) -> (&str, &str) {
+    let after_scheme = endpoint.split_once("://").map_or("", |(_, r)| r);
+    match after_scheme.find('/') {
+        Some(i) => (&after_scheme[..i], &after_scheme[i..]),
+        None => (after_scheme, ""),
+    }
 }
 
 /// The parts of every request to a target that do not depend on the job: parsed once, because
@@ -265,16 +313,29 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(endpoint: &str, host: &str, project_id: &str) -> std::result::Result<Self, String> {
+    fn new(
+        endpoint: &str,
+        host: &str,
+        project_id: &str,
+    ) -> std::result::Result<Self, EndpointError> {
         let url = format!("{endpoint}/v1/{project_id}/jobs/");
-        let jobs_url =
-            reqwest::Url::parse(&url).map_err(|e| format!("endpoint {endpoint:?}: {e}"))?;
-        let value = |what: &str, v: &str| {
-            HeaderValue::from_str(v)
-                .map_err(|_| format!("{what} {v:?} is not a valid header value"))
+        let jobs_url = reqwest::Url::parse(&url).map_err(|e| EndpointError::Url {
+            endpoint: endpoint.into(),
+            reason: e.to_string(),
+            url: url.clone(),
+        })?;
+        let value = |what: &'static str, v: &str| {
+            HeaderValue::from_str(v).map_err(|_| EndpointError::Header {
+                what,
+                value: v.into(),
+            })
         };
+        let origin = conn::Origin::of(&jobs_url).map_err(|reason| EndpointError::Unreachable {
+            endpoint: endpoint.into(),
+            reason,
+        })?;
         Ok(Self {
-            origin: conn::Origin::of(&jobs_url)?,
+            origin,
             jobs_url,
             host: value("endpoint host", host)?,
             project_id: value("project_id", project_id)?,
@@ -304,19 +365,19 @@ impl Prepared {
 
 impl Target {
     /// A target whose account signs with fixed keys (tests, benchmarks).
-    pub fn new(t: &config::Target, credentials: Credentials) -> Self {
-        let account = config::Account {
-            name: t.account.clone(),
-            auth: config::AccountAuth::AkSk {
-                access_key: config::SecretRef {
+    pub fn new(account: &str, scope: Scope, endpoint: &str, credentials: Credentials) -> Self {
+        let account = Account {
+            name: account.to_string(),
+            auth: AccountAuth::AkSk {
+                access_key: SecretRef {
                     value: credentials.access_key,
                     file: None,
                 },
-                secret_key: config::SecretRef {
+                secret_key: SecretRef {
                     value: credentials.secret_key,
                     file: None,
                 },
-                security_token: credentials.security_token.map(|t| config::SecretRef {
+                security_token: credentials.security_token.map(|t| SecretRef {
                     value: t,
                     file: None,
                 }),
@@ -325,29 +386,23 @@ impl Target {
         };
         // Fixed keys never call out, so this client only satisfies the type.
         crate::install_crypto_provider();
-        Self::with_provider(
-            t,
-            Arc::new(Provider::new(&account, reqwest::Client::new(), None)),
-        )
+        let auth = Arc::new(Provider::new(&account, reqwest::Client::new(), None));
+        Self::with_provider(&account.name, scope, endpoint, auth)
     }
 
-    /// Builds a target from its configuration and its account's credential provider.
-    pub fn with_provider(t: &config::Target, auth: Arc<Provider>) -> Self {
-        let after_scheme = t.endpoint.split_once("://").map_or("", |(_, r)| r);
-        let (host, path_prefix) = match after_scheme.find('/') {
-            Some(i) => (&after_scheme[..i], &after_scheme[i..]),
-            None => (after_scheme, ""),
-        };
+    /// A target of `account` in `scope`, reached at `endpoint` (a base URL without trailing
+    /// slash), signed by the account's credential provider.
+    pub fn with_provider(account: &str, scope: Scope, endpoint: &str, auth: Arc<Provider>) -> Self {
+        let (host, path_prefix) = split_endpoint(endpoint);
+        let request = Prepared::new(endpoint, host, &scope.project_id);
         Self {
-            account: t.account.clone(),
-            cloud_service: t.cloud_service.clone(),
-            cloud_region: t.cloud_region.clone(),
-            project_id: t.project_id.clone(),
-            endpoint: t.endpoint.clone(),
+            account: account.to_string(),
+            endpoint: endpoint.to_string(),
             host: host.to_string(),
             path_prefix: path_prefix.to_string(),
+            scope,
             auth,
-            request: Prepared::new(&t.endpoint, host, &t.project_id),
+            request,
         }
     }
 
@@ -461,7 +516,7 @@ impl Client {
     }
 
     /// A credential provider for `account` that shares this client's connections.
-    pub fn provider(&self, account: &config::Account) -> Provider {
+    pub fn provider(&self, account: &Account) -> Provider {
         Provider::new(
             account,
             self.http.clone(),
@@ -539,7 +594,10 @@ impl Client {
         let material = self.material(target).await?;
         match self.get_job_with(target, job_id, &material, known).await {
             Err(FetchError::Api { status: 401, .. })
-                if target.auth.invalidate(&target.project_id, &material).await =>
+                if target
+                    .auth
+                    .invalidate(&target.scope.project_id, &material)
+                    .await =>
             {
                 let fresh = self.material(target).await?;
                 self.get_job_with(target, job_id, &fresh, known).await
@@ -551,7 +609,7 @@ impl Client {
     async fn material(&self, target: &Target) -> Result<Material> {
         target
             .auth
-            .material(&target.project_id)
+            .material(&target.scope.project_id)
             .await
             .map_err(|e| FetchError::Auth(e.to_string()))
     }
@@ -566,12 +624,12 @@ impl Client {
         let prepared = target
             .request
             .as_ref()
-            .map_err(|e| FetchError::Connect(e.clone()))?;
+            .map_err(|e| FetchError::Connect(e.to_string()))?;
         let headers = match material {
             Material::Keys(creds) => {
                 let path = format!(
                     "{}/v1/{}/jobs/{}",
-                    target.path_prefix, target.project_id, job_id
+                    target.path_prefix, target.scope.project_id, job_id
                 );
                 sign(target, prepared, creds, &path, chrono::Utc::now())?
             }
@@ -584,8 +642,8 @@ impl Client {
             Err(e) => e.reason().as_str(),
         };
         self.telemetry.observe_api_request(
-            &target.cloud_service,
-            &target.cloud_region,
+            &target.scope.cloud_service,
+            &target.scope.cloud_region,
             code,
             started.elapsed(),
         );
@@ -669,7 +727,10 @@ impl Client {
         let material = self.material(target).await?;
         match self.get_api_with(target, path, query, &material).await {
             Err(FetchError::Api { status: 401, .. })
-                if target.auth.invalidate(&target.project_id, &material).await =>
+                if target
+                    .auth
+                    .invalidate(&target.scope.project_id, &material)
+                    .await =>
             {
                 let fresh = self.material(target).await?;
                 self.get_api_with(target, path, query, &fresh).await
@@ -688,7 +749,7 @@ impl Client {
         let prepared = target
             .request
             .as_ref()
-            .map_err(|e| FetchError::Connect(e.clone()))?;
+            .map_err(|e| FetchError::Connect(e.to_string()))?;
         let full_path = format!("{}{path}", target.path_prefix);
         let headers = match material {
             Material::Keys(creds) => sign_query(
@@ -710,8 +771,8 @@ impl Client {
             Err(e) => e.reason().as_str(),
         };
         self.telemetry.observe_api_request(
-            &target.cloud_service,
-            &target.cloud_region,
+            &target.scope.cloud_service,
+            &target.scope.cloud_region,
             code,
             started.elapsed(),
         );
@@ -865,7 +926,7 @@ fn common_headers(prepared: &Prepared) -> HeaderMap {
 }
 
 /// The headers of a token-authenticated GET.
-fn token_headers(prepared: &Prepared, token: &config::Secret) -> Result<HeaderMap> {
+fn token_headers(prepared: &Prepared, token: &Secret) -> Result<HeaderMap> {
     let mut map = common_headers(prepared);
     map.insert(
         X_AUTH_TOKEN,
@@ -914,7 +975,7 @@ fn sign_query(
     let all = [
         ("content-type", "application/json"),
         ("host", target.host.as_str()),
-        ("x-project-id", target.project_id.as_str()),
+        ("x-project-id", target.scope.project_id.as_str()),
         ("x-sdk-date", date.as_str()),
         ("x-security-token", token.unwrap_or_default()),
     ];
@@ -952,7 +1013,7 @@ fn sign_query(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::secret::Secret;
 
     #[test]
     fn reasons_cover_every_error_shape() {
@@ -993,15 +1054,7 @@ mod tests {
 
     #[test]
     fn signs_like_the_sdk_with_a_path_prefix_and_token() {
-        let cfg = config::Target {
-            account: "a".into(),
-            cloud_service: "sdrs".into(),
-            cloud_region: "cn-east-3".into(),
-            project_id: "0a1b2c3d4e5f60718293a4b5c6d7e8f9".into(),
-            endpoint: "https://sdrs.cn-east-3.myhuaweicloud.com".into(),
-            jobs: vec![],
-            discover: Default::default(),
-        };
+        let scope = Scope::new("sdrs", "cn-east-3", "0a1b2c3d4e5f60718293a4b5c6d7e8f9");
         let creds = Credentials {
             access_key: Secret::new("HPUAL9EXAMPLEAK00001"),
             secret_key: Secret::new("hwfactsEXAMPLEsecretKEY0000000000000000000"),
@@ -1009,7 +1062,12 @@ mod tests {
                 "gQpjbi1ub3J0aC00EXAMPLE-temporary-security-token+/==",
             )),
         };
-        let t = Target::new(&cfg, creds.clone());
+        let t = Target::new(
+            "a",
+            scope.clone(),
+            "https://sdrs.cn-east-3.myhuaweicloud.com",
+            creds.clone(),
+        );
         let now = chrono::DateTime::parse_from_rfc3339("2024-03-15T08:15:30Z")
             .expect("date")
             .with_timezone(&chrono::Utc);
@@ -1028,10 +1086,9 @@ mod tests {
             "SDK-HMAC-SHA256 Access=HPUAL9EXAMPLEAK00001, SignedHeaders=content-type;host;x-project-id;x-sdk-date;x-security-token, Signature=68da3636fc6e5f36754e243014e41a8cb614d1f491fe5d1ec5a408e9a542413f"
         );
         let prefixed = Target::new(
-            &config::Target {
-                endpoint: "http://127.0.0.1:9000/sdrs".into(),
-                ..cfg
-            },
+            "a",
+            scope,
+            "http://127.0.0.1:9000/sdrs",
             Credentials {
                 access_key: Secret::new("a"),
                 secret_key: Secret::new("b"),

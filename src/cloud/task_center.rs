@@ -38,7 +38,7 @@ pub fn decode_page(body: &[u8]) -> Result<FailurePage, DecodeError> {
                 Value::Object(m) => text(m, "job_id"),
                 _ => None,
             })
-            .filter(|id| crate::config::is_job_id(id))
+            .filter(|id| crate::scope::is_id(id))
             .collect();
     }
     Ok(page)

@@ -24,57 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cloud::{self, FetchError, Reason};
 use crate::config;
+use crate::scope::Scope;
 use crate::shard::Shard;
 use crate::state::{self, CursorKey, Discovered, JobRef, Store};
 pub use crate::state::{Backlog, Cursor, DiscoverySource as Source};
 use crate::telemetry::{DiscoveryMetrics, Telemetry};
-
-/// A target's name without its account: (cloud_service, cloud_region, project_id).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
-pub struct Scope {
-    /// Service (`evs`, `sdrs`, …).
-    pub cloud_service: String,
-    /// Region.
-    pub cloud_region: String,
-    /// Project.
-    pub project_id: String,
-}
-
-impl Scope {
-    /// A scope from its three parts.
-    pub fn new(service: &str, region: &str, project: &str) -> Self {
-        Self {
-            cloud_service: service.into(),
-            cloud_region: region.into(),
-            project_id: project.into(),
-        }
-    }
-
-    /// One job of this target.
-    pub fn job(&self, job_id: &str) -> JobRef {
-        JobRef {
-            cloud_service: self.cloud_service.clone(),
-            cloud_region: self.cloud_region.clone(),
-            project_id: self.project_id.clone(),
-            job_id: job_id.into(),
-        }
-    }
-
-    /// The scope of a configured target.
-    pub fn of(t: &config::Target) -> Self {
-        Self::new(&t.cloud_service, &t.cloud_region, &t.project_id)
-    }
-}
-
-impl std::fmt::Display for Scope {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}/{}/{}",
-            self.cloud_service, self.cloud_region, self.project_id
-        )
-    }
-}
 
 /// The IAM permission a 403 from `source` means is missing.
 fn permission(source: Source) -> &'static str {
@@ -248,18 +202,17 @@ impl Discovery {
     pub fn set_targets(&self, targets: &[(&config::Target, Arc<cloud::auth::Provider>)]) {
         let mut desired = Vec::new();
         for (t, provider) in targets {
-            let scope = Scope::of(t);
+            let scope = t.scope.clone();
             let id = Arc::as_ptr(provider) as usize;
             let api = |service: &str, endpoint: &str| {
-                let api_target = config::Target {
+                let api_scope = Scope {
                     cloud_service: service.into(),
-                    endpoint: endpoint.into(),
-                    jobs: Vec::new(),
-                    discover: config::Discover::default(),
-                    ..(*t).clone()
+                    ..scope.clone()
                 };
                 Arc::new(cloud::Target::with_provider(
-                    &api_target,
+                    &t.account,
+                    api_scope,
+                    endpoint,
                     Arc::clone(provider),
                 ))
             };
@@ -277,7 +230,7 @@ impl Discovery {
                 desired.push(Spec {
                     scope: scope.clone(),
                     source: Source::FailureJobs,
-                    api: api(&t.cloud_service, &f.endpoint),
+                    api: api(&t.scope.cloud_service, &f.endpoint),
                     cts: None,
                     failure_jobs: Some(f.clone()),
                     provider: id,
@@ -448,13 +401,7 @@ struct Admitted {
 impl Context {
     /// Where this task's cursor is stored.
     fn cursor_key(&self) -> CursorKey {
-        let scope = &self.spec.scope;
-        CursorKey {
-            cloud_service: scope.cloud_service.clone(),
-            cloud_region: scope.cloud_region.clone(),
-            project_id: scope.project_id.clone(),
-            source: self.spec.source,
-        }
+        CursorKey::new(&self.spec.scope, self.spec.source)
     }
 
     fn labels(&self) -> [&str; 4] {
@@ -477,18 +424,13 @@ impl Context {
         let mut fresh: Vec<String> = Vec::new();
         let mut fresh_set: HashSet<&str> = HashSet::new();
         let mut over_limit = 0;
-        let room = self.inner.max_jobs.saturating_sub(store.discovered_count(
-            &scope.cloud_service,
-            &scope.cloud_region,
-            &scope.project_id,
-        ));
+        let room = self
+            .inner
+            .max_jobs
+            .saturating_sub(store.discovered_count(scope));
         for id in candidates {
-            if !self.inner.shard.owns(
-                &scope.cloud_service,
-                &scope.cloud_region,
-                &scope.project_id,
-                id,
-            ) || store.knows(&scope.job(id))
+            if !self.inner.shard.owns(scope, id)
+                || store.knows(&JobRef::new(scope, id))
                 || fresh_set.contains(id.as_str())
             {
                 continue;
@@ -513,7 +455,7 @@ impl Context {
         let jobs = fresh
             .iter()
             .map(|id| Discovered {
-                job: scope.job(id),
+                job: JobRef::new(scope, id),
                 source: self.spec.source,
                 found_at,
                 gone_at: None,

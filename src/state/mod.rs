@@ -25,6 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 
 use serde::{Deserialize, Serialize};
 
+use crate::scope::Scope;
+
 /// One job: the target it belongs to (service, region, project) and its id.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +39,30 @@ pub struct JobRef {
     pub project_id: String,
     /// Job id, `[A-Za-z0-9-]{1,64}`.
     pub job_id: String,
+}
+
+impl JobRef {
+    /// Job `job_id` of `scope`.
+    pub fn new(scope: &Scope, job_id: &str) -> Self {
+        Self {
+            cloud_service: scope.cloud_service.clone(),
+            cloud_region: scope.cloud_region.clone(),
+            project_id: scope.project_id.clone(),
+            job_id: job_id.into(),
+        }
+    }
+
+    /// The scope this job is in. The fields stay flat, rather than a [`Scope`] inside, because
+    /// they are the journal's and the registration API's format, whose unknown keys are errors
+    /// (serde cannot flatten a struct that denies unknown fields).
+    pub fn scope(&self) -> Scope {
+        Scope::new(&self.cloud_service, &self.cloud_region, &self.project_id)
+    }
+
+    /// Whether this job is in `scope`.
+    pub fn is_in(&self, scope: &Scope) -> bool {
+        scope.is(&self.cloud_service, &self.cloud_region, &self.project_id)
+    }
 }
 
 /// Which discovery found a job.
@@ -120,6 +146,18 @@ pub struct CursorKey {
     pub project_id: String,
     /// Discovery kind.
     pub source: DiscoverySource,
+}
+
+impl CursorKey {
+    /// The cursor of discovery `source` in `scope`.
+    pub fn new(scope: &Scope, source: DiscoverySource) -> Self {
+        Self {
+            cloud_service: scope.cloud_service.clone(),
+            cloud_region: scope.cloud_region.clone(),
+            project_id: scope.project_id.clone(),
+            source,
+        }
+    }
 }
 
 /// What the exporter shows for a finished job after a restart, until `terminal_retention`:
@@ -246,7 +284,7 @@ struct Records {
 
 fn check(job: &JobRef) -> Result<(), String> {
     for (field, value) in [("project_id", &job.project_id), ("job_id", &job.job_id)] {
-        if !crate::config::is_job_id(value) {
+        if !crate::scope::is_id(value) {
             return Err(format!(
                 "{field}: {value:?} must match [A-Za-z0-9-]{{1,64}}"
             ));
@@ -440,26 +478,12 @@ impl Store {
     }
 
     /// Discovered jobs of one target still tracked.
-    pub fn discovered_count(
-        &self,
-        cloud_service: &str,
-        cloud_region: &str,
-        project_id: &str,
-    ) -> usize {
-        let from = JobRef {
-            cloud_service: cloud_service.into(),
-            cloud_region: cloud_region.into(),
-            project_id: project_id.into(),
-            job_id: String::new(),
-        };
+    pub fn discovered_count(&self, scope: &Scope) -> usize {
+        let from = JobRef::new(scope, "");
         self.records()
             .discovered
             .range(&from..)
-            .take_while(|(j, _)| {
-                j.cloud_service == cloud_service
-                    && j.cloud_region == cloud_region
-                    && j.project_id == project_id
-            })
+            .take_while(|(j, _)| j.is_in(scope))
             .filter(|(_, d)| d.gone_at.is_none())
             .count()
     }
