@@ -1123,19 +1123,13 @@ impl Validator<'_> {
                 format!("{project_id:?} must match [A-Za-z0-9-]{{1,64}}"),
             );
         }
-        let endpoint = match t.endpoint {
-            Some(e) => match validate_endpoint(&e) {
-                Ok(e) => e,
-                Err(msg) => {
-                    self.problem(&format!("{path}.endpoint"), msg);
-                    String::new()
-                }
-            },
-            None => format!(
-                "https://{}.{}.myhuaweicloud.com",
-                t.cloud_service, t.cloud_region
-            ),
-        };
+        let endpoint =
+            self.api_endpoint(&format!("{path}.endpoint"), t.endpoint.as_deref(), || {
+                format!(
+                    "https://{}.{}.myhuaweicloud.com",
+                    t.cloud_service, t.cloud_region
+                )
+            });
         for (j, id) in t.jobs.iter().enumerate() {
             if !is_id(id) {
                 self.problem(
@@ -1219,13 +1213,10 @@ impl Validator<'_> {
         }
         if let Some(c) = d.cts {
             let p = format!("{path}.cts");
-            let endpoint = match c.endpoint {
-                Some(e) => validate_endpoint(&e).unwrap_or_else(|m| {
-                    self.problem(&format!("{p}.endpoint"), m);
-                    String::new()
-                }),
-                None => format!("https://cts.{region}.myhuaweicloud.com"),
-            };
+            let endpoint =
+                self.api_endpoint(&format!("{p}.endpoint"), c.endpoint.as_deref(), || {
+                    format!("https://cts.{region}.myhuaweicloud.com")
+                });
             let interval = self.discovery_interval(&p, c.interval.as_deref(), 60);
             let lookback = self
                 .duration(&format!("{p}.lookback"), c.lookback.as_deref())
@@ -1264,13 +1255,10 @@ impl Validator<'_> {
                     format!("the task centre is an SDRS API; this target's cloud_service is {service:?}, not \"sdrs\""),
                 );
             }
-            let endpoint = match f.endpoint {
-                Some(e) => validate_endpoint(&e).unwrap_or_else(|m| {
-                    self.problem(&format!("{p}.endpoint"), m);
-                    String::new()
-                }),
-                None => target_endpoint.to_string(),
-            };
+            let endpoint =
+                self.api_endpoint(&format!("{p}.endpoint"), f.endpoint.as_deref(), || {
+                    target_endpoint.to_string()
+                });
             let interval = self.discovery_interval(&p, f.interval.as_deref(), 300);
             let max_pages = self.max_pages(&p, f.max_pages);
             out.failure_jobs = Some(FailureJobsDiscovery {
@@ -1280,6 +1268,35 @@ impl Validator<'_> {
             });
         }
         out
+    }
+
+    /// The endpoint at `field` that signed API requests go to: as given, or `derived` from the
+    /// region when not. Checked as the cloud client will build its requests, so that a bad one
+    /// is a problem here rather than `reason="connect"` on every fetch. Empty if invalid (the
+    /// problem is recorded).
+    fn api_endpoint(
+        &mut self,
+        field: &str,
+        given: Option<&str>,
+        derived: impl FnOnce() -> String,
+    ) -> String {
+        let checked = match given {
+            Some(e) => validate_endpoint(e).and_then(|v| {
+                crate::cloud::check_endpoint(&v)
+                    .map(|()| v)
+                    .map_err(|err| format!("{e:?} is not usable: {err}"))
+            }),
+            None => {
+                let e = derived();
+                crate::cloud::check_endpoint(&e).map(|()| e).map_err(|err| {
+                    format!("is not given, and the one made from the region is not usable: {err}")
+                })
+            }
+        };
+        checked.unwrap_or_else(|msg| {
+            self.problem(field, msg);
+            String::new()
+        })
     }
 
     fn discovery_interval(&mut self, path: &str, value: Option<&str>, default: u64) -> Duration {
@@ -1995,6 +2012,29 @@ targets:
                 "max_concurrency",
                 "max_requests_per_second"
             ]
+        );
+    }
+
+    #[test]
+    fn an_endpoint_no_request_can_be_built_for_is_a_problem_of_its_field() {
+        // Both pass as URLs (the URL parser drops line ends), but their hosts cannot be a Host
+        // header: without this check every fetch would fail as reason="connect".
+        let p = problems(
+            "accounts: [{name: a, access_key: x, secret_key: y}]\ntargets:\n  - {account: a, cloud_service: evs, cloud_region: r, project_id: p, endpoint: \"https://evs\\r.example.com\", jobs: [j]}\n  - {account: a, cloud_service: sdrs, cloud_region: r, project_id: p, jobs: [k], discover: {cts: {endpoint: \"https://cts\\n.example.com\"}}}\n",
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[0].path, "targets[0].endpoint");
+        assert!(
+            p[0].message
+                .starts_with("\"https://evs\\r.example.com\" is not usable: endpoint host"),
+            "{}",
+            p[0].message
+        );
+        assert_eq!(p[1].path, "targets[1].discover.cts.endpoint");
+        assert!(
+            p[1].message.contains("\"cts\\n.example.com\""),
+            "{}",
+            p[1].message
         );
     }
 

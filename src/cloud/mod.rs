@@ -283,12 +283,14 @@ pub enum EndpointError {
     },
 }
 
-/// Whether job requests can be built for `endpoint` and `project_id`, exactly as the client
-/// will build them: the configuration calls this so that a bad endpoint is an error at load time
-/// rather than `reason="connect"` on every fetch.
-pub fn check_endpoint(endpoint: &str, project_id: &str) -> std::result::Result<(), EndpointError> {
+/// Whether requests can be built for `endpoint` (a base URL without trailing slash) exactly as
+/// the client will build them: the configuration calls this so that a bad endpoint is an error
+/// at load time rather than `reason="connect"` on every fetch.
+pub fn check_endpoint(endpoint: &str) -> std::result::Result<(), EndpointError> {
+    // Any project id the configuration accepts ([A-Za-z0-9-]) gives the URL the same shape.
+    const ANY_PROJECT: &str = "0";
     let (host, _) = split_endpoint(endpoint);
-    Prepared::new(endpoint, host, project_id).map(drop)
+    Prepared::new(endpoint, host, ANY_PROJECT).map(drop)
 }
 
 /// The host and the path prefix of an endpoint (`https://host[:port][/prefix]`).
@@ -1014,6 +1016,32 @@ fn sign_query(
 mod tests {
     use super::*;
     use crate::secret::Secret;
+
+    #[test]
+    fn endpoints_are_checked_as_requests_are_built() {
+        for good in [
+            "https://evs.cn-north-4.myhuaweicloud.com",
+            "http://127.0.0.1:9000/sdrs",
+            "https://[::1]:8443",
+        ] {
+            assert_eq!(
+                check_endpoint(good).map_err(|e| e.to_string()),
+                Ok(()),
+                "{good}"
+            );
+        }
+        let err = |e: &str| check_endpoint(e).expect_err(e);
+        assert!(matches!(err("http://[::1"), EndpointError::Url { .. }));
+        assert!(matches!(err("ftp://h"), EndpointError::Unreachable { .. }));
+        // The URL parser drops line ends; the Host header cannot hold them.
+        let EndpointError::Header { what, value } = err("https://evs\n.example.com") else {
+            panic!("a host with a line feed");
+        };
+        assert_eq!(
+            (what, value.as_str()),
+            ("endpoint host", "evs\n.example.com")
+        );
+    }
 
     #[test]
     fn reasons_cover_every_error_shape() {
