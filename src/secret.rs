@@ -176,3 +176,43 @@ pub fn read_secret_file(file: &Path) -> Result<Secret> {
     }
     Ok(Secret::new(value))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_file_loses_its_line_end_and_an_empty_one_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("key");
+        std::fs::write(&file, "s3cret\r\n").expect("write");
+        assert_eq!(read_secret_file(&file).expect("read").expose(), "s3cret");
+
+        std::fs::write(&file, "\n").expect("write");
+        let e = read_secret_file(&file).expect_err("empty");
+        assert!(matches!(e, Error::Empty { .. }));
+        assert_eq!(
+            e.to_string(),
+            format!("secret file {} is empty", file.display())
+        );
+
+        let missing = dir.path().join("absent");
+        let e = read_secret_file(&missing).expect_err("missing");
+        assert!(matches!(e, Error::Read { .. }));
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cannot read secret file {}: ", missing.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_secret_never_shows_in_debug() {
+        let c = Credentials {
+            access_key: Secret::new("AK"),
+            secret_key: Secret::new("hush"),
+            security_token: None,
+        };
+        assert!(!format!("{c:?}").contains("hush"));
+    }
+}

@@ -198,3 +198,29 @@ fn check_config_reports_every_problem_and_warns_on_an_unknown_service() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_config_rejects_an_endpoint_no_request_can_be_built_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("config.yml");
+    // The URL parser drops the carriage return, so it parses; as a Host header it cannot be sent.
+    std::fs::write(
+        &file,
+        "accounts: [{name: a, access_key: x, secret_key: y}]\ntargets:\n  - {account: a, cloud_service: evs, cloud_region: r, project_id: p, endpoint: \"https://evs\\r.example.com\", jobs: [j]}\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_huaweicloud-job-exporter"))
+        .arg("check-config")
+        .arg(format!("--config.file={}", file.display()))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "{}: targets[0].endpoint: \"https://evs\\r.example.com\" is not usable: endpoint host \"evs\\r.example.com\" is not a valid HTTP header value",
+            file.display()
+        ),
+    );
+}
