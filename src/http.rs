@@ -22,6 +22,7 @@ use crate::gzip;
 use crate::pages::{self, escape_html};
 use crate::poller::Poller;
 use crate::reload::{ApiError, Control, ReloadError};
+use crate::scope::Scope;
 use crate::state::JobRef;
 use crate::telemetry::Telemetry;
 
@@ -419,28 +420,15 @@ async fn jobs_page(
     // milliseconds of CPU: off the async workers.
     let listing = tokio::task::spawn_blocking(move || {
         let mut listing = poller.list_jobs(&query);
-        let wanted: std::collections::HashMap<(&str, &str, &str, &str), usize> = listing
+        let wanted: std::collections::HashMap<(&Scope, &str), usize> = listing
             .rows
             .iter()
             .enumerate()
-            .map(|(i, r)| {
-                let key = (
-                    r.cloud_service.as_str(),
-                    r.cloud_region.as_str(),
-                    r.project_id.as_str(),
-                    r.job_id.as_str(),
-                );
-                (key, i)
-            })
+            .map(|(i, r)| ((&r.scope, r.job_id.as_str()), i))
             .collect();
         let mut sources = vec![""; listing.rows.len()];
         for l in control.list() {
-            let key = (
-                l.cloud_service.as_str(),
-                l.cloud_region.as_str(),
-                l.project_id.as_str(),
-                l.job_id.as_str(),
-            );
+            let key = (&l.scope, l.job_id.as_str());
             if let Some(&i) = wanted.get(&key)
                 && sources[i].is_empty()
             {

@@ -19,13 +19,22 @@
 //!                                                + telemetry        served by web (TLS, auth)
 //! ```
 //!
-//! - [`config`]: the YAML file, credential sources and validation.
+//! - [`scope`]: [`scope::Scope`], the (`cloud_service`, `cloud_region`, `project_id`) that
+//!   identifies a target everywhere (configuration, cloud client, poller, registrations, shard,
+//!   summaries, discovery); its equality and order are written once there. A leaf.
+//! - [`secret`]: secrets that never show in logs, AK/SK credentials, accounts and how each
+//!   authenticates, secret files. A leaf (it reads through [`files`] only), so that `config`
+//!   and `cloud` share it without importing each other.
+//! - [`config`]: the YAML file, credential sources and validation, endpoints included (checked
+//!   as [`cloud`] will build requests). Imports go one way: `config` uses `cloud` (its limits
+//!   and endpoint check); `cloud` never uses `config`.
 //! - [`check`]: `check-config --connect`, one signed request per target for a first install.
 //! - [`cli`]: the command line (exporter-toolkit flag names).
 //! - [`files`]: reading operator-supplied files: regular files only, bounded, off the async
 //!   workers with a deadline.
 //! - [`logging`]: log lines in Prometheus' logfmt (`ts=… level=… caller=… msg=…`) or JSON.
-//! - [`cloud`]: the HTTP client with retries, SDK-HMAC-SHA256 signing ([`cloud::signer`]),
+//! - [`cloud`]: the HTTP client (given a scope, an endpoint and an account, not a configuration)
+//!   with retries, SDK-HMAC-SHA256 signing ([`cloud::signer`]),
 //!   credentials at run time ([`cloud::auth`]) and lenient decoding of job and error bodies
 //!   ([`cloud::model`]), of CTS traces ([`cloud::cts`]) and of the SDRS task centre
 //!   ([`cloud::task_center`]), with the bounded failure reasons. Job fetches go over keep-alive

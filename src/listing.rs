@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::cloud::{Job, Target};
+use crate::scope::Scope;
 
 /// Most rows a listing returns, whatever is asked.
 pub const MAX_ROWS: usize = 1000;
@@ -71,12 +72,9 @@ pub struct Item<'a> {
 /// One listed job.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Row {
-    /// Service.
-    pub cloud_service: String,
-    /// Region.
-    pub cloud_region: String,
-    /// Project.
-    pub project_id: String,
+    /// Service, region and project (flat in JSON).
+    #[serde(flatten)]
+    pub scope: Scope,
     /// Job id.
     pub job_id: String,
     /// `job_type`, empty when unknown.
@@ -188,9 +186,7 @@ pub fn select<'a>(items: impl Iterator<Item = Item<'a>>, query: &Query, now: f64
             let job = item.job;
             let failed = group == Group::Failed;
             Row {
-                cloud_service: item.target.scope.cloud_service.clone(),
-                cloud_region: item.target.scope.cloud_region.clone(),
-                project_id: item.target.scope.project_id.clone(),
+                scope: item.target.scope.clone(),
                 job_id: item.job_id.to_string(),
                 job_type: job.and_then(|j| j.job_type.clone()).unwrap_or_default(),
                 status: job
@@ -218,7 +214,6 @@ pub fn select<'a>(items: impl Iterator<Item = Item<'a>>, query: &Query, now: f64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scope::Scope;
     use crate::secret::{Credentials, Secret};
 
     fn target(service: &str) -> Target {

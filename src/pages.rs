@@ -236,9 +236,9 @@ pub fn jobs_html(listing: &Listing, params: &Params) -> String {
             },
             job_type = escape_html(&r.job_type),
             job_id = escape_html(&r.job_id),
-            svc = escape_html(&r.cloud_service),
-            region = escape_html(&r.cloud_region),
-            project = escape_html(&r.project_id),
+            svc = escape_html(&r.scope.cloud_service),
+            region = escape_html(&r.scope.cloud_region),
+            project = escape_html(&r.scope.project_id),
             code = escape_html(r.error_code.as_deref().unwrap_or("")),
             reason = escape_html(r.fail_reason.as_deref().unwrap_or("")),
             entities = entities.join("<br>"),
@@ -383,9 +383,7 @@ mod tests {
 
     fn row(job_id: &str, reason: &str) -> Row {
         Row {
-            cloud_service: "evs".into(),
-            cloud_region: "r".into(),
-            project_id: "p".into(),
+            scope: crate::scope::Scope::new("evs", "r", "p"),
             job_id: job_id.into(),
             job_type: "createVolume".into(),
             status: "FAIL".into(),

@@ -106,12 +106,9 @@ type SharedReload = Shared<BoxFuture<'static, Result<(), ReloadError>>>;
 /// A tracked job as `GET /api/v1/jobs` lists it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Listed {
-    /// Service.
-    pub cloud_service: String,
-    /// Region.
-    pub cloud_region: String,
-    /// Project.
-    pub project_id: String,
+    /// Service, region and project (flat in JSON).
+    #[serde(flatten)]
+    pub scope: Scope,
     /// Job id.
     pub job_id: String,
     /// `config`, `api`, or the discovery source that found it (`cts`, `failure_jobs`).
@@ -648,9 +645,7 @@ impl Control {
             for j in &t.jobs {
                 if shard.owns(&t.scope, j) {
                     out.push(Listed {
-                        cloud_service: t.scope.cloud_service.clone(),
-                        cloud_region: t.scope.cloud_region.clone(),
-                        project_id: t.scope.project_id.clone(),
+                        scope: t.scope.clone(),
                         job_id: j.clone(),
                         source: "config",
                         tracked: true,
@@ -663,9 +658,7 @@ impl Control {
             let tracked = shard.owns(&scope, &r.job_id)
                 && cur.config.targets.iter().any(|t| t.scope == scope);
             out.push(Listed {
-                cloud_service: r.cloud_service,
-                cloud_region: r.cloud_region,
-                project_id: r.project_id,
+                scope,
                 job_id: r.job_id,
                 source: "api",
                 tracked,
@@ -678,9 +671,7 @@ impl Control {
                 .iter()
                 .any(|t| !t.discover.is_empty() && d.job.is_in(&t.scope));
             out.push(Listed {
-                cloud_service: d.job.cloud_service,
-                cloud_region: d.job.cloud_region,
-                project_id: d.job.project_id,
+                scope: d.job.scope(),
                 job_id: d.job.job_id,
                 source: d.source.as_str(),
                 tracked,

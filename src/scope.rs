@@ -69,7 +69,7 @@ mod tests {
 
     #[test]
     fn scopes_order_by_service_region_then_project() {
-        let mut v = vec![
+        let mut v = [
             Scope::new("sdrs", "a", "p"),
             Scope::new("evs", "b", "p"),
             Scope::new("evs", "a", "q"),
