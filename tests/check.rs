@@ -76,15 +76,21 @@ async fn each_target_is_probed_once_and_refusals_say_why() {
 }
 
 fn run_check(yaml: &str) -> std::process::Output {
+    run_check_config(yaml, &["--connect"]).0
+}
+
+/// Runs `check-config` on `yaml` written to a file; also returns the file's name as printed.
+fn run_check_config(yaml: &str, args: &[&str]) -> (std::process::Output, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("config.yml");
     std::fs::write(&file, yaml).expect("write");
-    std::process::Command::new(env!("CARGO_BIN_EXE_huaweicloud-job-exporter"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_huaweicloud-job-exporter"))
         .arg("check-config")
         .arg(format!("--config.file={}", file.display()))
-        .arg("--connect")
+        .args(args)
         .output()
-        .expect("runs")
+        .expect("runs");
+    (out, file.display().to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,26 +207,17 @@ fn check_config_reports_every_problem_and_warns_on_an_unknown_service() {
 
 #[test]
 fn check_config_rejects_an_endpoint_no_request_can_be_built_for() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("config.yml");
     // The URL parser drops the carriage return, so it parses; as a Host header it cannot be sent.
-    std::fs::write(
-        &file,
+    let (out, file) = run_check_config(
         "accounts: [{name: a, access_key: x, secret_key: y}]\ntargets:\n  - {account: a, cloud_service: evs, cloud_region: r, project_id: p, endpoint: \"https://evs\\r.example.com\", jobs: [j]}\n",
-    )
-    .expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_huaweicloud-job-exporter"))
-        .arg("check-config")
-        .arg(format!("--config.file={}", file.display()))
-        .output()
-        .expect("runs");
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         stderr.trim_end(),
         format!(
-            "{}: targets[0].endpoint: \"https://evs\\r.example.com\" is not usable: endpoint host \"evs\\r.example.com\" is not a valid HTTP header value",
-            file.display()
+            "{file}: targets[0].endpoint: \"https://evs\\r.example.com\" is not usable: endpoint host \"evs\\r.example.com\" is not a valid HTTP header value"
         ),
     );
 }
