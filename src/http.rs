@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
@@ -21,7 +21,8 @@ use crate::exposition::Format;
 use crate::gzip;
 use crate::pages::{self, escape_html};
 use crate::poller::Poller;
-use crate::reload::{ApiError, Control, ReloadError};
+use crate::registry::{self, Registry};
+use crate::reload::{Control, ReloadError};
 use crate::scope::Scope;
 use crate::state::JobRef;
 use crate::telemetry::Telemetry;
@@ -33,6 +34,7 @@ pub const TEXT_FORMAT: &str = crate::exposition::TEXT_CONTENT_TYPE;
 struct App {
     poller: Poller,
     control: Arc<Control>,
+    registry: Registry,
     telemetry: Arc<Telemetry>,
     telemetry_path: Arc<str>,
 }
@@ -91,15 +93,24 @@ pub fn router(
 ) -> Router {
     let app = App {
         poller,
+        registry: Registry::new(Arc::clone(&control)),
         control,
         telemetry,
         telemetry_path: telemetry_path.into(),
     };
+    // The token layer goes on each route's methods, not on the method fallback: a method the
+    // API does not have answers 405 whatever the token.
+    let authorized = axum::middleware::from_fn_with_state(app.clone(), authorize);
     let api = Router::new()
-        .route("/api/v1/jobs", get(list_jobs).post(register_job))
+        .route(
+            "/api/v1/jobs",
+            get(list_jobs)
+                .post(register_job)
+                .route_layer(authorized.clone()),
+        )
         .route(
             "/api/v1/jobs/{cloud_service}/{cloud_region}/{project_id}/{job_id}",
-            delete(unregister_job),
+            delete(unregister_job).route_layer(authorized),
         )
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT));
     Router::new()
@@ -194,12 +205,6 @@ async fn json_api_errors(req: Request, next: Next) -> Response {
     Response::from_parts(parts, axum::body::Body::from(body))
 }
 
-/// A request the API could not take apart (a body over the limit, a path segment that is not
-/// UTF-8), with the extractor's status and reason, as JSON like every other API error.
-fn rejected(status: StatusCode, reason: String) -> Response {
-    (status, axum::Json(json!({ "error": reason }))).into_response()
-}
-
 /// Parses `X-Prometheus-Scrape-Timeout-Seconds`; nonsense is ignored, not trusted.
 fn scrape_timeout(headers: &HeaderMap) -> Option<Duration> {
     let v: f64 = headers
@@ -287,115 +292,167 @@ async fn reload(State(app): State<App>) -> Response {
     }
 }
 
-fn api_error(e: ApiError) -> Response {
-    let status = match &e {
-        ApiError::Disabled | ApiError::NotFound | ApiError::UnknownTarget(_) => {
-            StatusCode::NOT_FOUND
-        }
-        ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-        ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
-        ApiError::Dropped(_) => StatusCode::CONFLICT,
-        ApiError::OtherShard {
-            location: Some(_), ..
-        } => StatusCode::TEMPORARY_REDIRECT,
-        ApiError::OtherShard { location: None, .. } => StatusCode::MISDIRECTED_REQUEST,
-        ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    let mut body = json!({"error": e.to_string()});
-    let mut resp_location = None;
-    if let ApiError::OtherShard {
-        shard, location, ..
-    } = &e
-    {
-        body["shard"] = json!(shard);
-        if let Some(l) = location {
-            body["location"] = json!(format!("{l}/api/v1/jobs"));
-            resp_location = Some(format!("{l}/api/v1/jobs"));
-        }
-    }
-    let mut r = (status, axum::Json(body)).into_response();
-    if let Some(l) = resp_location.and_then(|l| l.parse().ok()) {
-        r.headers_mut().insert(header::LOCATION, l);
-    }
-    if status == StatusCode::UNAUTHORIZED {
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-    }
-    r
+/// Why a request to the registration API failed, as its client is told: `{"error": "..."}`
+/// with the status that fits, plus `Location` for a job another shard owns and
+/// `WWW-Authenticate` for a missing or wrong token.
+#[derive(Debug)]
+enum ApiError {
+    /// The registration rules refused it.
+    Refused(registry::Error),
+    /// An extractor could not take it apart (a body over the limit, a path segment that is
+    /// not UTF-8), with the extractor's status and reason.
+    Malformed {
+        /// The extractor's status.
+        status: StatusCode,
+        /// The extractor's reason.
+        reason: String,
+    },
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
+impl From<registry::Error> for ApiError {
+    fn from(e: registry::Error) -> Self {
+        Self::Refused(e)
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        Self::Malformed {
+            status: r.status(),
+            reason: r.body_text(),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        Self::Malformed {
+            status: r.status(),
+            reason: r.body_text(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let e = match self {
+            Self::Malformed { status, reason } => {
+                return (status, axum::Json(json!({ "error": reason }))).into_response();
+            }
+            Self::Refused(e) => e,
+        };
+        let status = match &e {
+            registry::Error::Disabled
+            | registry::Error::NotFound
+            | registry::Error::UnknownTarget(_) => StatusCode::NOT_FOUND,
+            registry::Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            registry::Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            registry::Error::Dropped(_) => StatusCode::CONFLICT,
+            registry::Error::OtherShard {
+                location: Some(_), ..
+            } => StatusCode::TEMPORARY_REDIRECT,
+            registry::Error::OtherShard { location: None, .. } => StatusCode::MISDIRECTED_REQUEST,
+            registry::Error::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut body = json!({"error": e.to_string()});
+        let mut location = None;
+        if let registry::Error::OtherShard {
+            shard,
+            location: owner,
+            ..
+        } = &e
+        {
+            body["shard"] = json!(shard);
+            if let Some(owner) = owner {
+                let url = format!("{owner}/api/v1/jobs");
+                body["location"] = json!(url);
+                location = Some(url);
+            }
+        }
+        let mut r = (status, axum::Json(body)).into_response();
+        if let Some(l) = location.and_then(|l| l.parse().ok()) {
+            r.headers_mut().insert(header::LOCATION, l);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme name is case-insensitive
+/// (RFC 7235 §2.1).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The layer in front of every registration API route: the bearer token is checked before a
+/// handler or its extractors run (so a request without it learns nothing about its body or
+/// path). The token file is read afresh each time, so it can rotate.
+async fn authorize(State(app): State<App>, req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token);
+    match app.registry.authorize(token) {
+        Ok(()) => next.run(req).await,
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }
 
-async fn list_jobs(State(app): State<App>, headers: HeaderMap) -> Response {
-    if let Err(e) = app.control.authorize(bearer(&headers)) {
-        return api_error(e);
+/// The job a `POST /api/v1/jobs` names: a JSON body with exactly the four fields of a job
+/// (whatever its content type, as before this extractor existed).
+struct Registration(JobRef);
+
+impl<S: Send + Sync> FromRequest<S> for Registration {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let body = Bytes::from_request(req, state).await?;
+        serde_json::from_slice(&body).map(Self).map_err(|e| {
+            registry::Error::Invalid(format!(
+                "body must be {{\"cloud_service\", \"cloud_region\", \"project_id\", \"job_id\"}}: {e}"
+            ))
+            .into()
+        })
     }
+}
+
+async fn list_jobs(State(app): State<App>) -> Response {
     axum::Json(json!({"jobs": app.control.list()})).into_response()
 }
 
 async fn register_job(
     State(app): State<App>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    if let Err(e) = app.control.authorize(bearer(&headers)) {
-        return api_error(e);
-    }
-    let body = match body {
-        Ok(b) => b,
-        Err(r) => return rejected(r.status(), r.body_text()),
+    Registration(job): Registration,
+) -> Result<Response, ApiError> {
+    let created = app.registry.register(job.clone()).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
-    let job: JobRef = match serde_json::from_slice(&body) {
-        Ok(j) => j,
-        Err(e) => {
-            return api_error(ApiError::Invalid(format!(
-                "body must be {{\"cloud_service\", \"cloud_region\", \"project_id\", \"job_id\"}}: {e}"
-            )));
-        }
-    };
-    match app.control.register(job.clone()).await {
-        Ok(true) => (
-            StatusCode::CREATED,
-            axum::Json(json!({"job": job, "created": true})),
-        )
-            .into_response(),
-        Ok(false) => (
-            StatusCode::OK,
-            axum::Json(json!({"job": job, "created": false})),
-        )
-            .into_response(),
-        Err(e) => api_error(e),
-    }
+    Ok((status, axum::Json(json!({"job": job, "created": created}))).into_response())
 }
 
 async fn unregister_job(
     State(app): State<App>,
-    headers: HeaderMap,
     path: Result<Path<(String, String, String, String)>, PathRejection>,
-) -> Response {
-    if let Err(e) = app.control.authorize(bearer(&headers)) {
-        return api_error(e);
-    }
-    let Path((cloud_service, cloud_region, project_id, job_id)) = match path {
-        Ok(p) => p,
-        Err(r) => return rejected(r.status(), r.body_text()),
-    };
+) -> Result<StatusCode, ApiError> {
+    let Path((cloud_service, cloud_region, project_id, job_id)) = path?;
     let job = JobRef {
         cloud_service,
         cloud_region,
         project_id,
         job_id,
     };
-    match app.control.unregister(&job).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => api_error(e),
-    }
+    app.registry.unregister(&job).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `/jobs`: the tracked jobs, failed first, as HTML or (`?format=json`, `Accept:
@@ -542,6 +599,16 @@ async fn landing(State(app): State<App>) -> Html<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for h in ["Bearer t0k", "bearer t0k", "BEARER  t0k ", "BeArEr\tt0k"] {
+            assert_eq!(bearer_token(h), Some("t0k"), "{h:?}");
+        }
+        for h in ["Basic t0k", "Bearert0k", "t0k", ""] {
+            assert_eq!(bearer_token(h), None, "{h:?}");
+        }
+    }
 
     #[test]
     fn scrape_timeout_header_is_validated() {

@@ -16,7 +16,8 @@
 //!                                                               │ renders changed jobs (exposition)
 //!                                                               ▼
 //!                                   snapshot ──► http (/metrics, /jobs, /api/v1/jobs) ◄── Prometheus
-//!                                                + telemetry        served by web (TLS, auth)
+//!                                                + telemetry        │ served by web (TLS, auth)
+//!                                                                   └─ registry (API rules) ─► reload
 //! ```
 //!
 //! - [`scope`]: [`scope::Scope`], the (`cloud_service`, `cloud_region`, `project_id`) that
@@ -43,8 +44,11 @@
 //! - [`discovery`]: jobs nobody listed, found per target through the Cloud Trace Service
 //!   ([`discovery::cts`]) and the SDRS task centre ([`discovery::failure_jobs`]); what it found
 //!   and each cursor are kept in the state store.
-//! - [`reload`]: the tracked set: configuration reloads, the registration API and discovered
-//!   jobs, merged in [`reload::Control::apply`].
+//! - [`reload`]: the tracked set and its one owner, [`reload::Control`]: configuration reloads,
+//!   the accounts' credential providers, registered and discovered jobs, merged in
+//!   [`reload::Control::apply`].
+//! - [`registry`]: the registration API's rules (bearer token, ids, configured target, shard,
+//!   jobs dropped after finishing); changes go through [`reload::Control`].
 //! - [`state`]: the durable store (registrations, discovered jobs and cursors, jobs seen
 //!   finished or acknowledged): group-committed journal plus snapshot, fsynced before an answer.
 //! - [`shard`]: which replica owns a job.
@@ -57,10 +61,12 @@
 //! - [`snapshot`]: the immutable view a scrape serves, plain and as stored deflate blocks.
 //! - [`gzip`]: gzip bodies joined from deflate blocks compressed once, when their text changed.
 //! - [`telemetry`]: the exporter's own metrics.
-//! - [`http`]: the landing page, `/jobs`, `/metrics`, health, readiness, `/-/reload` and `/api/v1/jobs`.
-//! - [`web`]: `--web.config.file` (TLS, basic auth, headers) and the HTTP limits (connections
-//!   per client address among them); served by
-//!   [`Exporter::run`]'s own accept loop (hyper), which also stops gracefully.
+//! - [`http`]: the landing page, `/jobs`, `/metrics`, health, readiness, `/-/reload` and
+//!   `/api/v1/jobs` (one layer checks its token; its errors render themselves as JSON).
+//! - [`web`]: `--web.config.file` and the HTTP limits (connections per client address among
+//!   them): the file's schema (`web::config`), TLS (`web::tls`), basic auth
+//!   (`web::basic_auth`), and the accept loop (`web::serve`, hyper) that [`Exporter::run`]
+//!   serves on and that also stops gracefully.
 //! - [`simulator`]: a faithful stand-in for the cloud (job API, IAM, CTS traces, SDRS task
 //!   centre), for `demo`, tests and benchmarks; see docs/simulator.md.
 //! - [`demo`]: the exporter and the simulator together, with a sample fleet.
@@ -80,6 +86,7 @@ pub mod listing;
 pub mod logging;
 pub mod pages;
 pub mod poller;
+pub mod registry;
 pub mod reload;
 pub mod scope;
 pub mod secret;

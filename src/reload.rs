@@ -1,5 +1,6 @@
-//! What is tracked, and changes to it while running: configuration reloads (file changes,
-//! SIGHUP, `POST /-/reload`) and the registration API (`/api/v1/jobs`). A reload ends in
+//! What is tracked, and its one owner, [`Control`]: configuration reloads (file changes,
+//! SIGHUP, `POST /-/reload`), the credential providers of the accounts, and the jobs the
+//! registration API adds or removes (its rules are [`crate::registry`]'s). A reload ends in
 //! [`Control::apply`], which hands the poller the configured jobs plus the registered and
 //! discovered ones from the [`Store`]; a registration adds its one job without rebuilding the
 //! set, so its cost does not grow with the number of jobs.
@@ -24,8 +25,7 @@ use crate::config::Config;
 use crate::discovery::Discovery;
 use crate::poller::{Poller, TargetJobs};
 use crate::scope::Scope;
-use crate::secret::{AccountAuth, read_secret_file};
-use crate::shard::Shard;
+use crate::secret::AccountAuth;
 use crate::state::{JobRef, Store};
 use crate::telemetry::Telemetry;
 
@@ -41,45 +41,6 @@ pub const EMPTY_FILE_SETTLE: Duration = Duration::from_secs(1);
 
 /// Environment lookups for secrets on reload.
 pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
-
-/// Why the registration API refused a request. Each maps to one HTTP status.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// The API is not configured (`api.token_file`).
-    #[error("the registration API is disabled: set api.token_file in the configuration")]
-    Disabled,
-    /// Missing or wrong bearer token.
-    #[error("missing or invalid bearer token")]
-    Unauthorized,
-    /// A field is invalid.
-    #[error("{0}")]
-    Invalid(String),
-    /// No configured target has this service, region and project.
-    #[error(
-        "no configured target for {0}; registrations must name a configured cloud_service, cloud_region and project_id"
-    )]
-    UnknownTarget(String),
-    /// Another shard owns the job.
-    #[error("job belongs to shard {shard} of {total}")]
-    OtherShard {
-        /// The owner.
-        shard: u32,
-        /// Number of shards.
-        total: u32,
-        /// Where to send it, when `--shard.url-template` is set.
-        location: Option<String>,
-    },
-    /// The exporter does not know the job.
-    #[error("the exporter does not know this job (not configured, registered or discovered)")]
-    NotFound,
-    /// The job finished or was acknowledged and was dropped; registering it again would
-    /// neither fetch nor export it.
-    #[error("{0}")]
-    Dropped(String),
-    /// The state file could not be written; nothing was acknowledged.
-    #[error("{0}")]
-    Storage(String),
-}
 
 /// Why a reload did not apply; the running configuration stays either way.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -99,6 +60,17 @@ pub enum ReloadError {
     /// This reload passed its deadline or could not run.
     #[error("{0}")]
     Stalled(String),
+}
+
+/// What [`Control::remove`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Removal {
+    /// A registration was removed.
+    Unregistered,
+    /// A configured or discovered job was acknowledged.
+    Acknowledged,
+    /// Nothing tracks the job.
+    NotTracked,
 }
 
 type SharedReload = Shared<BoxFuture<'static, Result<(), ReloadError>>>;
@@ -142,14 +114,6 @@ fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Compares in time independent of where the first difference is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Control {
@@ -494,86 +458,20 @@ impl Control {
         }
     }
 
-    /// Checks `Authorization: Bearer …` against the token file, read afresh so it can rotate.
-    pub fn authorize(&self, header: Option<&str>) -> Result<(), ApiError> {
-        let Some(file) = self.lock().config.api_token_file.clone() else {
-            return Err(ApiError::Disabled);
-        };
-        let expected = read_secret_file(&file).map_err(|e| {
-            tracing::error!(error = %e, "cannot read the API token file");
-            ApiError::Unauthorized
-        })?;
-        let presented = header.and_then(bearer_token).unwrap_or("");
-        if constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized)
-        }
+    /// Reads the configuration in force (the registration API's rules read it).
+    pub(crate) fn with_config<R>(&self, f: impl FnOnce(&Config) -> R) -> R {
+        f(&self.lock().config)
     }
 
-    fn check_ids(job: &JobRef) -> Result<(), ApiError> {
-        for (field, value) in [("project_id", &job.project_id), ("job_id", &job.job_id)] {
-            if !crate::scope::is_id(value) {
-                return Err(ApiError::Invalid(format!(
-                    "{field}: {value:?} must match [A-Za-z0-9-]{{1,64}}"
-                )));
-            }
-        }
-        Ok(())
+    /// What the poller remembers of a finished job: when, whether it is still exported, and
+    /// whether an operator acknowledged it.
+    pub(crate) fn remembered(&self, job: &JobRef) -> Option<(f64, bool, bool)> {
+        self.poller.remembered(job)
     }
 
-    fn check(&self, job: &JobRef) -> Result<Shard, ApiError> {
-        Self::check_ids(job)?;
-        let cur = self.lock();
-        let scope = job.scope();
-        let known = cur.config.targets.iter().any(|t| t.scope == scope);
-        if !known {
-            return Err(ApiError::UnknownTarget(scope.to_string()));
-        }
-        let shard = cur.config.shard;
-        if !shard.owns(&scope, &job.job_id) {
-            let owner = Shard::owner(shard.total, &scope, &job.job_id);
-            return Err(ApiError::OtherShard {
-                shard: owner,
-                total: shard.total,
-                location: cur
-                    .config
-                    .shard_url_template
-                    .as_ref()
-                    .map(|t| t.replace("{shard}", &owner.to_string())),
-            });
-        }
-        Ok(shard)
-    }
-
-    /// Registers a job; `Ok(true)` if new. Persisted before it returns. A job that finished
-    /// and was dropped after `terminal_retention`, or was acknowledged, is refused: it would be
-    /// neither fetched nor exported again.
-    pub async fn register(&self, job: JobRef) -> Result<bool, ApiError> {
-        self.check(&job)?;
-        if let Some((at, exported, acknowledged)) = self.poller.remembered(&job)
-            && !exported
-        {
-            let when = chrono::DateTime::from_timestamp(at as i64, 0)
-                .map(|d| d.to_rfc3339())
-                .unwrap_or_else(|| at.to_string());
-            let id = format!(
-                "{}/{}/{}/{}",
-                job.cloud_service, job.cloud_region, job.project_id, job.job_id
-            );
-            return Err(ApiError::Dropped(if acknowledged {
-                format!(
-                    "job {id} was acknowledged at {when}; it is not tracked again within terminal_retention"
-                )
-            } else {
-                format!("job {id} finished at {when} and was dropped after terminal_retention")
-            }));
-        }
-        let new = self
-            .store
-            .register(job.clone())
-            .await
-            .map_err(|e| ApiError::Storage(e.to_string()))?;
+    /// Registers a job (persisted before it returns) and tracks it; `Ok(true)` if new.
+    pub(crate) async fn add_registered(&self, job: JobRef) -> Result<bool, crate::state::Error> {
+        let new = self.store.register(job.clone()).await?;
         if new {
             self.track(job);
         }
@@ -604,23 +502,17 @@ impl Control {
         }
     }
 
-    /// Removes a registration; a configured or discovered job the exporter tracks is
-    /// acknowledged instead: no longer exported, and not taken back by a reload, discovery or a
-    /// restart (see docs/runbook.md). Neither the target nor the shard is checked, so a
-    /// registration left behind by a resharding or a removed target can still be deleted.
-    pub async fn unregister(&self, job: &JobRef) -> Result<(), ApiError> {
-        Self::check_ids(job)?;
-        let storage = |e: crate::state::Error| ApiError::Storage(e.to_string());
+    /// Stops tracking a job: a registration is removed; a configured or discovered job is
+    /// acknowledged instead: no longer exported, and not taken back by a reload, discovery or
+    /// a restart (see docs/runbook.md). Persisted before it returns.
+    pub(crate) async fn remove(&self, job: &JobRef) -> Result<Removal, crate::state::Error> {
         if self.store.is_registered(job) {
-            self.store
-                .unregister(std::slice::from_ref(job))
-                .await
-                .map_err(storage)?;
+            self.store.unregister(std::slice::from_ref(job)).await?;
             self.apply();
-            return Ok(());
+            return Ok(Removal::Unregistered);
         }
         if !self.poller.is_tracked(job) {
-            return Err(ApiError::NotFound);
+            return Ok(Removal::NotTracked);
         }
         let record = crate::state::Finished {
             job: job.clone(),
@@ -629,11 +521,10 @@ impl Control {
         };
         self.store
             .put_finished(std::slice::from_ref(&record))
-            .await
-            .map_err(storage)?;
+            .await?;
         self.poller.acknowledge(job);
         tracing::info!(job_id = %job.job_id, cloud_service = %job.cloud_service, cloud_region = %job.cloud_region, project_id = %job.project_id, "job acknowledged: no longer exported");
-        Ok(())
+        Ok(Removal::Acknowledged)
     }
 
     /// Every job this replica tracks, by where it comes from.
@@ -691,13 +582,6 @@ fn newly_empty(
         .any(|(path, _, len)| *len == 0 && before.iter().any(|(p, _, was)| p == path && *was > 0))
 }
 
-/// The token of an `Authorization: Bearer <token>` value; the scheme name is case-insensitive
-/// (RFC 7235 §2.1).
-fn bearer_token(header: &str) -> Option<&str> {
-    let (scheme, token) = header.trim().split_once([' ', '\t'])?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -709,23 +593,5 @@ mod tests {
         assert!(!newly_empty(&f(0), &f(0)));
         assert!(!newly_empty(&f(10), &f(5)));
         assert!(!newly_empty(&[], &f(0)));
-    }
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive() {
-        for h in ["Bearer t0k", "bearer t0k", "BEARER  t0k ", "BeArEr\tt0k"] {
-            assert_eq!(bearer_token(h), Some("t0k"), "{h:?}");
-        }
-        for h in ["Basic t0k", "Bearert0k", "t0k", ""] {
-            assert_eq!(bearer_token(h), None, "{h:?}");
-        }
-    }
-
-    #[test]
-    fn constant_time_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
-        assert!(!constant_time_eq(b"", b"a"));
     }
 }
