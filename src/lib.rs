@@ -61,8 +61,9 @@
 //! - [`snapshot`]: the immutable view a scrape serves, plain and as stored deflate blocks.
 //! - [`gzip`]: gzip bodies joined from deflate blocks compressed once, when their text changed.
 //! - [`telemetry`]: the exporter's own metrics.
-//! - [`http`]: the landing page, `/jobs`, `/metrics`, health, readiness, `/-/reload` and
-//!   `/api/v1/jobs` (one layer checks its token; its errors render themselves as JSON).
+//! - [`http`]: the landing page, `/jobs`, `/metrics`, health, readiness, `/-/reload`, and the
+//!   registration API `/api/v1/jobs` (`http::api`: one layer checks its token, its errors
+//!   render themselves as JSON).
 //! - [`web`]: `--web.config.file` and the HTTP limits (connections per client address among
 //!   them): the file's schema (`web::config`), TLS (`web::tls`), basic auth
 //!   (`web::basic_auth`), and the accept loop (`web::serve`, hyper) that [`Exporter::run`]

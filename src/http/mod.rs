@@ -1,30 +1,30 @@
-//! The HTTP server: `/` landing page, `/jobs`, `/metrics`, `/-/healthy` and `/-/ready`.
+//! The HTTP server's routes: `/` landing page, `/jobs`, `/metrics`, `/-/healthy`, `/-/ready`,
+//! `/-/reload`, and the registration API (`api`: `/api/v1/jobs`).
+
+mod api;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request};
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use serde_json::json;
+use axum::routing::{get, post};
 use tower_http::compression::CompressionLayer;
+
+pub use api::with_json_api_errors;
 
 use crate::config::Mode;
 use crate::exposition::Format;
 use crate::gzip;
 use crate::pages::{self, escape_html};
 use crate::poller::Poller;
-use crate::registry::{self, Registry};
+use crate::registry::Registry;
 use crate::reload::{Control, ReloadError};
 use crate::scope::Scope;
-use crate::state::JobRef;
 use crate::telemetry::Telemetry;
 
 /// Content type of the text exposition format.
@@ -81,9 +81,6 @@ pub fn check_telemetry_path(path: &str) -> Result<(), TelemetryPathError> {
     }
 }
 
-/// Largest registration request body.
-const API_BODY_LIMIT: usize = 16 * 1024;
-
 /// The exporter's routes.
 pub fn router(
     poller: Poller,
@@ -98,21 +95,6 @@ pub fn router(
         telemetry,
         telemetry_path: telemetry_path.into(),
     };
-    // The token layer goes on each route's methods, not on the method fallback: a method the
-    // API does not have answers 405 whatever the token.
-    let authorized = axum::middleware::from_fn_with_state(app.clone(), authorize);
-    let api = Router::new()
-        .route(
-            "/api/v1/jobs",
-            get(list_jobs)
-                .post(register_job)
-                .route_layer(authorized.clone()),
-        )
-        .route(
-            "/api/v1/jobs/{cloud_service}/{cloud_region}/{project_id}/{job_id}",
-            delete(unregister_job).route_layer(authorized),
-        )
-        .layer(DefaultBodyLimit::max(API_BODY_LIMIT));
     Router::new()
         .route("/", get(landing))
         .route("/jobs", get(jobs_page))
@@ -120,7 +102,7 @@ pub fn router(
         .route("/-/healthy", get(|| async { "Healthy\n" }))
         .route("/-/ready", get(ready))
         .route("/-/reload", post(reload).put(reload))
-        .merge(api)
+        .merge(api::routes(app.clone()))
         // `/metrics` sends its own gzip body, joined from blocks compressed when jobs changed
         // (see `gzip`); this layer compresses the other pages, and `/metrics` only should the
         // stored blocks be missing. Fastest level: at the default level gzip took 340 ms for
@@ -161,48 +143,6 @@ async fn not_acceptable(req: Request, next: Next) -> Response {
         [(header::VARY, "accept-encoding")],
     )
         .into_response()
-}
-
-/// Gives every error under `/api/` a JSON body, `{"error": "..."}`, whatever produced it: an
-/// extractor's rejection, a method or path the API does not have, or the server's own layers
-/// (the body size limit, basic authentication, the 406 above). Applied outside them all.
-pub fn with_json_api_errors(router: Router) -> Router {
-    router.layer(axum::middleware::from_fn(json_api_errors))
-}
-
-/// Longest error text kept when an error body is rewritten as JSON.
-const ERROR_TEXT_LIMIT: usize = 4096;
-
-async fn json_api_errors(req: Request, next: Next) -> Response {
-    if !req.uri().path().starts_with("/api/") {
-        return next.run(req).await;
-    }
-    let resp = next.run(req).await;
-    let status = resp.status();
-    let is_json = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return resp;
-    }
-    let (mut parts, body) = resp.into_parts();
-    let text = axum::body::to_bytes(body, ERROR_TEXT_LIMIT)
-        .await
-        .unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let message = match text.trim() {
-        "" => status.canonical_reason().unwrap_or("error"),
-        t => t,
-    };
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    let body = json!({ "error": message }).to_string();
-    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// Parses `X-Prometheus-Scrape-Timeout-Seconds`; nonsense is ignored, not trusted.
@@ -290,169 +230,6 @@ async fn reload(State(app): State<App>) -> Response {
         )
             .into_response(),
     }
-}
-
-/// Why a request to the registration API failed, as its client is told: `{"error": "..."}`
-/// with the status that fits, plus `Location` for a job another shard owns and
-/// `WWW-Authenticate` for a missing or wrong token.
-#[derive(Debug)]
-enum ApiError {
-    /// The registration rules refused it.
-    Refused(registry::Error),
-    /// An extractor could not take it apart (a body over the limit, a path segment that is
-    /// not UTF-8), with the extractor's status and reason.
-    Malformed {
-        /// The extractor's status.
-        status: StatusCode,
-        /// The extractor's reason.
-        reason: String,
-    },
-}
-
-impl From<registry::Error> for ApiError {
-    fn from(e: registry::Error) -> Self {
-        Self::Refused(e)
-    }
-}
-
-impl From<BytesRejection> for ApiError {
-    fn from(r: BytesRejection) -> Self {
-        Self::Malformed {
-            status: r.status(),
-            reason: r.body_text(),
-        }
-    }
-}
-
-impl From<PathRejection> for ApiError {
-    fn from(r: PathRejection) -> Self {
-        Self::Malformed {
-            status: r.status(),
-            reason: r.body_text(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let e = match self {
-            Self::Malformed { status, reason } => {
-                return (status, axum::Json(json!({ "error": reason }))).into_response();
-            }
-            Self::Refused(e) => e,
-        };
-        let status = match &e {
-            registry::Error::Disabled
-            | registry::Error::NotFound
-            | registry::Error::UnknownTarget(_) => StatusCode::NOT_FOUND,
-            registry::Error::Unauthorized => StatusCode::UNAUTHORIZED,
-            registry::Error::Invalid(_) => StatusCode::BAD_REQUEST,
-            registry::Error::Dropped(_) => StatusCode::CONFLICT,
-            registry::Error::OtherShard {
-                location: Some(_), ..
-            } => StatusCode::TEMPORARY_REDIRECT,
-            registry::Error::OtherShard { location: None, .. } => StatusCode::MISDIRECTED_REQUEST,
-            registry::Error::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        let mut body = json!({"error": e.to_string()});
-        let mut location = None;
-        if let registry::Error::OtherShard {
-            shard,
-            location: owner,
-            ..
-        } = &e
-        {
-            body["shard"] = json!(shard);
-            if let Some(owner) = owner {
-                let url = format!("{owner}/api/v1/jobs");
-                body["location"] = json!(url);
-                location = Some(url);
-            }
-        }
-        let mut r = (status, axum::Json(body)).into_response();
-        if let Some(l) = location.and_then(|l| l.parse().ok()) {
-            r.headers_mut().insert(header::LOCATION, l);
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-        }
-        r
-    }
-}
-
-/// The token of an `Authorization: Bearer <token>` value; the scheme name is case-insensitive
-/// (RFC 7235 §2.1).
-fn bearer_token(header: &str) -> Option<&str> {
-    let (scheme, token) = header.trim().split_once([' ', '\t'])?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// The layer in front of every registration API route: the bearer token is checked before a
-/// handler or its extractors run (so a request without it learns nothing about its body or
-/// path). The token file is read afresh each time, so it can rotate.
-async fn authorize(State(app): State<App>, req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
-    match app.registry.authorize(token) {
-        Ok(()) => next.run(req).await,
-        Err(e) => ApiError::from(e).into_response(),
-    }
-}
-
-/// The job a `POST /api/v1/jobs` names: a JSON body with exactly the four fields of a job
-/// (whatever its content type, as before this extractor existed).
-struct Registration(JobRef);
-
-impl<S: Send + Sync> FromRequest<S> for Registration {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let body = Bytes::from_request(req, state).await?;
-        serde_json::from_slice(&body).map(Self).map_err(|e| {
-            registry::Error::Invalid(format!(
-                "body must be {{\"cloud_service\", \"cloud_region\", \"project_id\", \"job_id\"}}: {e}"
-            ))
-            .into()
-        })
-    }
-}
-
-async fn list_jobs(State(app): State<App>) -> Response {
-    axum::Json(json!({"jobs": app.control.list()})).into_response()
-}
-
-async fn register_job(
-    State(app): State<App>,
-    Registration(job): Registration,
-) -> Result<Response, ApiError> {
-    let created = app.registry.register(job.clone()).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, axum::Json(json!({"job": job, "created": created}))).into_response())
-}
-
-async fn unregister_job(
-    State(app): State<App>,
-    path: Result<Path<(String, String, String, String)>, PathRejection>,
-) -> Result<StatusCode, ApiError> {
-    let Path((cloud_service, cloud_region, project_id, job_id)) = path?;
-    let job = JobRef {
-        cloud_service,
-        cloud_region,
-        project_id,
-        job_id,
-    };
-    app.registry.unregister(&job).await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `/jobs`: the tracked jobs, failed first, as HTML or (`?format=json`, `Accept:
@@ -599,16 +376,6 @@ async fn landing(State(app): State<App>) -> Html<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive() {
-        for h in ["Bearer t0k", "bearer t0k", "BEARER  t0k ", "BeArEr\tt0k"] {
-            assert_eq!(bearer_token(h), Some("t0k"), "{h:?}");
-        }
-        for h in ["Basic t0k", "Bearert0k", "t0k", ""] {
-            assert_eq!(bearer_token(h), None, "{h:?}");
-        }
-    }
 
     #[test]
     fn scrape_timeout_header_is_validated() {
