@@ -117,7 +117,7 @@ impl Registry {
     }
 
     /// A job the API may register here: well-formed ids, a configured target, this shard's.
-    fn check(&self, job: &JobRef) -> Result<Shard> {
+    fn check(&self, job: &JobRef) -> Result<()> {
         check_ids(job)?;
         let scope = job.scope();
         self.control.with_config(|config| {
@@ -136,7 +136,7 @@ impl Registry {
                         .map(|t| t.replace("{shard}", &owner.to_string())),
                 });
             }
-            Ok(shard)
+            Ok(())
         })
     }
 }

@@ -257,4 +257,64 @@ mod tests {
             assert_eq!(bearer_token(h), None, "{h:?}");
         }
     }
+
+    async fn rendered(e: ApiError) -> (StatusCode, axum::http::HeaderMap, String) {
+        let r = e.into_response();
+        let (parts, body) = r.into_parts();
+        let body = axum::body::to_bytes(body, 1 << 16).await.expect("body");
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8(body.to_vec()).expect("utf-8"),
+        )
+    }
+
+    #[tokio::test]
+    async fn errors_render_status_headers_and_json_body() {
+        let (status, headers, body) = rendered(registry::Error::Unauthorized.into()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(body, r#"{"error":"missing or invalid bearer token"}"#);
+
+        let other = |location: Option<&str>| registry::Error::OtherShard {
+            shard: 1,
+            total: 3,
+            location: location.map(String::from),
+        };
+        let (status, headers, body) = rendered(other(Some("http://r1:10037")).into()).await;
+        assert_eq!(status, StatusCode::TEMPORARY_REDIRECT);
+        assert_eq!(headers[header::LOCATION], "http://r1:10037/api/v1/jobs");
+        assert_eq!(
+            body,
+            r#"{"error":"job belongs to shard 1 of 3","location":"http://r1:10037/api/v1/jobs","shard":1}"#
+        );
+        let (status, headers, body) = rendered(other(None).into()).await;
+        assert_eq!(status, StatusCode::MISDIRECTED_REQUEST);
+        assert!(headers.get(header::LOCATION).is_none());
+        assert_eq!(body, r#"{"error":"job belongs to shard 1 of 3","shard":1}"#);
+
+        let malformed = ApiError::Malformed {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            reason: "too big".into(),
+        };
+        let (status, _, body) = rendered(malformed).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body, r#"{"error":"too big"}"#);
+        for (e, want) in [
+            (registry::Error::Disabled, StatusCode::NOT_FOUND),
+            (registry::Error::NotFound, StatusCode::NOT_FOUND),
+            (
+                registry::Error::Invalid("x".into()),
+                StatusCode::BAD_REQUEST,
+            ),
+            (registry::Error::Dropped("x".into()), StatusCode::CONFLICT),
+            (
+                registry::Error::Storage("x".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+        ] {
+            assert_eq!(rendered(e.into()).await.0, want);
+        }
+    }
 }
