@@ -263,7 +263,7 @@ fn main() {
         }
         times.sort();
         // What a scrape does before the socket: the text in 64 KiB pieces, each dropped once
-        // written (src/http.rs), so no buffer the size of the whole text is ever touched.
+        // written (src/http/mod.rs), so no buffer the size of the whole text is ever touched.
         let mut chunked = Vec::with_capacity(runs);
         for _ in 0..runs {
             let started = Instant::now();
