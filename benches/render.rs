@@ -120,8 +120,8 @@ fn prometheus_crate(jobs: &HashMap<String, Job>) -> prometheus::Registry {
     .expect("metric");
     for (id, j) in jobs {
         let jt = j.job_type.as_deref().unwrap_or("unknown");
-        let cur = j.status.as_deref().unwrap_or("UNKNOWN");
-        for s in ["INIT", "RUNNING", "SUCCESS", "FAIL"] {
+        let cur = huaweicloud_job_exporter::exposition::status_label(j);
+        for s in cloud::Status::DOCUMENTED.iter().map(cloud::Status::as_str) {
             status
                 .with_label_values(&["evs", "cn-north-4", simulator::DEMO_PROJECT_ID, id, jt, s])
                 .set(f64::from(u8::from(s == cur)));

@@ -1519,8 +1519,8 @@ mod tests {
             "metric_denylist: [huaweicloud_job_entity_info]\n{GOOD}"
         ))
         .expect("valid");
-        assert!(!cfg.families.per_job(crate::exposition::PerJob::EntityInfo));
-        assert!(cfg.families.per_job(crate::exposition::PerJob::Status));
+        assert!(!cfg.families.has(crate::exposition::Family::EntityInfo));
+        assert!(cfg.families.has(crate::exposition::Family::Status));
 
         let p = problems(&format!(
             "metric_allowlist: [huaweicloud_jobs]\nmetric_denylist: [huaweicloud_job_status]\n{GOOD}"
@@ -1533,8 +1533,8 @@ mod tests {
         let mut cfg = cfg;
         cfg.apply_family_flags(&[], &["huaweicloud_jobs".to_string()])
             .expect("replaces the file's denylist");
-        assert!(cfg.families.per_job(crate::exposition::PerJob::EntityInfo));
-        assert!(!cfg.families.aggregate(crate::exposition::Aggregate::Jobs));
+        assert!(cfg.families.has(crate::exposition::Family::EntityInfo));
+        assert!(!cfg.families.has(crate::exposition::Family::Jobs));
         // ... and an allowlist beside the file's denylist is an error naming both.
         let e = cfg
             .apply_family_flags(&["huaweicloud_jobs".to_string()], &[])

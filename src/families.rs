@@ -8,7 +8,7 @@
 //! with its header. The exporter's own `huaweicloud_job_exporter_*` families are not listed here:
 //! they are few and are what an operator needs to see that trimming went right.
 
-use crate::exposition::{AGGREGATE, Aggregate, PER_JOB, PerJob, Slot};
+use crate::exposition::{FAMILIES, Family};
 
 /// An unknown family name, or both lists at once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,11 +34,11 @@ pub enum Error {
 /// Result of this module.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Number of selectable families: the per-job ones, then the aggregates.
-const COUNT: usize = PER_JOB.len() + AGGREGATE.len();
+/// Number of selectable families.
+const COUNT: usize = FAMILIES.len();
 
-/// A set of job families, as bits: [`PER_JOB`] order, then [`AGGREGATE`] order. Copied into
-/// every render, so it is a word rather than a collection.
+/// A set of job families, as bits in [`Family`] order. Copied into every render, so it is a
+/// word rather than a collection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Families {
     kept: u32,
@@ -52,19 +52,13 @@ impl Default for Families {
 
 /// Every family name, in bit order.
 pub fn known_names() -> Vec<&'static str> {
-    PER_JOB
-        .iter()
-        .chain(AGGREGATE.iter())
-        .map(|f| f.name)
-        .collect()
+    FAMILIES.iter().map(|f| f.name).collect()
 }
 
 /// The bit of family `name`, checked against the known families.
 fn bit(name: &str, origin: &str) -> Result<u32> {
-    known_names()
-        .iter()
-        .position(|n| *n == name.trim())
-        .map(|i| 1 << i)
+    Family::named(name.trim())
+        .map(|f| 1 << f as usize)
         .ok_or_else(|| Error::Unknown {
             origin: origin.to_string(),
             name: name.to_string(),
@@ -106,22 +100,9 @@ impl Families {
         }
     }
 
-    /// Whether per-job family `f` is exported.
-    pub fn per_job(self, f: PerJob) -> bool {
+    /// Whether family `f` is exported.
+    pub fn has(self, f: Family) -> bool {
         self.kept & (1 << f as usize) != 0
-    }
-
-    /// Whether aggregate family `a` is exported.
-    pub fn aggregate(self, a: Aggregate) -> bool {
-        self.kept & (1 << (PER_JOB.len() + a as usize)) != 0
-    }
-
-    /// Whether the family of `slot` is exported.
-    pub fn slot(self, slot: Slot) -> bool {
-        match slot {
-            Slot::PerJob(f) => self.per_job(f),
-            Slot::Aggregate(a) => self.aggregate(a),
-        }
     }
 
     /// The names of the families left out, for the startup log.
@@ -148,19 +129,19 @@ mod tests {
         let f = Families::select(("a", &[]), ("d", &[])).expect("valid");
         assert_eq!(f, Families::ALL);
         assert!(f.left_out().is_empty());
-        assert!(f.per_job(PerJob::LastFetchSuccess) && f.aggregate(Aggregate::FetchErrors));
+        assert!(f.has(Family::LastFetchSuccess) && f.has(Family::FetchErrors));
     }
 
     #[test]
     fn a_denylist_leaves_out_its_families_only() {
         let deny = names(&["huaweicloud_job_entity_info", "huaweicloud_jobs"]);
         let f = Families::select(("a", &[]), ("d", &deny)).expect("valid");
-        assert!(!f.per_job(PerJob::EntityInfo));
-        assert!(!f.aggregate(Aggregate::Jobs));
-        assert!(f.per_job(PerJob::Status) && f.aggregate(Aggregate::Failures));
+        assert!(!f.has(Family::EntityInfo));
+        assert!(!f.has(Family::Jobs));
+        assert!(f.has(Family::Status) && f.has(Family::Failures));
         assert_eq!(
             f.left_out(),
-            ["huaweicloud_job_entity_info", "huaweicloud_jobs"]
+            ["huaweicloud_jobs", "huaweicloud_job_entity_info"]
         );
     }
 
@@ -168,8 +149,8 @@ mod tests {
     fn an_allowlist_keeps_its_families_only() {
         let allow = names(&["huaweicloud_job_status", "huaweicloud_job_failures_total"]);
         let f = Families::select(("a", &allow), ("d", &[])).expect("valid");
-        assert!(f.per_job(PerJob::Status) && f.aggregate(Aggregate::Failures));
-        assert!(!f.per_job(PerJob::Begin) && !f.aggregate(Aggregate::Jobs));
+        assert!(f.has(Family::Status) && f.has(Family::Failures));
+        assert!(!f.has(Family::Begin) && !f.has(Family::Jobs));
         assert_eq!(f.left_out().len(), COUNT - 2);
     }
 

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::cloud::{Job, Target};
+use crate::cloud::{Job, Status, Target};
 use crate::scope::Scope;
 
 /// Most rows a listing returns, whatever is asked.
@@ -116,9 +116,9 @@ fn group(job: Option<&Job>, now: f64) -> Group {
     let Some(job) = job else {
         return Group::Running;
     };
-    match job.status.as_deref() {
-        Some("FAIL") => Group::Failed,
-        Some("SUCCESS") => Group::Succeeded,
+    match job.status {
+        Some(Status::Fail) => Group::Failed,
+        Some(Status::Success) => Group::Succeeded,
         _ if job.begin.is_some_and(|b| now - b > STUCK_AFTER_SECONDS) => Group::Stuck,
         _ => Group::Running,
     }
@@ -139,8 +139,8 @@ impl Query {
         }
         let status = item
             .job
-            .and_then(|j| j.status.as_deref())
-            .unwrap_or(PENDING);
+            .and_then(|j| j.status.as_ref())
+            .map_or(PENDING, Status::as_str);
         self.status
             .iter()
             .any(|s| s.eq_ignore_ascii_case(status) || (s == "stuck" && group == Group::Stuck))
@@ -190,8 +190,9 @@ pub fn select<'a>(items: impl Iterator<Item = Item<'a>>, query: &Query, now: f64
                 job_id: item.job_id.to_string(),
                 job_type: job.and_then(|j| j.job_type.clone()).unwrap_or_default(),
                 status: job
-                    .and_then(|j| j.status.clone())
-                    .unwrap_or_else(|| PENDING.into()),
+                    .and_then(|j| j.status.as_ref())
+                    .map_or(PENDING, Status::as_str)
+                    .to_string(),
                 group,
                 error_code: job.and_then(|j| j.error_code.clone()).filter(|_| failed),
                 fail_reason: job.and_then(|j| j.fail_reason.clone()).filter(|_| failed),

@@ -22,21 +22,15 @@ use futures_util::stream::{self, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cloud::{self, BodyDigest, FetchError, Fetched, Job, Reason};
+use crate::cloud::{self, BodyDigest, FetchError, Fetched, Job, Reason, Status};
 use crate::config::Mode;
-use crate::exposition::{self, AGGREGATE, Aggregate, JobText, JobView};
+use crate::exposition::{self, Aggregates, FAMILIES, JobText, JobView, Totals};
 use crate::families::Families;
 use crate::listing;
 use crate::scope::Scope;
 use crate::snapshot::Snapshot;
 use crate::state::{Finished, JobRef, LastState, Store};
 use crate::telemetry::Telemetry;
-
-/// Buckets of `huaweicloud_job_completed_duration_seconds`: jobs take seconds to hours.
-pub const DURATION_BUCKETS: [f64; 14] = [
-    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 21600.0,
-    86400.0,
-];
 
 /// Distinct values of a label the cloud chooses (`error_code`, `job_type`, `subjob_type`) kept
 /// per target and family before the rest count as `other`.
@@ -346,13 +340,6 @@ impl Entry {
     }
 }
 
-#[derive(Default)]
-struct Histogram {
-    buckets: [u64; DURATION_BUCKETS.len()],
-    sum: f64,
-    count: u64,
-}
-
 /// Values of one label seen so far for one target, capped so that a misbehaving upstream
 /// cannot grow cardinality, nor one noisy target turn another's values into `other`.
 #[derive(Default)]
@@ -399,12 +386,10 @@ struct TargetCaps {
     subjob_types: LabelCap,
 }
 
+/// What outlives the jobs: the counters and histogram, and the label values admitted.
 #[derive(Default)]
-struct Aggregates {
-    completed: BTreeMap<(Arc<str>, String, String), Histogram>,
-    failures: BTreeMap<(Arc<str>, String, String), u64>,
-    subjob_failures: BTreeMap<(Arc<str>, String, String), u64>,
-    fetch_errors: BTreeMap<(Arc<str>, Reason), u64>,
+struct Aggregated {
+    totals: Totals,
     /// Per target (its labels).
     caps: HashMap<Arc<str>, TargetCaps>,
 }
@@ -426,7 +411,7 @@ struct State {
     memory: HashMap<JobKey, Remembered>,
     /// Jobs seen finished since the store last took them.
     newly_finished: Vec<Finished>,
-    agg: Aggregates,
+    agg: Aggregated,
     recent_errors: VecDeque<RecentError>,
 }
 
@@ -552,6 +537,7 @@ impl Poller {
         for reason in Reason::ALL {
             state
                 .agg
+                .totals
                 .fetch_errors
                 .entry((Arc::clone(&labels), reason))
                 .or_insert(0);
@@ -954,7 +940,7 @@ impl Poller {
                     .sub_jobs
                     .iter()
                     .enumerate()
-                    .filter(|(_, s)| s.status.as_deref() == Some("FAIL"));
+                    .filter(|(_, s)| s.status.as_ref().is_some_and(Status::is_failed));
                 for (i, sub) in failed_subs {
                     // Same fallback id as the subjob_id label, so id-less sub-jobs count once each.
                     let id = sub.job_id.clone().unwrap_or_else(|| format!("#{i}"));
@@ -972,7 +958,8 @@ impl Poller {
                     if st_folded {
                         folded("subjob_type");
                     }
-                    *agg.subjob_failures
+                    *agg.totals
+                        .subjob_failures
                         .entry((Arc::clone(&labels), st, code))
                         .or_default() += 1;
                 }
@@ -981,28 +968,22 @@ impl Poller {
                     if jt_folded {
                         folded("job_type");
                     }
-                    let status = job.status.clone().unwrap_or_default();
+                    let status = exposition::status_label(&job);
                     if let (Some(b), Some(e)) = (job.begin, job.end) {
-                        let h = agg
+                        agg.totals
                             .completed
-                            .entry((Arc::clone(&labels), jt.clone(), status.clone()))
-                            .or_default();
-                        let d = (e - b).max(0.0);
-                        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
-                            if d <= *le {
-                                h.buckets[i] += 1;
-                            }
-                        }
-                        h.sum += d;
-                        h.count += 1;
+                            .entry((Arc::clone(&labels), jt.clone(), status.to_string()))
+                            .or_default()
+                            .observe((e - b).max(0.0));
                     }
-                    if status == "FAIL" {
+                    if job.status == Some(Status::Fail) {
                         let (code, code_folded) =
                             caps.codes.label(code_label(job.error_code.as_deref()));
                         if code_folded {
                             folded("error_code");
                         }
-                        *agg.failures
+                        *agg.totals
+                            .failures
                             .entry((Arc::clone(&labels), jt, code))
                             .or_default() += 1;
                     }
@@ -1030,6 +1011,7 @@ impl Poller {
                 entry.fetch_ok = false;
                 *state
                     .agg
+                    .totals
                     .fetch_errors
                     .entry((Arc::clone(&labels), reason))
                     .or_default() += 1;
@@ -1060,7 +1042,7 @@ impl Poller {
             // The times sit inline, so keeping them for the jobs page costs nothing; a failed
             // job also keeps what the page shows of its failure (a few hundred bytes, and
             // failed jobs are few).
-            let failed = job.status.as_deref() == Some("FAIL");
+            let failed = job.status == Some(Status::Fail);
             *job = Job {
                 job_type: job.job_type.take(),
                 status: job.status.take(),
@@ -1071,7 +1053,7 @@ impl Poller {
                     .fail_reason
                     .take()
                     .filter(|_| failed)
-                    .map(|r| r.chars().take(exposition::FAIL_REASON_MAX).collect()),
+                    .map(|r| exposition::cut_reason(&r).to_string()),
                 entities: if failed {
                     std::mem::take(&mut job.entities)
                 } else {
@@ -1163,15 +1145,14 @@ fn job_key(job: &JobRef) -> JobKey {
 
 /// What is kept of a finished job to export it after a restart.
 fn last_state(job: &Job) -> LastState {
-    let reason = job.fail_reason.as_deref().map(|r| {
-        r.char_indices()
-            .nth(exposition::FAIL_REASON_MAX)
-            .map_or(r, |(i, _)| &r[..i])
-            .to_string()
-    });
+    let reason = job
+        .fail_reason
+        .as_deref()
+        .map(|r| exposition::cut_reason(r).to_string());
     LastState {
         job_type: job.job_type.clone(),
-        status: job.status.clone().unwrap_or_default(),
+        // Called for finished jobs only, which have a status.
+        status: job.status.clone().unwrap_or(Status::Other("".into())),
         error_code: job.error_code.clone(),
         fail_reason: reason,
         begin: job.begin,
@@ -1269,112 +1250,25 @@ fn summarize(state: &State) -> Vec<TargetSummary> {
     out
 }
 
-fn render_aggregates(state: &State) -> [String; AGGREGATE.len()] {
-    use exposition::aggregate_sample as put;
-    let mut out: [String; AGGREGATE.len()] = Default::default();
-
-    let mut counts: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+fn render_aggregates(state: &State) -> [String; FAMILIES.len()] {
+    let mut jobs: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
     for e in state.jobs.values() {
         if let Some(job) = &e.job {
-            let status = job.status.as_deref().unwrap_or(exposition::UNKNOWN_STATUS);
             let jt = exposition::job_type(job);
             let jt = state
                 .agg
                 .caps
                 .get(&e.tracked.labels)
                 .map_or(FOLDED, |c| c.job_types.get(jt));
-            *counts.entry((&e.tracked.labels, jt, status)).or_default() += 1;
+            let status = exposition::status_label(job);
+            *jobs.entry((&e.tracked.labels, jt, status)).or_default() += 1;
         }
     }
-    let s = &mut out[Aggregate::Jobs as usize];
-    for ((labels, jt, status), n) in counts {
-        put(
-            s,
-            Aggregate::Jobs,
-            "",
-            labels,
-            &[("job_type", jt), ("status", status)],
-            n as f64,
-        );
+    Aggregates {
+        jobs,
+        totals: &state.agg.totals,
     }
-
-    let s = &mut out[Aggregate::CompletedDuration as usize];
-    for ((labels, jt, status), h) in &state.agg.completed {
-        let base = [("job_type", jt.as_str()), ("status", status.as_str())];
-        let mut le_buf = String::new();
-        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
-            le_buf.clear();
-            exposition::write_value(&mut le_buf, *le);
-            let with_le = [base[0], base[1], ("le", le_buf.as_str())];
-            put(
-                s,
-                Aggregate::CompletedDuration,
-                "_bucket",
-                labels,
-                &with_le,
-                h.buckets[i] as f64,
-            );
-        }
-        let inf = [base[0], base[1], ("le", "+Inf")];
-        put(
-            s,
-            Aggregate::CompletedDuration,
-            "_bucket",
-            labels,
-            &inf,
-            h.count as f64,
-        );
-        put(
-            s,
-            Aggregate::CompletedDuration,
-            "_sum",
-            labels,
-            &base,
-            h.sum,
-        );
-        put(
-            s,
-            Aggregate::CompletedDuration,
-            "_count",
-            labels,
-            &base,
-            h.count as f64,
-        );
-    }
-
-    for (family, map) in [
-        (Aggregate::Failures, &state.agg.failures),
-        (Aggregate::SubjobFailures, &state.agg.subjob_failures),
-    ] {
-        let type_label = match family {
-            Aggregate::SubjobFailures => "subjob_type",
-            _ => "job_type",
-        };
-        let s = &mut out[family as usize];
-        for ((labels, jt, code), n) in map {
-            put(
-                s,
-                family,
-                "",
-                labels,
-                &[(type_label, jt), ("error_code", code)],
-                *n as f64,
-            );
-        }
-    }
-
-    let s = &mut out[Aggregate::FetchErrors as usize];
-    for ((labels, reason), n) in &state.agg.fetch_errors {
-        put(
-            s,
-            Aggregate::FetchErrors,
-            "",
-            labels,
-            &[("reason", reason.as_str())],
-            *n as f64,
-        );
-    }
-    out
+    .render()
 }
 
 #[cfg(test)]
@@ -1872,7 +1766,7 @@ mod tests {
         assert_eq!(series(&t, "huaweicloud_job_entity_info{").len(), 100);
         assert_eq!(
             series(&t, "huaweicloud_job_subjob_status{").len(),
-            5 * exposition::STATUSES.len()
+            5 * Status::DOCUMENTED.len()
         );
         let mut own = Vec::new();
         telemetry.encode(&mut own);

@@ -11,9 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::exposition::{
-    self, AGGREGATE, ALL_PER_JOB, Format, JobText, ORDER, PER_JOB, PerJob, Slot,
-};
+use crate::exposition::{self, FAMILIES, Family, Format, JobText, PER_JOB};
 use crate::families::Families;
 use crate::gzip::{self, Block, Deflater, Sum};
 
@@ -27,7 +25,7 @@ pub struct Snapshot {
     /// The jobs in segments of about [`SEGMENT`] (see [`starts_segment`]).
     jobs: Vec<Vec<JobText>>,
     job_count: usize,
-    aggregates: [String; AGGREGATE.len()],
+    aggregates: [String; FAMILIES.len()],
     bytes: usize,
     /// The same text compressed, or `None` if the encoder failed (gzip is then done per scrape).
     gzip: Option<Compressed>,
@@ -44,7 +42,7 @@ pub struct Snapshot {
 struct Compressed {
     /// Per segment, one block per per-job family, in [`PER_JOB`] order.
     segments: Vec<[Block; PER_JOB.len()]>,
-    /// Per slot of [`ORDER`]: its family header, followed for an aggregate by its samples.
+    /// Per family, in [`Family`] order: its header, followed for an aggregate by its samples.
     heads: Vec<Block>,
     /// CRC-32 and length of the whole text.
     sum: Sum,
@@ -82,7 +80,7 @@ fn starts_segment(job: &JobText) -> bool {
 /// (BENCHMARKS.md).
 const WARM_BATCH: usize = 8;
 
-/// Where a write stopped: the family in [`ORDER`], and the next segment and job within a
+/// Where a write stopped: the family (its place in [`Family`] order), and the next segment and job within a
 /// per-job family (`None` before the family's header).
 #[derive(Debug, Clone, Copy, Default)]
 struct Cursor {
@@ -96,7 +94,7 @@ impl Snapshot {
     pub fn new(
         cached: bool,
         jobs: impl IntoIterator<Item = JobText>,
-        aggregates: [String; AGGREGATE.len()],
+        aggregates: [String; FAMILIES.len()],
     ) -> Self {
         let mut snap = Self::uncompressed(cached, Families::ALL, jobs, aggregates);
         snap.compress_after(None);
@@ -109,7 +107,7 @@ impl Snapshot {
         cached: bool,
         families: Families,
         jobs: impl IntoIterator<Item = JobText>,
-        aggregates: [String; AGGREGATE.len()],
+        aggregates: [String; FAMILIES.len()],
     ) -> Self {
         let mut segments: Vec<Vec<JobText>> = Vec::new();
         let mut job_count = 0;
@@ -178,14 +176,11 @@ impl Snapshot {
                 Some((jobs, gz.segments.get(i)?))
             });
             let mut blocks: [Block; PER_JOB.len()] = Default::default();
-            for f in ALL_PER_JOB
-                .into_iter()
-                .filter(|f| self.families.per_job(*f))
-            {
+            for f in PER_JOB.into_iter().filter(|f| self.families.has(*f)) {
                 let same =
                     old.filter(|(jobs, _)| jobs.iter().zip(seg).all(|(a, b)| a.same_section(b, f)));
-                blocks[f as usize] = match same {
-                    Some((_, b)) => b[f as usize].clone(),
+                blocks[f.section()] = match same {
+                    Some((_, b)) => b[f.section()].clone(),
                     None => {
                         out.compressed += 1;
                         compress_section(&mut d, seg, f)?
@@ -194,38 +189,28 @@ impl Snapshot {
             }
             out.segments.push(blocks);
         }
-        for slot in ORDER {
-            if !self.families.slot(slot) {
+        for f in Family::ALL {
+            if !self.families.has(f) {
                 out.heads.push(Block::default());
                 continue;
             }
             let buf = d.buffer();
-            match slot {
-                Slot::PerJob(f) => {
-                    exposition::write_header(buf, &PER_JOB[f as usize], self.cached, Format::Text)
-                }
-                Slot::Aggregate(a) => {
-                    exposition::write_header(
-                        buf,
-                        &AGGREGATE[a as usize],
-                        self.cached,
-                        Format::Text,
-                    );
-                    buf.extend_from_slice(self.aggregates[a as usize].as_bytes());
-                }
-            }
+            exposition::write_header(buf, f.spec(), self.cached, Format::Text);
+            // Empty for a per-job family.
+            buf.extend_from_slice(self.aggregates[f as usize].as_bytes());
             out.heads.push(d.finish()?);
         }
-        for (i, slot) in ORDER.iter().enumerate() {
-            if !self.families.slot(*slot) {
+        for f in Family::ALL {
+            if !self.families.has(f) {
                 continue;
             }
-            out.sum.add(&out.heads[i]);
-            out.bytes += out.heads[i].data().len();
-            if let Slot::PerJob(f) = slot {
+            let head = &out.heads[f as usize];
+            out.sum.add(head);
+            out.bytes += head.data().len();
+            if f.spec().is_per_job() {
                 for seg in &out.segments {
-                    out.sum.add(&seg[*f as usize]);
-                    out.bytes += seg[*f as usize].data().len();
+                    out.sum.add(&seg[f.section()]);
+                    out.bytes += seg[f.section()].data().len();
                 }
             }
         }
@@ -309,45 +294,42 @@ impl Snapshot {
     /// Writes from `cursor` until `out` holds `limit` bytes or everything is written; returns
     /// true when everything is. Only the family headers depend on `format`.
     fn fill(&self, cursor: &mut Cursor, out: &mut Vec<u8>, limit: usize, format: Format) -> bool {
-        while let Some(slot) = ORDER.get(cursor.slot) {
+        while let Some(&f) = Family::ALL.get(cursor.slot) {
             if out.len() >= limit {
                 return false;
             }
-            if !self.families.slot(*slot) {
+            if !self.families.has(f) {
                 cursor.slot += 1;
                 continue;
             }
-            match *slot {
-                Slot::PerJob(f) => {
-                    if cursor.job.is_none() {
-                        exposition::write_header(out, &PER_JOB[f as usize], self.cached, format);
-                        cursor.job = Some((0, 0));
-                    }
-                    while let Some((s, j)) = cursor.job
-                        && let Some(seg) = self.jobs.get(s)
-                    {
-                        let mut j = j.min(seg.len());
-                        for batch in seg[j..].chunks(WARM_BATCH) {
-                            if out.len() >= limit {
-                                return false;
-                            }
-                            // Touch every job of the batch before copying any: the loads miss
-                            // the cache independently, so the CPU waits for them together.
-                            let warm = batch.iter().fold(0u8, |acc, job| acc ^ job.touch(f));
-                            std::hint::black_box(warm);
-                            for job in batch {
-                                job.write_section(f, out);
-                            }
-                            j += batch.len();
-                            cursor.job = Some((s, j));
+            if f.spec().is_per_job() {
+                if cursor.job.is_none() {
+                    exposition::write_header(out, f.spec(), self.cached, format);
+                    cursor.job = Some((0, 0));
+                }
+                while let Some((s, j)) = cursor.job
+                    && let Some(seg) = self.jobs.get(s)
+                {
+                    let mut j = j.min(seg.len());
+                    for batch in seg[j..].chunks(WARM_BATCH) {
+                        if out.len() >= limit {
+                            return false;
                         }
-                        cursor.job = Some((s + 1, 0));
+                        // Touch every job of the batch before copying any: the loads miss
+                        // the cache independently, so the CPU waits for them together.
+                        let warm = batch.iter().fold(0u8, |acc, job| acc ^ job.touch(f));
+                        std::hint::black_box(warm);
+                        for job in batch {
+                            job.write_section(f, out);
+                        }
+                        j += batch.len();
+                        cursor.job = Some((s, j));
                     }
+                    cursor.job = Some((s + 1, 0));
                 }
-                Slot::Aggregate(a) => {
-                    exposition::write_header(out, &AGGREGATE[a as usize], self.cached, format);
-                    out.extend_from_slice(self.aggregates[a as usize].as_bytes());
-                }
+            } else {
+                exposition::write_header(out, f.spec(), self.cached, format);
+                out.extend_from_slice(self.aggregates[f as usize].as_bytes());
             }
             cursor.slot += 1;
             cursor.job = None;
@@ -357,7 +339,7 @@ impl Snapshot {
 }
 
 /// Compresses the lines of `family` of every job of `jobs` as one block.
-fn compress_section(d: &mut Deflater, jobs: &[JobText], family: PerJob) -> gzip::Result<Block> {
+fn compress_section(d: &mut Deflater, jobs: &[JobText], family: Family) -> gzip::Result<Block> {
     for job in jobs {
         job.write_section(family, d.buffer());
         d.flush_if_full()?;
@@ -378,7 +360,7 @@ impl Iterator for Chunks {
     type Item = Bytes;
 
     fn next(&mut self) -> Option<Bytes> {
-        if self.cursor.slot >= ORDER.len() {
+        if self.cursor.slot >= FAMILIES.len() {
             return None;
         }
         // Head room for the job that crosses the limit, so the buffer rarely grows.
@@ -393,7 +375,7 @@ impl Iterator for Chunks {
 #[derive(Debug, Clone, Copy)]
 enum Piece {
     Header,
-    /// The head block of a slot of [`ORDER`].
+    /// The head block of a family, by its place in [`Family`] order.
     Head(usize),
     /// A segment's block of the per-job family of a slot.
     Segment(usize, usize),
@@ -419,20 +401,21 @@ impl GzipChunks {
         loop {
             let (piece, next) = match self.next {
                 Piece::Header => (Some(Bytes::from_static(&gzip::HEADER)), Piece::Head(0)),
-                Piece::Head(slot) if slot >= ORDER.len() => (None, Piece::Tail),
+                Piece::Head(slot) if slot >= FAMILIES.len() => (None, Piece::Tail),
                 Piece::Head(slot) => (
                     gz.heads.get(slot).map(|b| b.data().clone()),
-                    match ORDER[slot] {
-                        Slot::PerJob(_) => Piece::Segment(slot, 0),
-                        Slot::Aggregate(_) => Piece::Head(slot + 1),
+                    if FAMILIES[slot].is_per_job() {
+                        Piece::Segment(slot, 0)
+                    } else {
+                        Piece::Head(slot + 1)
                     },
                 ),
-                Piece::Segment(slot, s) => match (ORDER[slot], gz.segments.get(s)) {
-                    (Slot::PerJob(f), Some(seg)) => (
-                        Some(seg[f as usize].data().clone()),
+                Piece::Segment(slot, s) => match gz.segments.get(s) {
+                    Some(seg) => (
+                        Some(seg[Family::ALL[slot].section()].data().clone()),
                         Piece::Segment(slot, s + 1),
                     ),
-                    _ => (None, Piece::Head(slot + 1)),
+                    None => (None, Piece::Head(slot + 1)),
                 },
                 Piece::Tail => (self.tail.take().map(|b| b.data().clone()), Piece::Done),
                 Piece::Done => return self.trailer.take(),
@@ -506,8 +489,8 @@ mod tests {
     #[test]
     fn chunks_concatenate_to_the_whole_text() {
         let jobs: Vec<_> = (0..50).map(job).collect();
-        let mut aggregates: [String; AGGREGATE.len()] = Default::default();
-        aggregates[0] = "huaweicloud_jobs{cloud_service=\"evs\"} 50\n".into();
+        let mut aggregates: [String; FAMILIES.len()] = Default::default();
+        aggregates[Family::Jobs as usize] = "huaweicloud_jobs{cloud_service=\"evs\"} 50\n".into();
         let snap = Arc::new(Snapshot::new(true, jobs, aggregates));
         let mut whole = Vec::new();
         snap.write(&mut whole);
@@ -521,7 +504,7 @@ mod tests {
             assert_eq!(pieces.concat(), whole, "chunk size {size}");
         }
         let text = String::from_utf8(whole).expect("utf8");
-        assert_eq!(text.matches("# TYPE ").count(), ORDER.len());
+        assert_eq!(text.matches("# TYPE ").count(), FAMILIES.len());
         assert_eq!(
             text.matches("huaweicloud_job_status{cloud_service=\"evs\",job_id=\"j3\",job_type=\"createVolume\",status=")
                 .count(),
@@ -551,7 +534,11 @@ mod tests {
     }
 
     impl Snapshot {
-        fn following(previous: &Snapshot, jobs: Vec<JobText>, agg: [String; 5]) -> Snapshot {
+        fn following(
+            previous: &Snapshot,
+            jobs: Vec<JobText>,
+            agg: [String; FAMILIES.len()],
+        ) -> Snapshot {
             let mut s = Snapshot::uncompressed(previous.cached, previous.families, jobs, agg);
             s.compress_after(Some(previous));
             s
@@ -579,8 +566,9 @@ mod tests {
     #[test]
     fn the_stored_gzip_body_decodes_to_the_plain_text() {
         let n = SEGMENT * 3 + 17;
-        let mut aggregates: [String; AGGREGATE.len()] = Default::default();
-        aggregates[1] = "huaweicloud_job_completed_duration_seconds_count{a=\"b\"} 3\n".into();
+        let mut aggregates: [String; FAMILIES.len()] = Default::default();
+        aggregates[Family::CompletedDuration as usize] =
+            "huaweicloud_job_completed_duration_seconds_count{a=\"b\"} 3\n".into();
         let snap = Arc::new(Snapshot::new(true, (0..n).map(job), aggregates));
         let mut plain = Vec::new();
         snap.write(&mut plain);
@@ -603,11 +591,11 @@ mod tests {
     }
 
     /// The block of `family` of every segment, by address.
-    fn block_addresses(snap: &Snapshot, family: PerJob) -> Vec<*const u8> {
+    fn block_addresses(snap: &Snapshot, family: Family) -> Vec<*const u8> {
         let gz = snap.gzip.as_ref().expect("compressed");
         gz.segments
             .iter()
-            .map(|s| s[family as usize].data().as_ptr())
+            .map(|s| s[family.section()].data().as_ptr())
             .collect()
     }
 
@@ -620,7 +608,7 @@ mod tests {
         assert!(segments > 2, "{segments} segments");
         assert_eq!(
             first.gzip.as_ref().map(|g| g.compressed),
-            Some(segments * ALL_PER_JOB.len())
+            Some(segments * PER_JOB.len())
         );
 
         // The same jobs again, one rendered anew with the same text: nothing is compressed.
@@ -629,8 +617,8 @@ mod tests {
         let again = Snapshot::following(&first, same, Default::default());
         assert_eq!(again.gzip.as_ref().map(|g| g.compressed), Some(0));
         assert_eq!(
-            block_addresses(&again, PerJob::Status),
-            block_addresses(&first, PerJob::Status)
+            block_addresses(&again, Family::Status),
+            block_addresses(&first, Family::Status)
         );
 
         // One job's entity changes: one block, the rest shared.
@@ -657,8 +645,8 @@ mod tests {
             Default::default(),
         ));
         assert_eq!(next.gzip.as_ref().map(|g| g.compressed), Some(1));
-        let before = block_addresses(&again, PerJob::EntityInfo);
-        let after = block_addresses(&next, PerJob::EntityInfo);
+        let before = block_addresses(&again, Family::EntityInfo);
+        let after = block_addresses(&next, Family::EntityInfo);
         assert_eq!(before.iter().zip(&after).filter(|(a, b)| a != b).count(), 1);
         let mut plain = Vec::new();
         next.write(&mut plain);
@@ -671,7 +659,7 @@ mod tests {
         let dropped = Snapshot::following(&next, changed, Default::default());
         let compressed = dropped.gzip.as_ref().map_or(0, |g| g.compressed);
         assert!(
-            (1..=2 * ALL_PER_JOB.len()).contains(&compressed),
+            (1..=2 * PER_JOB.len()).contains(&compressed),
             "{compressed} blocks compressed"
         );
         let mut plain = Vec::new();
@@ -687,7 +675,7 @@ mod tests {
         let snap = Arc::new(Snapshot::empty(false));
         let pieces: Vec<Bytes> = snap.chunks(64).collect();
         let text = String::from_utf8(pieces.concat()).expect("utf8");
-        assert_eq!(text.lines().count(), 2 * ORDER.len());
+        assert_eq!(text.lines().count(), 2 * FAMILIES.len());
         assert!(!text.contains("last refresh"));
     }
 }

@@ -20,7 +20,7 @@ use crate::scope::Scope;
 use crate::secret::{Account, AccountAuth, Credentials, Secret, SecretRef};
 use crate::telemetry::Telemetry;
 use auth::{Material, Provider};
-pub use model::Job;
+pub use model::{Job, Status};
 
 /// Bounded reasons a fetch fails, the `reason` label of `huaweicloud_job_fetch_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -8,11 +8,87 @@ use std::collections::HashSet;
 use std::hash::Hash;
 
 use chrono::{DateTime, NaiveDateTime};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// Statuses after which a job never changes.
-pub fn is_terminal(status: &str) -> bool {
-    matches!(status, "SUCCESS" | "FAIL")
+/// A job's `status` as the cloud reports it: one of the four documented values, or any other
+/// the cloud sends (`WAITING_EXECUTE`, `PENDING_PAYMENT`, …), kept verbatim: statuses are an
+/// open set, and an unknown one is exported as it came rather than refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum Status {
+    /// `INIT`: accepted, not started.
+    Init,
+    /// `RUNNING`.
+    Running,
+    /// `SUCCESS`: finished, never changes again.
+    Success,
+    /// `FAIL`: finished, never changes again.
+    Fail,
+    /// Any other value, as sent.
+    Other(Box<str>),
+}
+
+impl Status {
+    /// The documented statuses, in the order a state set lists them.
+    pub const DOCUMENTED: [Status; 4] =
+        [Status::Init, Status::Running, Status::Success, Status::Fail];
+
+    /// The status as the cloud spells it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Status::Init => "INIT",
+            Status::Running => "RUNNING",
+            Status::Success => "SUCCESS",
+            Status::Fail => "FAIL",
+            Status::Other(s) => s,
+        }
+    }
+
+    /// True for SUCCESS and FAIL, after which a job never changes.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Status::Success | Status::Fail)
+    }
+
+    /// True for FAIL.
+    pub fn is_failed(&self) -> bool {
+        matches!(self, Status::Fail)
+    }
+
+    /// Whether `status` is one of the documented values.
+    pub fn is_documented(&self) -> bool {
+        !matches!(self, Status::Other(_))
+    }
+}
+
+impl From<&str> for Status {
+    fn from(s: &str) -> Self {
+        match s {
+            "INIT" => Status::Init,
+            "RUNNING" => Status::Running,
+            "SUCCESS" => Status::Success,
+            "FAIL" => Status::Fail,
+            other => Status::Other(other.into()),
+        }
+    }
+}
+
+impl From<String> for Status {
+    fn from(s: String) -> Self {
+        Status::from(s.as_str())
+    }
+}
+
+impl From<Status> for String {
+    fn from(s: Status) -> Self {
+        s.as_str().to_string()
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Entity keys exported as `entity_type`, in a fixed order.
@@ -35,8 +111,8 @@ pub struct Job {
     pub job_id: Option<String>,
     /// `job_type`.
     pub job_type: Option<String>,
-    /// `status`, as reported (an open set).
-    pub status: Option<String>,
+    /// `status`, as reported.
+    pub status: Option<Status>,
     /// `begin_time` as Unix seconds, when it parsed.
     pub begin: Option<f64>,
     /// `end_time` as Unix seconds, when it parsed and was not empty.
@@ -54,7 +130,7 @@ pub struct Job {
 impl Job {
     /// True for SUCCESS and FAIL.
     pub fn is_terminal(&self) -> bool {
-        self.status.as_deref().is_some_and(is_terminal)
+        self.status.as_ref().is_some_and(Status::is_terminal)
     }
 
     /// Keeps the first `limits.max_subjobs` sub-jobs and the first `limits.max_entities`
@@ -170,7 +246,9 @@ fn job_from(map: &Map<String, Value>, depth: u8) -> Job {
     let mut job = Job {
         job_id: text(map, "job_id"),
         job_type: text(map, "job_type"),
-        status: text(map, "status").filter(|s| !s.is_empty()),
+        status: text(map, "status")
+            .filter(|s| !s.is_empty())
+            .map(Status::from),
         begin: time("begin_time"),
         end: time("end_time"),
         error_code: text(map, "error_code").filter(|s| !s.is_empty()),
@@ -292,7 +370,7 @@ mod tests {
     #[test]
     fn evs_running_job() {
         let j = decode_job(&example("evs_01.json")).expect("decodes");
-        assert_eq!(j.status.as_deref(), Some("RUNNING"));
+        assert_eq!(j.status.as_ref().map(Status::as_str), Some("RUNNING"));
         assert_eq!(j.job_type.as_deref(), Some("createVolume"));
         assert_eq!(
             j.job_id.as_deref(),
@@ -319,7 +397,10 @@ mod tests {
             j.sub_jobs[1].job_id.as_deref(),
             Some("21917a8d52a19b040152a9f2f2f60042")
         );
-        assert_eq!(j.sub_jobs[0].status.as_deref(), Some("SUCCESS"));
+        assert_eq!(
+            j.sub_jobs[0].status.as_ref().map(Status::as_str),
+            Some("SUCCESS")
+        );
         assert_eq!(j.end.zip(j.begin).map(|(e, b)| (e - b).round()), Some(31.0));
     }
 
@@ -344,7 +425,11 @@ mod tests {
             ("eip_01.json", None),
         ] {
             let j = decode_job(&example(file)).expect(file);
-            assert_eq!(j.status.as_deref(), Some("SUCCESS"), "{file}");
+            assert_eq!(
+                j.status.as_ref().map(Status::as_str),
+                Some("SUCCESS"),
+                "{file}"
+            );
             assert_eq!(
                 j.sub_jobs.first().and_then(|s| s.job_type.as_deref()),
                 sub_type
@@ -429,12 +514,36 @@ mod tests {
     }
 
     #[test]
+    fn statuses_are_an_open_set_kept_as_sent() {
+        for (text, terminal) in [
+            ("INIT", false),
+            ("RUNNING", false),
+            ("SUCCESS", true),
+            ("FAIL", true),
+            ("WAITING_EXECUTE", false),
+            ("fail", false),
+        ] {
+            let s = Status::from(text);
+            assert_eq!(s.as_str(), text);
+            assert_eq!(s.is_terminal(), terminal, "{text}");
+            assert_eq!(s.is_documented(), Status::DOCUMENTED.contains(&s), "{text}");
+            let json = serde_json::to_string(&s).expect("serializes");
+            assert_eq!(json, format!("\"{text}\""));
+            assert_eq!(serde_json::from_str::<Status>(&json).expect("parses"), s);
+        }
+        assert!(Status::Fail.is_failed() && !Status::from("FAILED").is_failed());
+    }
+
+    #[test]
     fn nulls_missing_fields_odd_types_and_unknown_statuses() {
         let j = decode_job(br#"{"status":null,"job_type":7,"begin_time":null,"entities":{"sub_jobs":[1,"x",{"status":"LISTENING"}],"size":"ten"},"new_field":{}}"#).expect("decodes");
         assert_eq!(j.status, None);
         assert_eq!(j.job_type.as_deref(), Some("7"));
         assert_eq!(j.sub_jobs.len(), 1);
-        assert_eq!(j.sub_jobs[0].status.as_deref(), Some("LISTENING"));
+        assert_eq!(
+            j.sub_jobs[0].status.as_ref().map(Status::as_str),
+            Some("LISTENING")
+        );
         let j = decode_job(br#"{"status":"WAITING_EXECUTE","entities":"oops"}"#).expect("decodes");
         assert!(!j.is_terminal());
         assert!(decode_job(b"[1,2]").is_err());

@@ -163,14 +163,14 @@ impl CursorKey {
 /// What the exporter shows for a finished job after a restart, until `terminal_retention`:
 /// the fields its status, failure and timestamp series come from (entities and sub-jobs are
 /// not kept).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LastState {
     /// `job_type`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_type: Option<String>,
-    /// `SUCCESS` or `FAIL`.
-    pub status: String,
+    /// `SUCCESS` or `FAIL`, stored as the cloud spells it.
+    pub status: crate::cloud::Status,
     /// `error_code`, when failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
@@ -748,7 +748,7 @@ mod tests {
             at: 1_700_000_100.5,
             last: Some(LastState {
                 job_type: Some("createVolume".into()),
-                status: "FAIL".into(),
+                status: crate::cloud::Status::Fail,
                 error_code: Some("EVS.1".into()),
                 fail_reason: Some("no".into()),
                 begin: Some(1.0),
