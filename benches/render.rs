@@ -31,6 +31,7 @@ impl JobSource for Fixed {
         _: &'a cloud::Target,
         id: &'a str,
         _: Option<cloud::BodyDigest>,
+        _: &'a cloud::FetchContext,
     ) -> BoxFuture<'a, cloud::Result<cloud::Fetched>> {
         async move {
             let job = self.0.get(id).cloned().ok_or(cloud::FetchError::Timeout)?;

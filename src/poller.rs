@@ -22,7 +22,7 @@ use futures_util::stream::{self, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cloud::{self, BodyDigest, FetchError, Fetched, Job, Reason, Status};
+use crate::cloud::{self, BodyDigest, FetchContext, FetchError, Fetched, Job, Reason, Status};
 use crate::config::Mode;
 use crate::exposition::{self, Aggregates, FAMILIES, JobText, JobView, Totals};
 use crate::families::Families;
@@ -45,12 +45,14 @@ const RECENT_ERRORS: usize = 20;
 /// Where jobs come from: the cloud client, or a fake in tests.
 pub trait JobSource: Send + Sync + 'static {
     /// Fetches one job. `known` is the digest of the body last decoded for it: a source that
-    /// keeps digests answers [`Fetched::Unchanged`] when the body is that one again.
+    /// keeps digests answers [`Fetched::Unchanged`] when the body is that one again. Retries
+    /// go through `ctx`'s pacer and end by its deadline.
     fn fetch<'a>(
         &'a self,
         target: &'a cloud::Target,
         job_id: &'a str,
         known: Option<BodyDigest>,
+        ctx: &'a FetchContext,
     ) -> BoxFuture<'a, cloud::Result<Fetched>>;
 }
 
@@ -60,8 +62,9 @@ impl JobSource for cloud::Client {
         target: &'a cloud::Target,
         job_id: &'a str,
         known: Option<BodyDigest>,
+        ctx: &'a FetchContext,
     ) -> BoxFuture<'a, cloud::Result<Fetched>> {
-        self.get_job_since(target, job_id, known).boxed()
+        self.get_job_since(target, job_id, known, ctx).boxed()
     }
 }
 
@@ -830,15 +833,15 @@ impl Poller {
                 }
                 // Retries inside the fetch go through the same limiter and never sleep past
                 // the scrape's deadline, or in cached mode past the next refresh.
-                let ctx = cloud::FetchContext {
+                let ctx = FetchContext {
                     deadline: Some(retry_deadline),
                     pacer: limiter.map(|l| l as Arc<dyn cloud::Pacer>),
                 };
-                let result = cloud::with_context(
-                    ctx,
-                    self.inner.source.fetch(&tracked.target, &key.1, *known),
-                )
-                .await;
+                let result = self
+                    .inner
+                    .source
+                    .fetch(&tracked.target, &key.1, *known, &ctx)
+                    .await;
                 (i, result)
             })
             .buffer_unordered(self.inner.settings.max_concurrency);
@@ -1336,6 +1339,7 @@ mod tests {
             _target: &'a cloud::Target,
             job_id: &'a str,
             known: Option<BodyDigest>,
+            _ctx: &'a FetchContext,
         ) -> BoxFuture<'a, cloud::Result<Fetched>> {
             async move {
                 *self

@@ -176,7 +176,7 @@ async fn a_retry_never_sleeps_past_the_deadline() {
     };
     let result = tokio::time::timeout(
         Duration::from_secs(8),
-        cloud::with_context(ctx, client.get_job(&target, "busy")),
+        client.get_job_since(&target, "busy", None, &ctx),
     )
     .await
     .expect("returns without sleeping 10 s");
@@ -207,7 +207,7 @@ async fn a_body_seen_before_is_not_decoded_again_and_a_changed_one_is() {
     let (sim, base, sim_stop) = simulator(vec![running("steady")]).await;
     let (client, target) = client_and_target(&base);
     let first = client
-        .get_job_since(&target, "steady", None)
+        .get_job_since(&target, "steady", None, &Default::default())
         .await
         .expect("fetched");
     let cloud::Fetched::Job(job, Some(digest)) = first else {
@@ -215,14 +215,14 @@ async fn a_body_seen_before_is_not_decoded_again_and_a_changed_one_is() {
     };
     assert_eq!(job.status, Some(cloud::Status::Running));
     let again = client
-        .get_job_since(&target, "steady", Some(digest))
+        .get_job_since(&target, "steady", Some(digest), &Default::default())
         .await
         .expect("fetched");
     assert!(matches!(again, cloud::Fetched::Unchanged), "{again:?}");
     // Another body (an injected malformed one) is decoded, and fails as such.
     sim.set_job_fault_times("steady", Fault::MalformedJson, 1);
     let err = client
-        .get_job_since(&target, "steady", Some(digest))
+        .get_job_since(&target, "steady", Some(digest), &Default::default())
         .await
         .expect_err("malformed");
     assert_eq!(err.reason(), cloud::Reason::Decode);

@@ -8,7 +8,6 @@ pub mod model;
 pub mod signer;
 pub mod task_center;
 
-use std::future::Future;
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -211,27 +210,14 @@ pub trait Pacer: Send + Sync {
 }
 
 /// What a fetch knows about its caller: the deadline no retry sleep may outlive, and the pacer
-/// retries go through. Set with [`with_context`]; a fetch without one retries unpaced and
-/// bounded only by the policy.
+/// retries go through. Passed to [`Client::get_job_since`]; the default (no deadline, no pacer)
+/// retries unpaced and bounded only by the policy.
 #[derive(Clone, Default)]
 pub struct FetchContext {
     /// When the scrape or refresh gives up on this fetch.
     pub deadline: Option<tokio::time::Instant>,
     /// The endpoint's rate limiter.
     pub pacer: Option<Arc<dyn Pacer>>,
-}
-
-tokio::task_local! {
-    static CONTEXT: FetchContext;
-}
-
-/// Runs `fut` (a fetch) with `ctx`.
-pub async fn with_context<F: Future>(ctx: FetchContext, fut: F) -> F::Output {
-    CONTEXT.scope(ctx, fut).await
-}
-
-fn context() -> FetchContext {
-    CONTEXT.try_with(Clone::clone).unwrap_or_default()
 }
 
 /// One (account, service, region, project) and how to reach it.
@@ -528,10 +514,13 @@ impl Client {
 
     /// `GET {endpoint}/v1/{project_id}/jobs/{job_id}`, authenticated with the target's account.
     /// A 401 with a token or temporary keys is retried once with fresh ones; connection
-    /// failures, 5xx and throttling are retried by the [`RetryPolicy`], each retry paced by the
-    /// [`FetchContext`]'s pacer and never sleeping past its deadline.
+    /// failures, 5xx and throttling are retried by the [`RetryPolicy`], with no caller's
+    /// deadline or pacer (see [`Client::get_job_since`]).
     pub async fn get_job(&self, target: &Target, job_id: &str) -> Result<Job> {
-        match self.get_job_since(target, job_id, None).await? {
+        match self
+            .get_job_since(target, job_id, None, &FetchContext::default())
+            .await?
+        {
             Fetched::Job(job, _) => Ok(job),
             // Only a known digest can match.
             Fetched::Unchanged => Err(FetchError::Decode("no body to compare with".into())),
@@ -540,14 +529,15 @@ impl Client {
 
     /// [`Client::get_job`], but a body whose digest is `known` is not decoded again: most
     /// fetches of a running job return the bytes of the last one, and decoding was about 10%
-    /// of a refresh's CPU (a perf profile of 10,000 active jobs, BENCHMARKS.md).
+    /// of a refresh's CPU (a perf profile of 10,000 active jobs, BENCHMARKS.md). Each retry is
+    /// paced by `ctx`'s pacer and never sleeps past its deadline.
     pub async fn get_job_since(
         &self,
         target: &Target,
         job_id: &str,
         known: Option<BodyDigest>,
+        ctx: &FetchContext,
     ) -> Result<Fetched> {
-        let ctx = context();
         let mut attempt = 0;
         loop {
             let result = self.get_job_once(target, job_id, known).await;
