@@ -55,7 +55,10 @@
 //! - [`listing`]: which tracked jobs the `/jobs` page shows, failed ones first, bounded.
 //! - [`pages`]: the HTML of `/jobs` and of the landing page's sections.
 //! - [`poller`]: tracked jobs, concurrency and rate limits, cached and on-demand collection.
-//! - [`exposition`]: the text format, rendered per job when the job changes.
+//! - [`exposition`]: the job families, each declared once with its name, type, labels and
+//!   how it is written ([`exposition::family`]); per-job lines rendered when the job changes
+//!   ([`exposition::job`]), aggregates over each target's jobs ([`exposition::aggregate`]),
+//!   and the text and OpenMetrics formats.
 //! - [`families`]: which job families are exported (the allowlist or denylist), applied as jobs
 //!   are rendered and snapshots are built.
 //! - [`snapshot`]: the immutable view a scrape serves, plain and as stored deflate blocks.
