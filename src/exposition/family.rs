@@ -281,9 +281,17 @@ mod tests {
             lines.push_str(&text.section(f));
         }
         let labels: Arc<str> = common.into();
-        let key = (Arc::clone(&labels), "createVolume".to_string(), "FAIL".to_string());
+        let key = (
+            Arc::clone(&labels),
+            "createVolume".to_string(),
+            "FAIL".to_string(),
+        );
         let mut totals = Totals::default();
-        totals.completed.entry(key.clone()).or_default().observe(1.0);
+        totals
+            .completed
+            .entry(key.clone())
+            .or_default()
+            .observe(1.0);
         totals.failures.insert(key.clone(), 1);
         totals.subjob_failures.insert(key, 2);
         totals.fetch_errors.insert((labels, Reason::Timeout), 0);

@@ -1,0 +1,243 @@
+//! The tracked jobs and what outlives them: each job's last state and rendered text, the jobs
+//! remembered as finished or acknowledged, the counters, and what is made of them (summaries,
+//! the aggregate families).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::label_caps::{FOLDED, TargetCaps};
+use super::recent_errors::RecentError;
+use crate::cloud::{self, BodyDigest, Job, Status};
+use crate::exposition::{self, Aggregates, FAMILIES, JobText, JobView, Totals};
+use crate::families::Families;
+use crate::scope::Scope;
+use crate::state::{Finished, JobRef, LastState};
+
+/// Counts for the landing page and `tracked_jobs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetSummary {
+    /// Service, region and project.
+    pub scope: Scope,
+    /// Jobs still polled.
+    pub active: usize,
+    /// Finished jobs kept until retention.
+    pub terminal: usize,
+    /// Jobs whose last fetch failed.
+    pub failing: usize,
+}
+
+/// A target with its pre-escaped common labels.
+pub(super) struct Tracked {
+    pub(super) target: Arc<cloud::Target>,
+    pub(super) labels: Arc<str>,
+}
+
+pub(super) type JobKey = (Arc<str>, String);
+
+pub(super) struct Entry {
+    pub(super) tracked: Arc<Tracked>,
+    pub(super) job_id: String,
+    pub(super) job: Option<Job>,
+    /// The digest of the body `job` was decoded from.
+    pub(super) digest: Option<BodyDigest>,
+    pub(super) fetch_ok: bool,
+    pub(super) last_success: Option<f64>,
+    pub(super) terminal_since: Option<f64>,
+    pub(super) counted_subjob_failures: Vec<String>,
+    pub(super) text: JobText,
+}
+
+impl Entry {
+    pub(super) fn view(&self, families: Families) -> JobView<'_> {
+        JobView {
+            target_labels: &self.tracked.labels,
+            job_id: &self.job_id,
+            job: self.job.as_ref(),
+            fetch_ok: self.fetch_ok,
+            last_success: self.last_success,
+            families,
+        }
+    }
+
+    pub(super) fn render(&mut self, families: Families) {
+        self.text = exposition::render_job(&self.view(families));
+    }
+
+    /// Renders again after a fetch that returned the body `text` was rendered from.
+    pub(super) fn rerender_fetch(&mut self, families: Families) {
+        self.text = exposition::rerender_fetch(&self.view(families), &self.text);
+    }
+}
+
+/// What outlives the jobs: the counters and histogram, and the label values admitted.
+#[derive(Default)]
+pub(super) struct Aggregated {
+    pub(super) totals: Totals,
+    /// Per target (its labels).
+    pub(super) caps: HashMap<Arc<str>, TargetCaps>,
+}
+
+/// A job seen finished, or acknowledged: never fetched or counted again. Exported from
+/// `last` until `terminal_retention` after `at`; after that (or at once when acknowledged) it is
+/// not exported and not taken back while any source lists it, and forgotten once no source
+/// lists it and [`forget_after`] has passed.
+pub(super) struct Remembered {
+    pub(super) job: JobRef,
+    pub(super) at: f64,
+    pub(super) last: Option<LastState>,
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) jobs: BTreeMap<JobKey, Entry>,
+    /// Jobs seen finished or acknowledged, listed or not.
+    pub(super) memory: HashMap<JobKey, Remembered>,
+    /// Jobs seen finished since the store last took them.
+    pub(super) newly_finished: Vec<Finished>,
+    pub(super) agg: Aggregated,
+    pub(super) recent_errors: VecDeque<RecentError>,
+}
+
+/// Seconds after which a finished or acknowledged job no source lists is forgotten: retention,
+/// then as long again (at least an hour), so that registering it again in between is refused
+/// rather than fetched and counted again.
+pub fn forget_after(retention: f64) -> f64 {
+    retention + retention.max(3600.0)
+}
+
+/// The common labels of a scope, escaped, as every series of its jobs carries them.
+pub(super) fn scope_labels(scope: &Scope) -> String {
+    exposition::labels(&scope.labels())
+}
+
+pub(super) fn job_key(job: &JobRef) -> JobKey {
+    (scope_labels(&job.scope()).into(), job.job_id.clone())
+}
+
+/// What is kept of a finished job to export it after a restart.
+pub(super) fn last_state(job: &Job) -> LastState {
+    let reason = job
+        .fail_reason
+        .as_deref()
+        .map(|r| exposition::cut_reason(r).to_string());
+    LastState {
+        job_type: job.job_type.clone(),
+        // Called for finished jobs only, which have a status.
+        status: job.status.clone().unwrap_or(Status::Other("".into())),
+        error_code: job.error_code.clone(),
+        fail_reason: reason,
+        begin: job.begin,
+        end: job.end,
+    }
+}
+
+/// Adds a job to `state.jobs` unless it is there already or remembered as dropped or
+/// acknowledged; a job remembered as finished comes back from its last state, neither fetched
+/// nor counted again. Returns whether it was added.
+pub(super) fn insert_job(
+    state: &mut State,
+    tracked: &Arc<Tracked>,
+    key: JobKey,
+    now: f64,
+    retention: f64,
+    families: Families,
+) -> bool {
+    if let Some(e) = state.jobs.get_mut(&key) {
+        // Credentials or endpoint may have changed; the labels have not.
+        e.tracked = Arc::clone(tracked);
+        return false;
+    }
+    let restored = match state.memory.get(&key) {
+        None => None,
+        Some(m) => match &m.last {
+            Some(last) if now - m.at < retention => Some((m.at, last)),
+            _ => return false,
+        },
+    };
+    let mut entry = Entry {
+        tracked: Arc::clone(tracked),
+        job_id: key.1.clone(),
+        job: None,
+        digest: None,
+        fetch_ok: false,
+        last_success: None,
+        terminal_since: None,
+        counted_subjob_failures: Vec::new(),
+        text: JobText::default(),
+    };
+    if let Some((at, last)) = restored {
+        entry.job = Some(Job {
+            job_id: Some(key.1.clone()),
+            job_type: last.job_type.clone(),
+            status: Some(last.status.clone()),
+            begin: last.begin,
+            end: last.end,
+            error_code: last.error_code.clone(),
+            fail_reason: last.fail_reason.clone(),
+            ..Job::default()
+        });
+        entry.fetch_ok = true;
+        entry.last_success = Some(at);
+        entry.terminal_since = Some(at);
+    }
+    entry.render(families);
+    if entry.terminal_since.is_some()
+        && let Some(job) = &mut entry.job
+    {
+        *job = Job {
+            job_type: job.job_type.take(),
+            status: job.status.take(),
+            ..Job::default()
+        };
+    }
+    state.jobs.insert(key, entry);
+    true
+}
+
+pub(super) fn summarize(state: &State) -> Vec<TargetSummary> {
+    let mut out: Vec<TargetSummary> = Vec::new();
+    for e in state.jobs.values() {
+        let t = &e.tracked.target;
+        let idx = match out.iter().position(|s| s.scope == t.scope) {
+            Some(i) => i,
+            None => {
+                out.push(TargetSummary {
+                    scope: t.scope.clone(),
+                    ..TargetSummary::default()
+                });
+                out.len() - 1
+            }
+        };
+        let s = &mut out[idx];
+        if e.terminal_since.is_some() {
+            s.terminal += 1;
+        } else {
+            s.active += 1;
+        }
+        if !e.fetch_ok {
+            s.failing += 1;
+        }
+    }
+    out
+}
+
+pub(super) fn render_aggregates(state: &State) -> [String; FAMILIES.len()] {
+    let mut jobs: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+    for e in state.jobs.values() {
+        if let Some(job) = &e.job {
+            let jt = exposition::job_type(job);
+            let jt = state
+                .agg
+                .caps
+                .get(&e.tracked.labels)
+                .map_or(FOLDED, |c| c.job_types.get(jt));
+            let status = exposition::status_label(job);
+            *jobs.entry((&e.tracked.labels, jt, status)).or_default() += 1;
+        }
+    }
+    Aggregates {
+        jobs,
+        totals: &state.agg.totals,
+    }
+    .render()
+}
