@@ -54,7 +54,10 @@
 //! - [`shard`]: which replica owns a job.
 //! - [`listing`]: which tracked jobs the `/jobs` page shows, failed ones first, bounded.
 //! - [`pages`]: the HTML of `/jobs` and of the landing page's sections.
-//! - [`poller`]: tracked jobs, concurrency and rate limits, cached and on-demand collection.
+//! - [`poller`]: tracked jobs, concurrency and rate limits, cached and on-demand collection: the
+//!   tracked jobs and what outlives them (`poller::jobs`), what a fetch result does to them
+//!   (`poller::apply`), the collection loop (`poller::collect`), the per-endpoint rate limiter,
+//!   label caps and recent errors in files of their own.
 //! - [`exposition`]: the job families, each declared once with its name, type, labels and
 //!   how it is written ([`exposition::family`]); per-job lines rendered when the job changes
 //!   ([`exposition::job`]), aggregates over each target's jobs ([`exposition::aggregate`]),
