@@ -140,23 +140,35 @@ impl Job {
     pub fn cap(&mut self, limits: Limits) -> Truncated {
         let subjobs = self.sub_jobs.len().saturating_sub(limits.max_subjobs);
         self.sub_jobs.truncate(limits.max_subjobs);
-        let mut seen: HashSet<(String, String)> = HashSet::new();
-        let mut entities = 0;
+        // Decided over borrows first, applied after: an entity cut from two lists is one
+        // entity not kept, so the cut ones are remembered too, without cloning any of them.
+        let (keep, entities) = {
+            let mut kept: HashSet<&(String, String)> = HashSet::new();
+            let mut cut: HashSet<&(String, String)> = HashSet::new();
+            let keep: Vec<Vec<bool>> = std::iter::once(&self.entities)
+                .chain(self.sub_jobs.iter().map(|s| &s.entities))
+                .map(|list| {
+                    list.iter()
+                        .map(|e| {
+                            if kept.contains(e) {
+                                false
+                            } else if kept.len() < limits.max_entities {
+                                kept.insert(e)
+                            } else {
+                                cut.insert(e);
+                                false
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            (keep, cut.len())
+        };
         let lists = std::iter::once(&mut self.entities)
             .chain(self.sub_jobs.iter_mut().map(|s| &mut s.entities));
-        for list in lists {
-            list.retain(|e| {
-                if seen.contains(e) {
-                    return false;
-                }
-                if seen.len() < limits.max_entities {
-                    seen.insert(e.clone());
-                    true
-                } else {
-                    entities += 1;
-                    false
-                }
-            });
+        for (list, keep) in lists.zip(keep) {
+            let mut keep = keep.into_iter();
+            list.retain(|_| keep.next().unwrap_or(false));
         }
         Truncated { entities, subjobs }
     }
@@ -659,6 +671,23 @@ mod tests {
             vec![("server_id".into(), "s1".into())]
         );
         assert!(job.sub_jobs[1].entities.is_empty());
+    }
+
+    #[test]
+    fn an_entity_cut_from_two_sub_jobs_is_counted_once() {
+        let mut job = decode_job(br#"{"entities":{"volume_id":"a","sub_jobs":[{"entities":{"server_id":"s"}},{"entities":{"server_id":"s"}}]}}"#).expect("decodes");
+        let cut = job.cap(Limits {
+            max_entities: 1,
+            max_subjobs: 5,
+        });
+        assert_eq!(
+            cut,
+            Truncated {
+                entities: 1,
+                subjobs: 0
+            }
+        );
+        assert!(job.sub_jobs.iter().all(|s| s.entities.is_empty()));
     }
 
     #[test]
