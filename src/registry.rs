@@ -74,15 +74,28 @@ impl Registry {
     }
 
     /// Checks a bearer token (none when the request had none) against the token file, read
-    /// afresh so it can rotate.
-    pub fn authorize(&self, token: Option<&str>) -> Result<()> {
+    /// afresh so it can rotate. The file is read on the blocking pool within
+    /// [`crate::files::READ_DEADLINE`]: a token file on a hung mount fails the request, never
+    /// an async worker.
+    pub async fn authorize(&self, token: Option<&str>) -> Result<()> {
         let Some(file) = self.control.with_config(|c| c.api_token_file.clone()) else {
             return Err(Error::Disabled);
         };
-        let expected = read_secret_file(&file).map_err(|e| {
-            tracing::error!(error = %e, "cannot read the API token file");
-            Error::Unauthorized
-        })?;
+        let shown = file.display().to_string();
+        let read =
+            crate::files::off_workers(crate::files::READ_DEADLINE, move || read_secret_file(&file))
+                .await;
+        let expected = match read {
+            Ok(Ok(secret)) => secret,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the API token file");
+                return Err(Error::Unauthorized);
+            }
+            Err(e) => {
+                tracing::error!(file = %shown, error = %e, "cannot read the API token file");
+                return Err(Error::Unauthorized);
+            }
+        };
         let presented = token.unwrap_or("");
         if constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
             Ok(())

@@ -146,7 +146,7 @@ async fn authorize(State(app): State<App>, req: Request, next: Next) -> Response
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
-    match app.registry.authorize(token) {
+    match app.registry.authorize(token).await {
         Ok(()) => next.run(req).await,
         Err(e) => ApiError::from(e).into_response(),
     }
