@@ -24,14 +24,14 @@
 //!   identifies a target everywhere (configuration, cloud client, poller, registrations, shard,
 //!   summaries, discovery); its equality and order are written once there. A leaf.
 //! - [`secret`]: secrets that never show in logs, AK/SK credentials, accounts and how each
-//!   authenticates, secret files. A leaf (it reads through [`files`] only), so that `config`
+//!   authenticates, secret files. A leaf (it reads through `files` only), so that `config`
 //!   and `cloud` share it without importing each other.
 //! - [`config`]: the YAML file, credential sources and validation, endpoints included (checked
 //!   as [`cloud`] will build requests). Imports go one way: `config` uses `cloud` (its limits
 //!   and endpoint check); `cloud` never uses `config`.
 //! - [`check`]: `check-config --connect`, one signed request per target for a first install.
 //! - [`cli`]: the command line (exporter-toolkit flag names).
-//! - [`files`]: reading operator-supplied files: regular files only, bounded, off the async
+//! - `files`: reading operator-supplied files: regular files only, bounded, off the async
 //!   workers with a deadline.
 //! - [`logging`]: log lines in Prometheus' logfmt (`ts=… level=… caller=… msg=…`) or JSON.
 //! - [`cloud`]: the HTTP client (given a scope, an endpoint and an account, not a configuration)
@@ -44,16 +44,16 @@
 //! - [`discovery`]: jobs nobody listed, found per target through the Cloud Trace Service
 //!   ([`discovery::cts`]) and the SDRS task centre ([`discovery::failure_jobs`]); what it found
 //!   and each cursor are kept in the state store.
-//! - [`reload`]: the tracked set and its one owner, [`reload::Control`]: configuration reloads,
+//! - `reload`: the tracked set and its one owner, [`reload::Control`]: configuration reloads,
 //!   the accounts' credential providers, registered and discovered jobs, merged in
 //!   [`reload::Control::apply`].
-//! - [`registry`]: the registration API's rules (bearer token, ids, configured target, shard,
+//! - `registry`: the registration API's rules (bearer token, ids, configured target, shard,
 //!   jobs dropped after finishing); changes go through [`reload::Control`].
 //! - [`state`]: the durable store (registrations, discovered jobs and cursors, jobs seen
 //!   finished or acknowledged): group-committed journal plus snapshot, fsynced before an answer.
 //! - [`shard`]: which replica owns a job.
-//! - [`listing`]: which tracked jobs the `/jobs` page shows, failed ones first, bounded.
-//! - [`pages`]: the HTML of `/jobs` and of the landing page's sections.
+//! - `listing`: which tracked jobs the `/jobs` page shows, failed ones first, bounded.
+//! - `pages`: the HTML of `/jobs` and of the landing page's sections.
 //! - [`poller`]: tracked jobs, concurrency and rate limits, cached and on-demand collection: the
 //!   tracked jobs and what outlives them (`poller::jobs`), what a fetch result does to them
 //!   (`poller::apply`), the collection loop (`poller::collect`), the per-endpoint rate limiter,
@@ -64,10 +64,10 @@
 //!   and the text and OpenMetrics formats.
 //! - [`families`]: which job families are exported (the allowlist or denylist), applied as jobs
 //!   are rendered and snapshots are built.
-//! - [`snapshot`]: the immutable view a scrape serves, plain and as stored deflate blocks.
+//! - `snapshot`: the immutable view a scrape serves, plain and as stored deflate blocks.
 //! - [`gzip`]: gzip bodies joined from deflate blocks compressed once, when their text changed.
 //! - [`telemetry`]: the exporter's own metrics.
-//! - [`http`]: the landing page, `/jobs`, `/metrics`, health, readiness, `/-/reload`, and the
+//! - `http`: the landing page, `/jobs`, `/metrics`, health, readiness, `/-/reload`, and the
 //!   registration API `/api/v1/jobs` (`http::api`: one layer checks its token, its errors
 //!   render themselves as JSON).
 //! - [`web`]: `--web.config.file` and the HTTP limits (connections per client address among
@@ -77,6 +77,10 @@
 //! - [`simulator`]: a faithful stand-in for the cloud (job API, IAM, CTS traces, SDRS task
 //!   centre), for `demo`, tests and benchmarks; see docs/simulator.md.
 //! - [`demo`]: the exporter and the simulator together, with a sample fleet.
+//!
+//! Modules are public only when the binary, the benchmarks, the integration tests or the fuzz
+//! targets need them; `files`, `http`, `listing`, `pages`, `registry`, `reload` and `snapshot`
+//! serve the crate alone and stay private.
 
 pub mod check;
 pub mod cli;
@@ -86,20 +90,20 @@ pub mod demo;
 pub mod discovery;
 pub mod exposition;
 pub mod families;
-pub mod files;
+mod files;
 pub mod gzip;
-pub mod http;
-pub mod listing;
+mod http;
+mod listing;
 pub mod logging;
-pub mod pages;
+mod pages;
 pub mod poller;
-pub mod registry;
-pub mod reload;
+mod registry;
+mod reload;
 pub mod scope;
 pub mod secret;
 pub mod shard;
 pub mod simulator;
-pub mod snapshot;
+mod snapshot;
 pub mod state;
 pub mod telemetry;
 pub mod web;
