@@ -220,7 +220,11 @@ impl Files {
                     cursor: cursor.clone(),
                 })
                 .collect(),
-            finished: records.finished.values().cloned().collect(),
+            finished: records
+                .finished
+                .iter()
+                .map(|(job, seen)| seen.record(job))
+                .collect(),
         };
         let count = snapshot.registrations.len()
             + snapshot.discovered.len()
