@@ -336,35 +336,33 @@ pub(super) fn status(b: &mut Builder, v: &JobView<'_>) {
 
 /// `huaweicloud_job_begin_timestamp_seconds`.
 pub(super) fn begin(b: &mut Builder, v: &JobView<'_>) {
-    if let Some(job) = v.job
-        && let Some(begin) = job.begin
-    {
-        b.sample(&[("job_type", job_type(job))], begin);
-    }
+    job_sample(b, v, |job| job.begin);
 }
 
 /// `huaweicloud_job_end_timestamp_seconds`: finished jobs only.
 pub(super) fn end(b: &mut Builder, v: &JobView<'_>) {
-    if let Some(job) = v.job
-        && let Some(end) = job.end.filter(|_| job.is_terminal())
-    {
-        b.sample(&[("job_type", job_type(job))], end);
-    }
+    job_sample(b, v, |job| job.end.filter(|_| job.is_terminal()));
 }
 
 /// `huaweicloud_job_duration_seconds`: until the end when finished, else until the last
 /// successful fetch.
 pub(super) fn duration(b: &mut Builder, v: &JobView<'_>) {
-    let Some(job) = v.job else {
-        return;
-    };
-    let until = if job.is_terminal() {
-        job.end
-    } else {
-        v.last_success
-    };
-    if let (Some(begin), Some(u)) = (job.begin, until) {
-        b.sample(&[("job_type", job_type(job))], (u - begin).max(0.0));
+    job_sample(b, v, |job| {
+        let until = if job.is_terminal() {
+            job.end
+        } else {
+            v.last_success
+        };
+        Some((until? - job.begin?).max(0.0))
+    });
+}
+
+/// One sample labelled with the job's type, when the job is known and `value` has one for it.
+fn job_sample(b: &mut Builder, v: &JobView<'_>, value: impl FnOnce(&Job) -> Option<f64>) {
+    if let Some(job) = v.job
+        && let Some(value) = value(job)
+    {
+        b.sample(&[("job_type", job_type(job))], value);
     }
 }
 
@@ -400,35 +398,36 @@ pub(super) fn entity_info(b: &mut Builder, v: &JobView<'_>) {
 
 /// `huaweicloud_job_subjob_status`: a state set per sub-job.
 pub(super) fn subjob_status(b: &mut Builder, v: &JobView<'_>) {
+    each_subjob(b, v, |b, labels, sub| {
+        b.state_set(labels, status_label(sub));
+    });
+}
+
+/// `huaweicloud_job_subjob_failure_info`: failed sub-jobs only.
+pub(super) fn subjob_failure_info(b: &mut Builder, v: &JobView<'_>) {
+    each_subjob(b, v, |b, labels, sub| {
+        if failed(sub) {
+            b.failure_info(labels, sub);
+        }
+    });
+}
+
+/// Calls `write` for each sub-job of the job, with its `subjob_id` and `subjob_type` labels.
+fn each_subjob(
+    b: &mut Builder,
+    v: &JobView<'_>,
+    mut write: impl FnMut(&mut Builder, &[(&str, &str)], &Job),
+) {
     let Some(job) = v.job else {
         return;
     };
     let mut fallback_id = String::new();
     for (i, sub) in job.sub_jobs.iter().enumerate() {
-        b.state_set(
-            &[
-                ("subjob_id", subjob_id(sub, i, &mut fallback_id)),
-                ("subjob_type", job_type(sub)),
-            ],
-            status_label(sub),
-        );
-    }
-}
-
-/// `huaweicloud_job_subjob_failure_info`: failed sub-jobs only.
-pub(super) fn subjob_failure_info(b: &mut Builder, v: &JobView<'_>) {
-    let Some(job) = v.job else {
-        return;
-    };
-    let mut fallback_id = String::new();
-    for (i, sub) in job.sub_jobs.iter().enumerate().filter(|(_, s)| failed(s)) {
-        b.failure_info(
-            &[
-                ("subjob_id", subjob_id(sub, i, &mut fallback_id)),
-                ("subjob_type", job_type(sub)),
-            ],
-            sub,
-        );
+        let labels = [
+            ("subjob_id", subjob_id(sub, i, &mut fallback_id)),
+            ("subjob_type", job_type(sub)),
+        ];
+        write(b, &labels, sub);
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::label_caps::{FOLDED, TargetCaps};
 use super::recent_errors::RecentError;
-use crate::cloud::{self, BodyDigest, Job, Status};
+use crate::cloud::{BodyDigest, Job, Status};
 use crate::exposition::{self, Aggregates, FAMILIES, JobText, JobView, Totals};
 use crate::families::Families;
 use crate::scope::Scope;
@@ -28,7 +28,7 @@ pub struct TargetSummary {
 
 /// A target with its pre-escaped common labels.
 pub(super) struct Tracked {
-    pub(super) target: Arc<cloud::Target>,
+    pub(super) target: Arc<super::Target>,
     pub(super) labels: Arc<str>,
 }
 

@@ -20,6 +20,7 @@ mod jobs;
 mod label_caps;
 mod rate_limiter;
 mod recent_errors;
+mod source;
 #[cfg(test)]
 mod tests;
 
@@ -27,9 +28,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::future::{BoxFuture, Shared};
 
-use crate::cloud::{self, BodyDigest, FetchContext, Fetched, Reason};
+use crate::cloud::{self, Reason};
 use crate::config::Mode;
 use crate::families::Families;
 use crate::listing;
@@ -48,35 +49,10 @@ use rate_limiter::RateLimiter;
 pub use jobs::{TargetSummary, forget_after};
 pub use label_caps::MAX_LABEL_VALUES;
 pub use recent_errors::RecentError;
-
-/// Where jobs come from: the cloud client, or a fake in tests.
-pub trait JobSource: Send + Sync + 'static {
-    /// Fetches one job. `known` is the digest of the body last decoded for it: a source that
-    /// keeps digests answers [`Fetched::Unchanged`] when the body is that one again. Retries
-    /// go through `ctx`'s pacer and end by its deadline.
-    fn fetch<'a>(
-        &'a self,
-        target: &'a cloud::Target,
-        job_id: &'a str,
-        known: Option<BodyDigest>,
-        ctx: &'a FetchContext,
-    ) -> BoxFuture<'a, cloud::Result<Fetched>>;
-}
-
-impl JobSource for cloud::Client {
-    fn fetch<'a>(
-        &'a self,
-        target: &'a cloud::Target,
-        job_id: &'a str,
-        known: Option<BodyDigest>,
-        ctx: &'a FetchContext,
-    ) -> BoxFuture<'a, cloud::Result<Fetched>> {
-        self.get_job_since(target, job_id, known, ctx).boxed()
-    }
-}
+pub use source::{Fetch, JobSource, Target};
 
 /// Targets and the job ids tracked in each.
-pub type TargetJobs = Vec<(Arc<cloud::Target>, Vec<String>)>;
+pub type TargetJobs = Vec<(Arc<Target>, Vec<String>)>;
 
 /// Poller settings, taken from the configuration.
 #[derive(Debug, Clone)]
@@ -118,7 +94,6 @@ impl From<&crate::config::Config> for Settings {
 }
 
 struct Inner {
-    source: Arc<dyn JobSource>,
     settings: Settings,
     telemetry: Arc<Telemetry>,
     clock: Clock,
@@ -144,16 +119,10 @@ pub struct Poller {
 
 impl Poller {
     /// A poller over `targets`, each with its job ids.
-    pub fn new(
-        source: Arc<dyn JobSource>,
-        targets: TargetJobs,
-        settings: Settings,
-        telemetry: Arc<Telemetry>,
-    ) -> Self {
+    pub fn new(targets: TargetJobs, settings: Settings, telemetry: Arc<Telemetry>) -> Self {
         let cached = settings.mode == Mode::Cached;
         let poller = Self {
             inner: Arc::new(Inner {
-                source,
                 telemetry,
                 clock: Clock::new(),
                 state: Mutex::new(State::default()),
@@ -220,15 +189,15 @@ impl Poller {
     }
 
     /// The shared per-target parts of a target (labels, rate limiter, zeroed error series).
-    fn track(&self, state: &mut State, target: Arc<cloud::Target>) -> Arc<Tracked> {
+    fn track(&self, state: &mut State, target: Arc<Target>) -> Arc<Tracked> {
         self.inner
             .limiters
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(target.endpoint_key().to_string())
+            .entry(target.endpoint_key.clone())
             .or_insert_with(|| {
                 Arc::new(RateLimiter::new(
-                    target.endpoint_key(),
+                    &target.endpoint_key,
                     self.inner.settings.max_requests_per_second,
                 ))
             });
@@ -250,7 +219,7 @@ impl Poller {
     /// Adds one job to the tracked set without rebuilding it (a registration), unless this
     /// replica does not own it or it is remembered as dropped or acknowledged. The next scrape
     /// publishes it. Returns whether it was added.
-    pub fn add_job(&self, target: Arc<cloud::Target>, job_id: String) -> bool {
+    pub fn add_job(&self, target: Arc<Target>, job_id: String) -> bool {
         let t = &target;
         if !self.inner.settings.shard.owns(&t.scope, &job_id) {
             return false;
@@ -454,7 +423,7 @@ impl Poller {
         let now = self.inner.clock.now();
         let state = self.state();
         let items = state.jobs.values().map(|e| listing::Item {
-            target: &e.tracked.target,
+            scope: &e.tracked.target.scope,
             job_id: &e.job_id,
             job: e.job.as_ref(),
             fetch_ok: e.fetch_ok,
