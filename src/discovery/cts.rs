@@ -28,7 +28,7 @@ use crate::config::CTS_RETENTION;
 /// a minute after the operation (more when CTS is busy); five minutes covers that with room,
 /// and costs only re-reading five minutes of traces a cycle, which trace ids make free of
 /// double counting.
-pub const OVERLAP: Duration = Duration::from_secs(300);
+pub(crate) const OVERLAP: Duration = Duration::from_secs(300);
 
 const OVERLAP_MS: i64 = OVERLAP.as_millis() as i64;
 

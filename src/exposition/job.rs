@@ -164,7 +164,7 @@ impl Builder {
 }
 
 /// `reason` cut to [`FAIL_REASON_MAX`] characters, as `fail_reason` labels carry it.
-pub fn cut_reason(reason: &str) -> &str {
+pub(crate) fn cut_reason(reason: &str) -> &str {
     reason
         .char_indices()
         .nth(FAIL_REASON_MAX)
@@ -192,7 +192,7 @@ impl JobText {
 
     /// Reads the first byte of the common labels and of `family`'s section, so that they are
     /// in the cache when [`JobText::write_section`] copies them.
-    pub fn touch(&self, family: Family) -> u8 {
+    pub(crate) fn touch(&self, family: Family) -> u8 {
         let first = |at: usize| self.text.get(at).copied().unwrap_or_default();
         let i = family.section();
         let start = if i == 0 {
@@ -210,13 +210,13 @@ impl JobText {
 
     /// True when `other` writes the same lines of `family` (the same text shared, or equal
     /// labels and line tails).
-    pub fn same_section(&self, other: &JobText, family: Family) -> bool {
+    pub(crate) fn same_section(&self, other: &JobText, family: Family) -> bool {
         Arc::ptr_eq(&self.text, &other.text)
             || (self.base() == other.base() && self.tails(family) == other.tails(family))
     }
 
     /// Appends the lines of one family.
-    pub fn write_section(&self, family: Family, out: &mut Vec<u8>) {
+    pub(crate) fn write_section(&self, family: Family, out: &mut Vec<u8>) {
         let name = family.spec().name.as_bytes();
         let base = &self.text[..self.base_len as usize];
         let mut rest = self.tails(family);
@@ -283,7 +283,7 @@ pub fn status_label(job: &Job) -> &str {
 }
 
 /// The status label of a job whose status field was missing.
-pub const UNKNOWN_STATUS: &str = "UNKNOWN";
+pub(crate) const UNKNOWN_STATUS: &str = "UNKNOWN";
 
 /// Renders every per-job line of one job.
 pub fn render_job(v: &JobView<'_>) -> JobText {
@@ -299,7 +299,7 @@ pub fn render_job(v: &JobView<'_>) -> JobText {
 /// that come from the body alone are copied, and only those that move with each fetch (the
 /// running duration and the fetch families) are written again. Most fetches of a running job
 /// return the same body, and rendering it whole was about 7% of a refresh's CPU.
-pub fn rerender_fetch(v: &JobView<'_>, previous: &JobText) -> JobText {
+pub(crate) fn rerender_fetch(v: &JobView<'_>, previous: &JobText) -> JobText {
     let base = &previous.text[..previous.base_len as usize];
     render(v, Builder::new(base), Some(previous))
 }
@@ -445,7 +445,7 @@ pub(super) fn last_fetch_success(b: &mut Builder, v: &JobView<'_>) {
 
 /// The subjob_id label of the `i`th sub-job: its job_id, or `#i` when it has none (written
 /// into `fallback`).
-pub fn subjob_id<'a>(sub: &'a Job, i: usize, fallback: &'a mut String) -> &'a str {
+pub(crate) fn subjob_id<'a>(sub: &'a Job, i: usize, fallback: &'a mut String) -> &'a str {
     match sub.job_id.as_deref() {
         Some(id) => id,
         None => {

@@ -84,7 +84,7 @@ impl Poller {
     }
 
     /// Cached mode: refreshes every `refresh_interval` until `shutdown`.
-    pub async fn run_cached(self, shutdown: CancellationToken) {
+    pub(crate) async fn run_cached(self, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.inner.settings.refresh_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

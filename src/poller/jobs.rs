@@ -15,7 +15,7 @@ use crate::state::{Finished, JobRef, LastState};
 
 /// Counts for the landing page and `tracked_jobs`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TargetSummary {
+pub(crate) struct TargetSummary {
     /// Service, region and project.
     pub scope: Scope,
     /// Jobs still polled.
@@ -101,7 +101,7 @@ pub(super) struct State {
 /// Seconds after which a finished or acknowledged job no source lists is forgotten: retention,
 /// then as long again (at least an hour), so that registering it again in between is refused
 /// rather than fetched and counted again.
-pub fn forget_after(retention: f64) -> f64 {
+pub(crate) fn forget_after(retention: f64) -> f64 {
     retention + retention.max(3600.0)
 }
 

@@ -46,9 +46,8 @@ use jobs::{
 };
 use rate_limiter::RateLimiter;
 
-pub use jobs::{TargetSummary, forget_after};
-pub use label_caps::MAX_LABEL_VALUES;
-pub use recent_errors::RecentError;
+pub(crate) use jobs::{TargetSummary, forget_after};
+pub(crate) use recent_errors::RecentError;
 pub use source::{Fetch, JobSource, Target};
 
 /// Targets and the job ids tracked in each.
@@ -144,7 +143,7 @@ impl Poller {
     /// jobs no longer listed are dropped, the others keep their state and counters. Jobs
     /// already dropped by `terminal_retention` are not taken back, so a finished job listed in
     /// the config is neither fetched nor counted again. Returns (added, removed).
-    pub fn set_jobs(&self, targets: TargetJobs) -> (usize, usize) {
+    pub(crate) fn set_jobs(&self, targets: TargetJobs) -> (usize, usize) {
         let shard = self.inner.settings.shard;
         let (mut added, removed);
         {
@@ -219,7 +218,7 @@ impl Poller {
     /// Adds one job to the tracked set without rebuilding it (a registration), unless this
     /// replica does not own it or it is remembered as dropped or acknowledged. The next scrape
     /// publishes it. Returns whether it was added.
-    pub fn add_job(&self, target: Arc<Target>, job_id: String) -> bool {
+    pub(crate) fn add_job(&self, target: Arc<Target>, job_id: String) -> bool {
         let t = &target;
         if !self.inner.settings.shard.owns(&t.scope, &job_id) {
             return false;
@@ -272,13 +271,13 @@ impl Poller {
     }
 
     /// Whether the job is in the tracked set.
-    pub fn is_tracked(&self, job: &JobRef) -> bool {
+    pub(crate) fn is_tracked(&self, job: &JobRef) -> bool {
         self.state().jobs.contains_key(&job_key(job))
     }
 
     /// Takes back what the store remembers (at startup): finished jobs are exported from their
     /// last state until retention, without being fetched or counted again.
-    pub fn remember(&self, finished: Vec<Finished>) {
+    pub(crate) fn remember(&self, finished: Vec<Finished>) {
         let mut state = self.state();
         for f in finished {
             state.memory.insert(
@@ -293,7 +292,7 @@ impl Poller {
     }
 
     /// Stops exporting a job and remembers it as acknowledged; returns the record to persist.
-    pub fn acknowledge(&self, job: &JobRef) -> Finished {
+    pub(crate) fn acknowledge(&self, job: &JobRef) -> Finished {
         let now = self.inner.clock.now();
         let key = job_key(job);
         {
@@ -318,7 +317,7 @@ impl Poller {
 
     /// Makes jobs seen finished durable in `store` from now on (after each collection, before
     /// the snapshot that shows them is published).
-    pub fn persist_to(&self, store: Arc<Store>) {
+    pub(crate) fn persist_to(&self, store: Arc<Store>) {
         let _ = self.inner.store.set(store);
     }
 
@@ -350,7 +349,7 @@ impl Poller {
     }
 
     /// True once the first cached-mode refresh has finished (always true on demand).
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.inner.ready.load(std::sync::atomic::Ordering::Acquire)
     }
 
@@ -409,17 +408,17 @@ impl Poller {
     }
 
     /// Tracked jobs per target, for the landing page.
-    pub fn summary(&self) -> Vec<TargetSummary> {
+    pub(crate) fn summary(&self) -> Vec<TargetSummary> {
         summarize(&self.state())
     }
 
     /// The last failed fetches, alike ones counted together, latest last.
-    pub fn recent_errors(&self) -> Vec<RecentError> {
+    pub(crate) fn recent_errors(&self) -> Vec<RecentError> {
         self.state().recent_errors.iter().cloned().collect()
     }
 
     /// The tracked jobs that match `query`, failed ones first; see [`crate::listing`].
-    pub fn list_jobs(&self, query: &listing::Query) -> listing::Listing {
+    pub(crate) fn list_jobs(&self, query: &listing::Query) -> listing::Listing {
         let now = self.inner.clock.now();
         let state = self.state();
         let items = state.jobs.values().map(|e| listing::Item {

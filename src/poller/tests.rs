@@ -1,5 +1,6 @@
 //! The poller's behaviour end to end over a scripted job source.
 
+use super::label_caps::MAX_LABEL_VALUES;
 use super::*;
 use crate::cloud::{BodyDigest, FetchContext, FetchError, Fetched, Job, Status};
 use futures_util::FutureExt as _;

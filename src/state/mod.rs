@@ -60,7 +60,7 @@ impl JobRef {
     }
 
     /// Whether this job is in `scope`.
-    pub fn is_in(&self, scope: &Scope) -> bool {
+    pub(crate) fn is_in(&self, scope: &Scope) -> bool {
         scope.is(&self.cloud_service, &self.cloud_region, &self.project_id)
     }
 }
@@ -103,7 +103,7 @@ pub struct Discovered {
 }
 
 /// Discovered jobs kept after `terminal_retention` dropped them, at most.
-pub const MAX_GONE: usize = 100_000;
+pub(crate) const MAX_GONE: usize = 100_000;
 
 /// Where a CTS discovery task stands. Everything stamped before `until_ms` minus the overlap
 /// has been read, and so has `backlog` once it is gone.
@@ -203,7 +203,7 @@ pub struct Finished {
 /// One change to the store. Each is idempotent, which makes journal replay safe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum Op {
+pub(crate) enum Op {
     /// Adds a registration.
     Register(JobRef),
     /// Removes a registration.
@@ -348,7 +348,7 @@ const MAX_BATCH: usize = 4096;
 
 impl Store {
     /// A store without a file (no `state_file`): it lasts until the process ends.
-    pub fn in_memory() -> Self {
+    pub(crate) fn in_memory() -> Self {
         Self::start(None, Records::default(), None)
     }
 
@@ -395,7 +395,7 @@ impl Store {
 
     /// Applies `ops` and returns once they are durable; returns how many changed something.
     /// Concurrent calls share one fsync.
-    pub async fn commit(&self, ops: Vec<Op>) -> Result<usize> {
+    pub(crate) async fn commit(&self, ops: Vec<Op>) -> Result<usize> {
         for op in &ops {
             if let Some(j) = op.job() {
                 check(j).map_err(Error::Invalid)?;
@@ -433,7 +433,7 @@ impl Store {
     }
 
     /// Whether `job` is registered.
-    pub fn is_registered(&self, job: &JobRef) -> bool {
+    pub(crate) fn is_registered(&self, job: &JobRef) -> bool {
         self.records().registrations.contains(job)
     }
 
@@ -446,7 +446,7 @@ impl Store {
     }
 
     /// Removes registrations, durably; returns how many there were.
-    pub async fn unregister(&self, jobs: &[JobRef]) -> Result<usize> {
+    pub(crate) async fn unregister(&self, jobs: &[JobRef]) -> Result<usize> {
         let present: Vec<Op> = {
             let r = self.records();
             jobs.iter()
@@ -470,7 +470,7 @@ impl Store {
     }
 
     /// Whether `job` is a discovered job still tracked.
-    pub fn is_discovered(&self, job: &JobRef) -> bool {
+    pub(crate) fn is_discovered(&self, job: &JobRef) -> bool {
         self.records()
             .discovered
             .get(job)
@@ -478,7 +478,7 @@ impl Store {
     }
 
     /// Discovered jobs of one target still tracked.
-    pub fn discovered_count(&self, scope: &Scope) -> usize {
+    pub(crate) fn discovered_count(&self, scope: &Scope) -> usize {
         let from = JobRef::new(scope, "");
         self.records()
             .discovered
@@ -490,14 +490,14 @@ impl Store {
 
     /// Whether discovery must not add `job`: it was discovered already (even if since dropped),
     /// or seen finished, or acknowledged.
-    pub fn knows(&self, job: &JobRef) -> bool {
+    pub(crate) fn knows(&self, job: &JobRef) -> bool {
         let r = self.records();
         r.discovered.contains_key(job) || r.finished.contains_key(job)
     }
 
     /// Records what one discovery step found and, when given, where its task now stands,
     /// durably and together.
-    pub async fn put_discovery(
+    pub(crate) async fn put_discovery(
         &self,
         jobs: Vec<Discovered>,
         cursor: Option<(CursorKey, Cursor)>,
@@ -513,7 +513,7 @@ impl Store {
     /// Marks discovered jobs that `terminal_retention` dropped as gone at `now` (Unix seconds),
     /// durably, and removes the oldest gone ones past [`MAX_GONE`]; returns how many of `jobs`
     /// were tracked discovered jobs.
-    pub async fn discovered_gone(&self, jobs: &[JobRef], now: i64) -> Result<usize> {
+    pub(crate) async fn discovered_gone(&self, jobs: &[JobRef], now: i64) -> Result<usize> {
         let ops: Vec<Op> = {
             let r = self.records();
             let mut ops: Vec<Op> = jobs
@@ -576,7 +576,7 @@ impl Store {
     }
 
     /// Adds or replaces finished or acknowledged jobs, durably.
-    pub async fn put_finished(&self, jobs: &[Finished]) -> Result<()> {
+    pub(crate) async fn put_finished(&self, jobs: &[Finished]) -> Result<()> {
         self.commit(jobs.iter().cloned().map(Op::Finished).collect())
             .await
             .map(drop)
@@ -590,13 +590,13 @@ impl Store {
     }
 
     /// Whether any finished or acknowledged job was recorded before `t` (Unix seconds).
-    pub fn any_finished_before(&self, t: f64) -> bool {
+    pub(crate) fn any_finished_before(&self, t: f64) -> bool {
         self.records().finished.values().any(|f| f.at < t)
     }
 
     /// Forgets every finished or acknowledged job recorded before `t` (Unix seconds) for which
     /// `keep` is false; returns how many.
-    pub async fn forget_finished_before(
+    pub(crate) async fn forget_finished_before(
         &self,
         t: f64,
         keep: impl Fn(&JobRef) -> bool,
