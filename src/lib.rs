@@ -38,7 +38,7 @@
 //!   with retries, SDK-HMAC-SHA256 signing ([`cloud::signer`]),
 //!   credentials at run time ([`cloud::auth`]) and lenient decoding of job and error bodies
 //!   ([`cloud::model`]), of CTS traces ([`cloud::cts`]) and of the SDRS task centre
-//!   ([`cloud::task_center`]), with the bounded failure reasons. Job fetches go over keep-alive
+//!   (`cloud::task_center`), with the bounded failure reasons. Job fetches go over keep-alive
 //!   connections that the fetching task drives itself (`cloud::conn`, on hyper); reqwest makes
 //!   the other calls, and all of them behind a proxy.
 //! - [`discovery`]: jobs nobody listed, found per target through the Cloud Trace Service
@@ -62,7 +62,7 @@
 //!   label caps and recent errors in files of their own.
 //! - [`exposition`]: the job families, each declared once with its name, type, labels and
 //!   how it is written ([`exposition::family`]); per-job lines rendered when the job changes
-//!   ([`exposition::job`]), aggregates over each target's jobs ([`exposition::aggregate`]),
+//!   ([`exposition::job`]), aggregates over each target's jobs (`exposition::aggregate`),
 //!   and the text and OpenMetrics formats.
 //! - [`families`]: which job families are exported (the allowlist or denylist), applied as jobs
 //!   are rendered and snapshots are built.

@@ -2,7 +2,7 @@
 //! signature, a secret as configured (and the file to re-read when it rotates), and how each
 //! account authenticates.
 //!
-//! A leaf: it depends on no other module of the crate but [`crate::files`] (bounded reads), so
+//! A leaf: it depends on no other module of the crate but `crate::files` (bounded reads), so
 //! the configuration, the cloud client and the registration API all share it without importing
 //! each other.
 

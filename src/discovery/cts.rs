@@ -3,7 +3,7 @@
 //! `meta_data.marker`), each trace whose response holds a job id adding that job.
 //!
 //! Windows. The first reaches `lookback` back. Each next one starts at the previous `to` minus
-//! [`OVERLAP`], because CTS records a trace about a minute after the operation: a trace stamped
+//! `OVERLAP`, because CTS records a trace about a minute after the operation: a trace stamped
 //! inside a window already read can appear after that window was read. Trace ids read within
 //! the overlap are remembered (in the cursor, so also across restarts) and not counted twice;
 //! older ones are forgotten, which keeps that memory to a few minutes of traces.

@@ -1,7 +1,7 @@
 //! The job metric families, each declared once: name, type, labels, help and how its samples
 //! are written. Everything else that lists families (the sections of a job's text, the order of
 //! `/metrics`, the allowlist and denylist, docs/metrics.md) is derived from or checked against
-//! [`FAMILIES`].
+//! `FAMILIES`.
 
 use super::{aggregate, job};
 

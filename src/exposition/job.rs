@@ -17,7 +17,7 @@ use crate::families::Families;
 /// line. So they are kept once: `text` holds those common labels, then only the tail of each
 /// line (`,job_type="…",status="…"} 0\n`), each after its length (one byte, or 255 and four
 /// bytes little-endian), so that a scrape copies lines without looking for their ends;
-/// [`JobText::write_section`] puts name and labels back. A job is held in about a quarter of
+/// `JobText::write_section` puts name and labels back. A job is held in about a quarter of
 /// the bytes it exports (BENCHMARKS.md: 100,000 jobs export 320 MB of text).
 ///
 /// Cloning shares the text. The offsets sit beside the pointer rather than behind it, so a

@@ -4,12 +4,12 @@
 //! through its GaugeVecs and 250 ms with `prometheus-client` on this project's 2-core machine,
 //! against a 25 ms budget (figures in BENCHMARKS.md). So each job's lines
 //! are rendered once, when the job changes, into a [`JobText`]; a scrape only concatenates them
-//! (see [`crate::snapshot`]). Terminal jobs never change, so most of a large fleet is never
+//! (see `crate::snapshot`). Terminal jobs never change, so most of a large fleet is never
 //! rendered again.
 //!
 //! - [`family`]: every job family declared once: name, type, labels, help, how it is written.
 //! - [`job`]: the per-job families, one job's lines held as a [`JobText`].
-//! - [`aggregate`]: the families over all the jobs of a target (counts, counters, histogram).
+//! - `aggregate`: the families over all the jobs of a target (counts, counters, histogram).
 //! - this module: the formats (text, OpenMetrics), headers, escaping and sample lines.
 
 pub(crate) mod aggregate;

@@ -1,8 +1,8 @@
 //! The poller: tracked jobs, their last known state, and the two ways of refreshing them
 //! (`mode` in docs/configuration.md).
 //!
-//! - cached mode: [`Poller::run_cached`] polls the active jobs every `refresh_interval` and
-//!   publishes a new [`Snapshot`]; a scrape reads the last one.
+//! - cached mode: `Poller::run_cached` polls the active jobs every `refresh_interval` and
+//!   publishes a new `Snapshot`; a scrape reads the last one.
 //! - on-demand mode: [`Poller::scrape`] collects within the scrape's deadline; concurrent scrapes
 //!   share one collection.
 //!

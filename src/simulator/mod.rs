@@ -3,7 +3,7 @@
 //!
 //! It serves `GET /v1/{project_id}/jobs/{job_id}` (optionally under a `/{service}` prefix, so
 //! one simulator can stand in for several endpoints), Cloud Trace Service's trace list
-//! ([`cts`]) and SDRS's task centre ([`task_center`]), verifies SDK-HMAC-SHA256 signatures the way
+//! (`cts`) and SDRS's task centre (`task_center`), verifies SDK-HMAC-SHA256 signatures the way
 //! API Gateway does (401 with an APIG-shaped body on a bad signature, an unknown key or an
 //! `X-Sdk-Date` more than 15 minutes off), plays scripted lifecycles, and injects faults per job
 //! or globally. A small control API under `/_sim/` lets out-of-process tests steer it.

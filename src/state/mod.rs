@@ -7,7 +7,7 @@
 //!   jobs an operator acknowledged.
 //!
 //! One interface for all of them: reads answer from memory; every change goes through
-//! [`Store::commit`], which returns once the change is on disk (fsynced) when a `state_file` is
+//! `Store::commit`, which returns once the change is on disk (fsynced) when a `state_file` is
 //! set. Concurrent commits share one journal append and one fsync (group commit): a dedicated
 //! writer thread takes every change queued while the previous fsync ran, so the async workers
 //! never block on the disk and the cost of a registration does not grow with the number of
@@ -97,7 +97,7 @@ pub struct Discovered {
     pub found_at: i64,
     /// When `terminal_retention` dropped it (Unix seconds): it is no longer tracked, and kept
     /// only so that a listing still showing it (the task centre lists failed jobs for weeks)
-    /// does not bring it back. At most [`MAX_GONE`] are kept, the oldest go first.
+    /// does not bring it back. At most `MAX_GONE` are kept, the oldest go first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gone_at: Option<i64>,
 }

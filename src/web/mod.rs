@@ -24,7 +24,7 @@
 //! - `tls`: `tls_server_config` as a rustls server configuration.
 //! - `basic_auth`: `basic_auth_users`, checked with bcrypt and cached.
 //! - `serve`: the accept loop, the connection limits and the graceful stop.
-//! - here: the settings in force ([`Web`]), their hot reload, and the guard every request
+//! - here: the settings in force (`Web`), their hot reload, and the guard every request
 //!   passes.
 
 mod basic_auth;
