@@ -82,7 +82,9 @@
 //!
 //! Modules are public only when the binary, the benchmarks, the integration tests or the fuzz
 //! targets need them; `files`, `http`, `listing`, `pages`, `registry`, `reload` and `snapshot`
-//! serve the crate alone and stay private.
+//! serve the crate alone and stay private. Within the public ones, likewise, an item is
+//! `pub` only when one of them uses it (or the public items they use expose it), and
+//! `pub(crate)` otherwise.
 
 pub mod check;
 pub mod cli;
