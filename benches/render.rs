@@ -14,12 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
-use futures_util::future::BoxFuture;
 use huaweicloud_job_exporter::cloud::{self, Job, model};
 use huaweicloud_job_exporter::config::Mode;
-use huaweicloud_job_exporter::poller::{JobSource, Poller, Settings, TargetJobs};
+use huaweicloud_job_exporter::poller::{Fetch, JobSource, Poller, Settings, Target, TargetJobs};
 use huaweicloud_job_exporter::scope::Scope;
-use huaweicloud_job_exporter::secret::{Credentials, Secret};
 use huaweicloud_job_exporter::simulator::{self, FleetShape};
 use huaweicloud_job_exporter::telemetry::Telemetry;
 
@@ -28,11 +26,10 @@ struct Fixed(HashMap<String, Job>);
 impl JobSource for Fixed {
     fn fetch<'a>(
         &'a self,
-        _: &'a cloud::Target,
         id: &'a str,
         _: Option<cloud::BodyDigest>,
         _: &'a cloud::FetchContext,
-    ) -> BoxFuture<'a, cloud::Result<cloud::Fetched>> {
+    ) -> Fetch<'a> {
         async move {
             let job = self.0.get(id).cloned().ok_or(cloud::FetchError::Timeout)?;
             Ok(cloud::Fetched::Job(job, None))
@@ -60,19 +57,16 @@ fn fleet(n: usize) -> (HashMap<String, Job>, TargetJobs) {
             .or_default()
             .push(s.job_id.clone());
     }
+    let source: Arc<dyn JobSource> = Arc::new(Fixed(jobs.clone()));
     let targets = by_service
         .into_iter()
         .map(|(svc, ids)| {
-            let t = cloud::Target::new(
-                "bench",
-                Scope::new(&svc, "cn-north-4", simulator::DEMO_PROJECT_ID),
-                &format!("http://127.0.0.1:1/{svc}"),
-                Credentials {
-                    access_key: Secret::new("a"),
-                    secret_key: Secret::new("b"),
-                    security_token: None,
-                },
-            );
+            let t = Target {
+                account: "bench".into(),
+                scope: Scope::new(&svc, "cn-north-4", simulator::DEMO_PROJECT_ID),
+                endpoint_key: "127.0.0.1:1".into(),
+                source: Arc::clone(&source),
+            };
             (Arc::new(t), ids)
         })
         .collect();
@@ -226,7 +220,6 @@ fn main() {
     for n in sizes {
         let (jobs, targets) = fleet(n);
         let poller = Poller::new(
-            Arc::new(Fixed(jobs.clone())),
             targets,
             Settings {
                 mode: Mode::Cached,

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::telemetry::Telemetry;
 
 /// The job id asked for: a well-formed UUID no job will ever have.
-pub const PROBE_JOB_ID: &str = "00000000-0000-0000-0000-000000000000";
+pub(crate) const PROBE_JOB_ID: &str = "00000000-0000-0000-0000-000000000000";
 
 /// What one request to one target proved.
 #[derive(Debug, Clone, PartialEq, Eq)]

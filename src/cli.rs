@@ -74,9 +74,9 @@ pub struct ExporterArgs {
 }
 
 /// The flag of the families kept, named in errors.
-pub const ALLOWLIST_FLAG: &str = "--collector.metric-allowlist";
+pub(crate) const ALLOWLIST_FLAG: &str = "--collector.metric-allowlist";
 /// The flag of the families left out, named in errors.
-pub const DENYLIST_FLAG: &str = "--collector.metric-denylist";
+pub(crate) const DENYLIST_FLAG: &str = "--collector.metric-denylist";
 
 /// Flags shared by the exporter and `demo`.
 #[derive(Debug, Clone, Args)]

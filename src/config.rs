@@ -22,7 +22,7 @@ const DENYLIST_KEY: &str = "metric_denylist";
 
 /// Where secrets and the SDK fallback variables are looked up. `main` passes the process
 /// environment; tests pass a map, so nothing global is mutated.
-pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub(crate) type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// One problem found in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,10 +207,10 @@ struct RawJobsFile {
 }
 
 /// Default base URL of the ECS metadata service.
-pub const METADATA_URL: &str = "http://169.254.169.254";
+pub(crate) const METADATA_URL: &str = "http://169.254.169.254";
 
 /// Default time before expiry at which tokens and temporary keys are refreshed.
-pub const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(3600);
+pub(crate) const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(3600);
 
 /// A (account, service, region, project) and the jobs tracked in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,25 +229,25 @@ pub struct Target {
 
 /// Services whose asynchronous jobs this exporter is known to read (`cloud_service`): others
 /// are accepted with a warning.
-pub const KNOWN_SERVICES: &[&str] = &["evs", "sdrs", "ecs", "bms", "ims", "vpc"];
+pub(crate) const KNOWN_SERVICES: &[&str] = &["evs", "sdrs", "ecs", "bms", "ims", "vpc"];
 
 /// Shortest discovery `interval`: each CTS cycle costs at least one request, and the traces
 /// themselves arrive about a minute late, so asking more often finds nothing sooner.
-pub const MIN_DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const MIN_DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How far back CTS can be queried at all; `lookback` and a resumed cursor stop there.
-pub const CTS_RETENTION: Duration = Duration::from_secs(7 * 86400);
+pub(crate) const CTS_RETENTION: Duration = Duration::from_secs(7 * 86400);
 
 /// Default `max_discovered_jobs`: a busy project creates a few thousand asynchronous jobs a
 /// week (the simulated busy project of BENCHMARKS.md makes 10,000 traces an hour, about a
 /// tenth of them with a job), and the poller handles 10,000 active jobs per replica in about 1%
 /// of a core. Beyond this, a runaway script or a misconfigured target should not be able to
 /// grow the tracked set without bound: jobs past it are counted and logged, not tracked.
-pub const DEFAULT_MAX_DISCOVERED_JOBS: usize = 10_000;
+pub(crate) const DEFAULT_MAX_DISCOVERED_JOBS: usize = 10_000;
 
 /// Default `max_pages` of one discovery cycle: 50 pages of 200 traces is 10,000 traces, an
 /// hour of the busiest project we measured, in 50 requests; the rest is picked up next cycle.
-pub const DEFAULT_MAX_PAGES: u32 = 50;
+pub(crate) const DEFAULT_MAX_PAGES: u32 = 50;
 
 /// A target's discovery sources (`discover:`); both absent when it has none.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -385,7 +385,7 @@ impl Config {
 
     /// The files this configuration was read from, with their modification times and sizes:
     /// the file watcher reloads when this changes (a new jobs file included).
-    pub fn fingerprint(&self) -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
+    pub(crate) fn fingerprint(&self) -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
         let mut files: Vec<PathBuf> = self.path.iter().cloned().collect();
         for pattern in &self.jobs_file_patterns {
             if let Ok(paths) = glob::glob(pattern) {
@@ -426,7 +426,7 @@ impl Config {
     }
 
     /// Settings that only a restart applies, for a warning when a reload changes them.
-    pub fn restart_settings(&self) -> String {
+    pub(crate) fn restart_settings(&self) -> String {
         format!(
             "mode={:?} refresh_interval={:?} scrape_timeout={:?} request_timeout={:?} max_concurrency={} max_requests_per_second={} max_response_bytes={} job_limits={:?} terminal_retention={:?} api={:?} state_file={:?} max_discovered_jobs={} metric_allowlist={:?} metric_denylist={:?}",
             self.mode,

@@ -23,7 +23,7 @@ use crate::simulator::{self, Fault, FleetShape, GlobalFault, JobScript, Simulato
 use crate::{Exporter, Result, WebOptions};
 
 /// Region the demo's targets claim.
-pub const DEMO_REGION: &str = "cn-north-4";
+pub(crate) const DEMO_REGION: &str = "cn-north-4";
 
 /// The demo's jobs.
 pub fn fleet() -> Vec<JobScript> {
@@ -41,7 +41,7 @@ pub fn fleet() -> Vec<JobScript> {
 }
 
 /// IAM user the demo's SDRS target signs in as (simulator only).
-pub const DEMO_IAM_USER: (&str, &str, &str) = (
+pub(crate) const DEMO_IAM_USER: (&str, &str, &str) = (
     "demo-domain",
     "job-exporter",
     "demo-password-for-the-simulator-only",
@@ -77,7 +77,7 @@ pub fn faults() -> Vec<GlobalFault> {
 
 /// How often the demo's targets ask CTS and the task centre: the shortest interval allowed, so
 /// discovered jobs show up within seconds of their trace.
-pub const DEMO_DISCOVERY_INTERVAL: Duration = crate::config::MIN_DISCOVERY_INTERVAL;
+pub(crate) const DEMO_DISCOVERY_INTERVAL: Duration = crate::config::MIN_DISCOVERY_INTERVAL;
 
 /// True for the jobs the demo lists in its configuration (one in three); the rest are left to
 /// discovery.

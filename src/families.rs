@@ -51,7 +51,7 @@ impl Default for Families {
 }
 
 /// Every family name, in bit order.
-pub fn known_names() -> Vec<&'static str> {
+pub(crate) fn known_names() -> Vec<&'static str> {
     FAMILIES.iter().map(|f| f.name).collect()
 }
 
@@ -67,7 +67,7 @@ fn bit(name: &str, origin: &str) -> Result<u32> {
 
 /// Checks one family name of `origin` (a flag) as it is parsed, so that an unknown one stops
 /// the exporter with the flag named, before it binds a port.
-pub fn parse_name(name: &str, origin: &str) -> Result<String> {
+pub(crate) fn parse_name(name: &str, origin: &str) -> Result<String> {
     bit(name, origin).map(|_| name.trim().to_string())
 }
 

@@ -181,7 +181,7 @@ thread_local! {
 }
 
 /// Compresses `text` as one block with this thread's encoder.
-pub fn compress(text: &[u8]) -> Result<Block> {
+pub(crate) fn compress(text: &[u8]) -> Result<Block> {
     DEFLATER.with(|d| d.borrow_mut().get_or_insert_with(Deflater::new).block(text))
 }
 
@@ -194,7 +194,7 @@ pub fn accepted(accept_encoding: &str) -> bool {
 /// Whether an `Accept-Encoding` value lets the body go uncompressed: identity is acceptable
 /// unless `identity;q=0`, or `*;q=0` without an `identity` entry of its own, refuses it
 /// (RFC 9110 §12.5.3).
-pub fn identity_accepted(accept_encoding: &str) -> bool {
+pub(crate) fn identity_accepted(accept_encoding: &str) -> bool {
     quality(accept_encoding, &["identity"]).is_none_or(|q| q > 0.0)
 }
 

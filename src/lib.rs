@@ -38,38 +38,40 @@
 //!   with retries, SDK-HMAC-SHA256 signing ([`cloud::signer`]),
 //!   credentials at run time ([`cloud::auth`]) and lenient decoding of job and error bodies
 //!   ([`cloud::model`]), of CTS traces ([`cloud::cts`]) and of the SDRS task centre
-//!   ([`cloud::task_center`]), with the bounded failure reasons. Job fetches go over keep-alive
+//!   (`cloud::task_center`), with the bounded failure reasons. Job fetches go over keep-alive
 //!   connections that the fetching task drives itself (`cloud::conn`, on hyper); reqwest makes
 //!   the other calls, and all of them behind a proxy.
 //! - [`discovery`]: jobs nobody listed, found per target through the Cloud Trace Service
 //!   ([`discovery::cts`]) and the SDRS task centre ([`discovery::failure_jobs`]); what it found
 //!   and each cursor are kept in the state store.
-//! - `reload`: the tracked set and its one owner, [`reload::Control`]: configuration reloads,
+//! - `reload`: the tracked set and its one owner, `reload::Control`: configuration reloads,
 //!   the accounts' credential providers, registered and discovered jobs, merged in
-//!   [`reload::Control::apply`].
+//!   `reload::Control::apply`.
 //! - `registry`: the registration API's rules (bearer token, ids, configured target, shard,
-//!   jobs dropped after finishing); changes go through [`reload::Control`].
+//!   jobs dropped after finishing); changes go through `reload::Control`.
 //! - [`state`]: the durable store (registrations, discovered jobs and cursors, jobs seen
 //!   finished or acknowledged): group-committed journal plus snapshot, fsynced before an answer.
 //! - [`shard`]: which replica owns a job.
 //! - `listing`: which tracked jobs the `/jobs` page shows, failed ones first, bounded.
-//! - `pages`: the HTML of `/jobs` and of the landing page's sections.
-//! - [`poller`]: tracked jobs, concurrency and rate limits, cached and on-demand collection: the
-//!   tracked jobs and what outlives them (`poller::jobs`), what a fetch result does to them
+//! - `pages`: the HTML of the landing page and of `/jobs`.
+//! - [`poller`]: tracked jobs, concurrency and rate limits, cached and on-demand collection:
+//!   where jobs come from ([`poller::Target`] and [`poller::JobSource`], `poller::source`; the
+//!   cloud client and its credentials sit behind that trait, so the poller's tests need none),
+//!   the tracked jobs and what outlives them (`poller::jobs`), what a fetch result does to them
 //!   (`poller::apply`), the collection loop (`poller::collect`), the per-endpoint rate limiter,
 //!   label caps and recent errors in files of their own.
 //! - [`exposition`]: the job families, each declared once with its name, type, labels and
 //!   how it is written ([`exposition::family`]); per-job lines rendered when the job changes
-//!   ([`exposition::job`]), aggregates over each target's jobs ([`exposition::aggregate`]),
+//!   ([`exposition::job`]), aggregates over each target's jobs (`exposition::aggregate`),
 //!   and the text and OpenMetrics formats.
 //! - [`families`]: which job families are exported (the allowlist or denylist), applied as jobs
 //!   are rendered and snapshots are built.
 //! - `snapshot`: the immutable view a scrape serves, plain and as stored deflate blocks.
 //! - [`gzip`]: gzip bodies joined from deflate blocks compressed once, when their text changed.
 //! - [`telemetry`]: the exporter's own metrics.
-//! - `http`: the landing page, `/jobs`, `/metrics`, health, readiness, `/-/reload`, and the
-//!   registration API `/api/v1/jobs` (`http::api`: one layer checks its token, its errors
-//!   render themselves as JSON).
+//! - `http`: the router with `/metrics`, health, readiness and `/-/reload`; the landing page
+//!   and `/jobs` handlers (`http::pages`); the registration API `/api/v1/jobs` (`http::api`:
+//!   one layer checks its token, its errors render themselves as JSON).
 //! - [`web`]: `--web.config.file` and the HTTP limits (connections per client address among
 //!   them): the file's schema (`web::config`), TLS (`web::tls`), basic auth
 //!   (`web::basic_auth`), and the accept loop (`web::serve`, hyper) that [`Exporter::run`]
@@ -80,7 +82,9 @@
 //!
 //! Modules are public only when the binary, the benchmarks, the integration tests or the fuzz
 //! targets need them; `files`, `http`, `listing`, `pages`, `registry`, `reload` and `snapshot`
-//! serve the crate alone and stay private.
+//! serve the crate alone and stay private. Within the public ones, likewise, an item is
+//! `pub` only when one of them uses it (or the public items they use expose it), and
+//! `pub(crate)` otherwise.
 
 pub mod check;
 pub mod cli;
@@ -259,7 +263,6 @@ impl Exporter {
         };
         discovery.store = Some(Arc::clone(&store));
         let poller = Poller::new(
-            Arc::new(client.clone()),
             Vec::new(),
             poller::Settings::from(&config),
             Arc::clone(&telemetry),

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::cloud::{Job, Status, Target};
+use crate::cloud::{Job, Status};
 use crate::scope::Scope;
 
 /// Most rows a listing returns, whatever is asked.
@@ -59,8 +59,8 @@ impl Group {
 
 /// One tracked job, as the poller holds it.
 pub struct Item<'a> {
-    /// Its target.
-    pub target: &'a Target,
+    /// Its target's service, region and project.
+    pub scope: &'a Scope,
     /// Its id.
     pub job_id: &'a str,
     /// The last decoded body (finished jobs keep only part of it).
@@ -126,11 +126,11 @@ fn group(job: Option<&Job>, now: f64) -> Group {
 
 impl Query {
     fn matches(&self, item: &Item<'_>, group: Group) -> bool {
-        let t = item.target;
+        let s = item.scope;
         let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
-        if !(eq(&self.cloud_service, &t.scope.cloud_service)
-            && eq(&self.cloud_region, &t.scope.cloud_region)
-            && eq(&self.project_id, &t.scope.project_id))
+        if !(eq(&self.cloud_service, &s.cloud_service)
+            && eq(&self.cloud_region, &s.cloud_region)
+            && eq(&self.project_id, &s.project_id))
         {
             return false;
         }
@@ -186,7 +186,7 @@ pub fn select<'a>(items: impl Iterator<Item = Item<'a>>, query: &Query, now: f64
             let job = item.job;
             let failed = group == Group::Failed;
             Row {
-                scope: item.target.scope.clone(),
+                scope: item.scope.clone(),
                 job_id: item.job_id.to_string(),
                 job_type: job.and_then(|j| j.job_type.clone()).unwrap_or_default(),
                 status: job
@@ -215,20 +215,6 @@ pub fn select<'a>(items: impl Iterator<Item = Item<'a>>, query: &Query, now: f64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::{Credentials, Secret};
-
-    fn target(service: &str) -> Target {
-        Target::new(
-            "a",
-            Scope::new(service, "r", "p"),
-            "http://127.0.0.1:1",
-            Credentials {
-                access_key: Secret::new("a"),
-                secret_key: Secret::new("b"),
-                security_token: None,
-            },
-        )
-    }
 
     fn job(status: &str, begin: f64, end: Option<f64>) -> Job {
         Job {
@@ -244,7 +230,7 @@ mod tests {
 
     #[test]
     fn failed_then_stuck_then_running_by_age_then_succeeded() {
-        let evs = target("evs");
+        let evs = Scope::new("evs", "r", "p");
         let now = 100_000.0;
         let jobs = [
             ("ok-old", Some(job("SUCCESS", 10.0, Some(20.0)))),
@@ -258,7 +244,7 @@ mod tests {
         ];
         let items = || {
             jobs.iter().map(|(id, j)| Item {
-                target: &evs,
+                scope: &evs,
                 job_id: id,
                 job: j.as_ref(),
                 fetch_ok: j.is_some(),
@@ -315,10 +301,10 @@ mod tests {
 
     #[test]
     fn the_limit_is_capped() {
-        let evs = target("evs");
+        let evs = Scope::new("evs", "r", "p");
         let ids: Vec<String> = (0..MAX_ROWS + 10).map(|i| format!("j{i}")).collect();
         let items = ids.iter().map(|id| Item {
-            target: &evs,
+            scope: &evs,
             job_id: id,
             job: None,
             fetch_ok: false,

@@ -43,7 +43,7 @@ pub fn init(level: LogLevel, format: LogFormat) {
 /// The logfmt event format: `ts`, `level`, `caller`, `msg`, then the event's fields in the
 /// order given, values quoted only when they need it (go-logfmt's rule).
 #[derive(Debug, Clone, Copy)]
-pub struct Logfmt {
+pub(crate) struct Logfmt {
     clock: fn() -> DateTime<Utc>,
 }
 
@@ -55,7 +55,8 @@ impl Default for Logfmt {
 
 impl Logfmt {
     /// A format whose `ts` comes from `clock` (tests fix it).
-    pub fn with_clock(clock: fn() -> DateTime<Utc>) -> Self {
+    #[cfg(test)]
+    fn with_clock(clock: fn() -> DateTime<Utc>) -> Self {
         Self { clock }
     }
 }

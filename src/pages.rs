@@ -1,13 +1,16 @@
-//! The HTML an operator reads without Grafana: the `/jobs` page (and its JSON twin) and the
-//! landing page's sections on credentials and recent errors. Server-rendered, no JavaScript,
-//! every value from the cloud or the configuration escaped.
+//! The HTML an operator reads without Grafana: the landing page and the `/jobs` page (and its
+//! JSON twin). Server-rendered, no JavaScript, every value from the cloud or the configuration
+//! escaped.
 
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Mode;
+use crate::discovery;
 use crate::listing::{self, Listing, MAX_ROWS, Row};
-use crate::poller::RecentError;
+use crate::poller::{RecentError, TargetSummary};
+use crate::scope::Scope;
 use crate::telemetry::AccountStatus;
 
 /// The style sheet of every page: plain, readable tables and status colours.
@@ -277,6 +280,131 @@ pub fn jobs_html(listing: &Listing, params: &Params) -> String {
         stuck = listing::STUCK_AFTER_SECONDS / 3600.0,
         json = escape_html(&json_link),
     )
+}
+
+/// What the landing page shows.
+pub struct Landing<'a> {
+    /// Cached or on demand.
+    pub mode: Mode,
+    /// Whether the first refresh has finished.
+    pub ready: bool,
+    /// When the last cached-mode refresh finished (Unix seconds).
+    pub last_refresh: Option<f64>,
+    /// The page's time (Unix seconds).
+    pub now: f64,
+    /// Where the metrics are served.
+    pub telemetry_path: &'a str,
+    /// Tracked jobs per target.
+    pub targets: &'a [TargetSummary],
+    /// The discovery tasks, in any order.
+    pub discovery: Vec<discovery::Status>,
+    /// The accounts and their credentials.
+    pub accounts: &'a [(String, AccountStatus)],
+    /// The last failed fetches, latest last.
+    pub errors: &'a [RecentError],
+}
+
+/// The landing page.
+pub fn landing_html(page: Landing<'_>) -> String {
+    let mode = match page.mode {
+        Mode::Cached => "cached",
+        Mode::OnDemand => "on_demand",
+    };
+    let refreshed = match (page.mode, page.last_refresh) {
+        (Mode::OnDemand, _) => "each scrape collects (on demand)".to_string(),
+        (Mode::Cached, Some(t)) => format!("{} ({} ago)", time(t), age(page.now - t)),
+        (Mode::Cached, None) => "not yet".to_string(),
+    };
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Huawei Cloud Job Exporter</title>\
+<style>{STYLE}</style></head>\
+<body><h1>Huawei Cloud Job Exporter</h1>\
+<p>Version {version} (revision {revision}), mode <b>{mode}</b>, {ready}. Last refresh: {refreshed}.</p>\
+<ul><li><a href=\"/jobs\">Jobs</a> (failed and stuck first)</li><li><a href=\"{path}\">Metrics</a></li><li><a href=\"/-/healthy\">Health</a></li><li><a href=\"/-/ready\">Readiness</a></li></ul>\
+<h2>Tracked jobs</h2>{targets}\
+<h2>Discovery</h2>{discovery}\
+<h2>Credentials</h2>{accounts}\
+<h2>Recent fetch errors</h2>{errors}\
+</body></html>\n",
+        version = env!("CARGO_PKG_VERSION"),
+        revision = crate::REVISION,
+        ready = if page.ready { "ready" } else { "not ready yet" },
+        path = escape_html(page.telemetry_path),
+        targets = targets_html(page.targets),
+        discovery = discovery_html(page.discovery),
+        accounts = accounts_html(page.accounts, page.now),
+        errors = errors_html(page.errors),
+    )
+}
+
+/// A target's `cloud_service`, `cloud_region` and `project_id` cells.
+fn scope_cells(out: &mut String, scope: &Scope) {
+    let _ = write!(
+        out,
+        "<td>{}</td><td>{}</td><td class=\"id\">{}</td>",
+        escape_html(&scope.cloud_service),
+        escape_html(&scope.cloud_region),
+        escape_html(&scope.project_id),
+    );
+}
+
+/// The landing page's tracked jobs per target, each linked to its `/jobs` listing.
+fn targets_html(targets: &[TargetSummary]) -> String {
+    let mut out = String::from(
+        "<table><tr><th>cloud_service</th><th>cloud_region</th><th>project_id</th><th>active</th><th>terminal</th><th>last fetch failed</th><th></th></tr>",
+    );
+    for t in targets {
+        let filter = serde_urlencoded::to_string([
+            ("cloud_service", t.scope.cloud_service.as_str()),
+            ("cloud_region", t.scope.cloud_region.as_str()),
+            ("project_id", t.scope.project_id.as_str()),
+        ])
+        .unwrap_or_default();
+        out.push_str("<tr>");
+        scope_cells(&mut out, &t.scope);
+        let _ = write!(
+            out,
+            "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td><a href=\"/jobs?{}\">jobs</a></td></tr>",
+            t.active,
+            t.terminal,
+            t.failing,
+            escape_html(&filter),
+        );
+    }
+    if targets.is_empty() {
+        out.push_str("<tr><td colspan=\"7\" class=\"muted\">none</td></tr>");
+    }
+    out.push_str("</table>");
+    out
+}
+
+/// The landing page's discovery tasks, by target and source.
+fn discovery_html(mut statuses: Vec<discovery::Status>) -> String {
+    let mut out = String::from(
+        "<table><tr><th>cloud_service</th><th>cloud_region</th><th>project_id</th><th>source</th><th>last success</th><th>jobs found</th><th>last error</th></tr>",
+    );
+    statuses.sort_by(|a, b| (&a.scope, a.source).cmp(&(&b.scope, b.source)));
+    for d in &statuses {
+        let when = d
+            .last_success
+            .map(time)
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| "never".to_string());
+        out.push_str("<tr>");
+        scope_cells(&mut out, &d.scope);
+        let _ = write!(
+            out,
+            "<td>{}</td><td>{when}</td><td>{}</td><td>{}</td></tr>",
+            d.source.as_str(),
+            d.jobs_found,
+            escape_html(d.last_error.as_deref().unwrap_or("none"))
+        );
+    }
+    if statuses.is_empty() {
+        out.push_str("<tr><td colspan=\"7\">no target discovers jobs (discover: in the configuration)</td></tr>");
+    }
+    out.push_str("</table>");
+    out
 }
 
 /// The landing page's credentials table.

@@ -21,9 +21,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::cloud::{self, auth::Provider};
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::discovery::Discovery;
-use crate::poller::{Poller, TargetJobs};
+use crate::poller::{self, Poller, TargetJobs};
 use crate::scope::Scope;
 use crate::secret::AccountAuth;
 use crate::state::{JobRef, Store};
@@ -211,15 +211,7 @@ impl Control {
                     {
                         jobs.extend(more);
                     }
-                    Some((
-                        Arc::new(cloud::Target::with_provider(
-                            &t.account,
-                            t.scope.clone(),
-                            &t.endpoint,
-                            Arc::clone(provider),
-                        )),
-                        jobs,
-                    ))
+                    Some((self.poller_target(t, provider), jobs))
                 })
                 .collect()
         };
@@ -487,19 +479,26 @@ impl Control {
                 job.is_in(&t.scope)
                     .then(|| cur.providers.get(&t.account))
                     .flatten()
-                    .map(|(_, p)| {
-                        Arc::new(cloud::Target::with_provider(
-                            &t.account,
-                            t.scope.clone(),
-                            &t.endpoint,
-                            Arc::clone(p),
-                        ))
-                    })
+                    .map(|(_, p)| self.poller_target(t, p))
             })
         };
         if let Some(target) = target {
             self.poller.add_job(target, job.job_id);
         }
+    }
+
+    /// What the poller knows of a configured target: its jobs are fetched through the shared
+    /// client, signed by `provider`.
+    fn poller_target(&self, t: &config::Target, provider: &Arc<Provider>) -> Arc<poller::Target> {
+        Arc::new(poller::Target::cloud(
+            self.client.clone(),
+            cloud::Target::with_provider(
+                &t.account,
+                t.scope.clone(),
+                &t.endpoint,
+                Arc::clone(provider),
+            ),
+        ))
     }
 
     /// Stops tracking a job: a registration is removed; a configured or discovered job is

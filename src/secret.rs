@@ -2,7 +2,7 @@
 //! signature, a secret as configured (and the file to re-read when it rotates), and how each
 //! account authenticates.
 //!
-//! A leaf: it depends on no other module of the crate but [`crate::files`] (bounded reads), so
+//! A leaf: it depends on no other module of the crate but `crate::files` (bounded reads), so
 //! the configuration, the cloud client and the registration API all share it without importing
 //! each other.
 
@@ -45,7 +45,7 @@ impl Secret {
     }
 
     /// The value, for signing. Callers must not log it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -145,7 +145,7 @@ pub struct Account {
 
 impl Account {
     /// An account with fixed AK/SK keys.
-    pub fn aksk(name: &str, access_key: &str, secret_key: &str) -> Self {
+    pub(crate) fn aksk(name: &str, access_key: &str, secret_key: &str) -> Self {
         Self {
             name: name.to_string(),
             auth: AccountAuth::AkSk {
@@ -160,7 +160,7 @@ impl Account {
 
 /// Reads a secret file, without its trailing newline (Kubernetes Secrets and `echo > file`
 /// leave one). The error names the file, never its content.
-pub fn read_secret_file(file: &Path) -> Result<Secret> {
+pub(crate) fn read_secret_file(file: &Path) -> Result<Secret> {
     let text =
         crate::files::read_to_string(file, crate::files::MAX_SECRET_BYTES).map_err(|source| {
             Error::Read {

@@ -81,7 +81,7 @@ pub struct DiscoveryMetrics {
 }
 
 /// (cloud_service, cloud_region, project_id, source): the labels of one discovery task.
-pub type DiscoveryLabels<'a> = [&'a str; 4];
+pub(crate) type DiscoveryLabels<'a> = [&'a str; 4];
 
 impl DiscoveryMetrics {
     fn new() -> Self {
@@ -190,7 +190,7 @@ impl DiscoveryMetrics {
     }
 
     /// Removes every series of a task whose target or source is gone.
-    pub fn unregister(&self, l: DiscoveryLabels<'_>, skip_reasons: &[&str]) {
+    pub(crate) fn unregister(&self, l: DiscoveryLabels<'_>, skip_reasons: &[&str]) {
         for r in crate::cloud::Reason::ALL {
             let _ = self
                 .errors
@@ -234,22 +234,22 @@ impl DiscoveryMetrics {
     }
 
     /// `n` jobs were not added: the target's bound is reached.
-    pub fn over_limit(&self, l: DiscoveryLabels<'_>, n: u64) {
+    pub(crate) fn over_limit(&self, l: DiscoveryLabels<'_>, n: u64) {
         self.over_limit.with_label_values(&l).inc_by(n);
     }
 
     /// A cycle stopped at `max_pages`.
-    pub fn page_limit(&self, l: DiscoveryLabels<'_>) {
+    pub(crate) fn page_limit(&self, l: DiscoveryLabels<'_>) {
         self.page_limit.with_label_values(&l).inc();
     }
 
     /// `seconds` of history could not be read.
-    pub fn gap(&self, l: DiscoveryLabels<'_>, seconds: f64) {
+    pub(crate) fn gap(&self, l: DiscoveryLabels<'_>, seconds: f64) {
         self.gap.with_label_values(&l).inc_by(seconds);
     }
 
     /// The cursor is `seconds` behind the present.
-    pub fn lag(&self, l: DiscoveryLabels<'_>, seconds: f64) {
+    pub(crate) fn lag(&self, l: DiscoveryLabels<'_>, seconds: f64) {
         self.lag.with_label_values(&l).set(seconds);
     }
 }
@@ -272,7 +272,7 @@ impl Telemetry {
     /// only in cached mode and the collection family only on demand, so that no family sits
     /// at zero forever (a `last_refresh_timestamp_seconds` of 0 would read as a refresh
     /// overdue since 1970).
-    pub fn for_mode(mode: Mode) -> Self {
+    pub(crate) fn for_mode(mode: Mode) -> Self {
         let registry = Registry::new();
         let upstream_buckets = vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
         let round_buckets = vec![
@@ -424,7 +424,13 @@ impl Telemetry {
     }
 
     /// Counts one upstream request and its duration.
-    pub fn observe_api_request(&self, service: &str, region: &str, code: &str, took: Duration) {
+    pub(crate) fn observe_api_request(
+        &self,
+        service: &str,
+        region: &str,
+        code: &str,
+        took: Duration,
+    ) {
         self.api_requests
             .with_label_values(&[service, region, code])
             .inc();
@@ -447,7 +453,7 @@ impl Telemetry {
 
     /// Counts a 401, or a failure to get credentials, for `account`; `detail` says what
     /// happened (without secrets).
-    pub fn auth_failure(&self, account: &str, detail: &str) {
+    pub(crate) fn auth_failure(&self, account: &str, detail: &str) {
         self.auth_failures.with_label_values(&[account]).inc();
         self.account(account, |a| {
             a.failures += 1;
@@ -458,7 +464,7 @@ impl Telemetry {
 
     /// Records that the cloud just accepted `account`'s credentials. Alerts compare this with
     /// the time rather than the failure rate, which thins out as the retry backoff grows.
-    pub fn auth_success(&self, account: &str) {
+    pub(crate) fn auth_success(&self, account: &str) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -471,7 +477,7 @@ impl Telemetry {
     const FOLDABLE: [&'static str; 3] = ["error_code", "job_type", "subjob_type"];
 
     /// Creates a target's folded-value counters at 0, so `increase()` sees the first fold.
-    pub fn register_label_caps(&self, scope: &Scope) {
+    pub(crate) fn register_label_caps(&self, scope: &Scope) {
         for label in Self::FOLDABLE {
             self.folded_counter(scope, label);
         }
@@ -487,12 +493,12 @@ impl Telemetry {
     }
 
     /// Counts one job, sub-job or failure of `scope` whose `label` was exported as `other`.
-    pub fn count_folded(&self, scope: &Scope, label: &str) {
+    pub(crate) fn count_folded(&self, scope: &Scope, label: &str) {
         self.folded_counter(scope, label).inc();
     }
 
     /// Records when the account's token or temporary credentials expire.
-    pub fn set_token_expiry(&self, account: &str, unix_seconds: f64) {
+    pub(crate) fn set_token_expiry(&self, account: &str, unix_seconds: f64) {
         self.auth_token_expiry
             .with_label_values(&[account])
             .set(unix_seconds);
@@ -500,7 +506,7 @@ impl Telemetry {
     }
 
     /// Records where the account's credentials come from.
-    pub fn set_account_source(&self, account: &str, source: &'static str) {
+    pub(crate) fn set_account_source(&self, account: &str, source: &'static str) {
         self.account(account, |a| a.source = source);
     }
 
@@ -514,7 +520,7 @@ impl Telemetry {
     }
 
     /// When the last cached-mode refresh finished, Unix seconds; `None` before the first.
-    pub fn last_refresh(&self) -> Option<f64> {
+    pub(crate) fn last_refresh(&self) -> Option<f64> {
         let v = self.last_refresh.get();
         (v > 0.0).then_some(v)
     }
@@ -529,13 +535,13 @@ impl Telemetry {
     }
 
     /// Makes sure the account has a zero-valued failure series from the start.
-    pub fn register_account(&self, account: &str) {
+    pub(crate) fn register_account(&self, account: &str) {
         self.auth_failures.with_label_values(&[account]);
         self.account(account, |_| {});
     }
 
     /// Sets the tracked-job gauges; series of targets no longer present are removed.
-    pub fn set_tracked(&self, counts: &[(&Scope, i64, i64)]) {
+    pub(crate) fn set_tracked(&self, counts: &[(&Scope, i64, i64)]) {
         self.tracked_jobs.reset();
         for (scope, active, terminal) in counts {
             for (phase, n) in [("active", active), ("terminal", terminal)] {
@@ -552,7 +558,7 @@ impl Telemetry {
     }
 
     /// Appends every self-metric in `format` (without OpenMetrics' closing `# EOF`).
-    pub fn encode_in(&self, out: &mut Vec<u8>, format: Format) {
+    pub(crate) fn encode_in(&self, out: &mut Vec<u8>, format: Format) {
         match format {
             Format::Text => self.encode(out),
             Format::OpenMetrics => {

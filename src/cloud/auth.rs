@@ -76,7 +76,7 @@ fn detail(code: Option<&str>, message: Option<&str>) -> String {
 
 /// What authenticates one request.
 #[derive(Debug, Clone)]
-pub enum Material {
+pub(crate) enum Material {
     /// Sign with these keys.
     Keys(Credentials),
     /// Send this token as `X-Auth-Token`.
@@ -276,7 +276,7 @@ enum Kind {
 }
 
 /// The credentials of one account.
-pub struct Provider {
+pub(crate) struct Provider {
     account: String,
     kind: Kind,
     http: reqwest::Client,
@@ -371,7 +371,7 @@ impl Provider {
     }
 
     /// What authenticates a request to `project_id` now.
-    pub async fn material(&self, project_id: &str) -> Result<Material, Error> {
+    pub(crate) async fn material(&self, project_id: &str) -> Result<Material, Error> {
         match &self.kind {
             Kind::Keys {
                 access_key,
@@ -420,7 +420,7 @@ impl Provider {
     /// After a 401: drops `rejected` so the next [`Provider::material`] fetches anew, unless a
     /// 401 already caused a refresh within the backoff (1 s doubling to 5 min while the 401s go
     /// on). Returns whether a retry can have other credentials (never with fixed keys).
-    pub async fn invalidate(&self, project_id: &str, rejected: &Material) -> bool {
+    pub(crate) async fn invalidate(&self, project_id: &str, rejected: &Material) -> bool {
         match (&self.kind, rejected) {
             (Kind::Iam { tokens, .. }, Material::Token(t)) => {
                 tokens.invalidate(project_id, |c| c == t).await

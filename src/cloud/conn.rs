@@ -35,7 +35,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Whether a proxy variable is set in the environment, in which case reqwest (which honours
 /// them, and `NO_PROXY`) makes every call.
-pub fn proxy_configured() -> bool {
+pub(crate) fn proxy_configured() -> bool {
     proxy_in(|name| std::env::var_os(name))
 }
 
@@ -54,7 +54,7 @@ fn proxy_in(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> bool {
 
 /// Scheme, host and port: connections are reused per origin.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Origin {
+pub(crate) struct Origin {
     tls: bool,
     host: String,
     port: u16,
@@ -144,7 +144,7 @@ impl Driver {
 }
 
 /// The answer to a GET, its body read in full.
-pub struct Response {
+pub(crate) struct Response {
     /// HTTP status.
     pub status: reqwest::StatusCode,
     /// Response headers.
@@ -154,7 +154,7 @@ pub struct Response {
 }
 
 /// Keep-alive connections per origin, shared by every fetch of one [`super::Client`].
-pub struct Connections {
+pub(crate) struct Connections {
     /// Boxed: a connection is 1,800 bytes, which every checkout and return would copy.
     idle: Mutex<HashMap<Origin, VecDeque<Box<Conn>>>>,
     idle_timeout: Duration,

@@ -11,11 +11,11 @@ use serde_json::{Map, Value};
 use super::model::{DecodeError, kind, text};
 
 /// The largest page CTS serves (`limit`).
-pub const PAGE_LIMIT: u32 = 200;
+pub(crate) const PAGE_LIMIT: u32 = 200;
 
 /// One page of traces, newest first.
 #[derive(Debug, Default, PartialEq)]
-pub struct TracePage {
+pub(crate) struct TracePage {
     /// The traces of this page.
     pub traces: Vec<Trace>,
     /// `meta_data.marker`: the `next` parameter of the following page; `None` on the last.
@@ -53,7 +53,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Why a trace without a job is skipped, the `reason` label of the skipped-traces counter.
-    pub fn skip_reason(&self) -> Option<&'static str> {
+    pub(crate) fn skip_reason(&self) -> Option<&'static str> {
         match self {
             Outcome::Job(_) => None,
             Outcome::NoJob { order: true } => Some("order"),
@@ -65,10 +65,10 @@ impl Outcome {
 }
 
 /// Every skip reason, in label order.
-pub const SKIP_REASONS: [&str; 4] = ["failed_call", "no_job", "order", "unparsable"];
+pub(crate) const SKIP_REASONS: [&str; 4] = ["failed_call", "no_job", "order", "unparsable"];
 
 /// Decodes a 200 body of `GET /v3/{project_id}/traces`.
-pub fn decode_page(body: &[u8]) -> Result<TracePage, DecodeError> {
+pub(crate) fn decode_page(body: &[u8]) -> Result<TracePage, DecodeError> {
     let map = match serde_json::from_slice::<Value>(body)? {
         Value::Object(m) => m,
         other => return Err(DecodeError::NotAnObject(kind(&other))),

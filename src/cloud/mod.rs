@@ -6,7 +6,7 @@ mod conn;
 pub mod cts;
 pub mod model;
 pub mod signer;
-pub mod task_center;
+pub(crate) mod task_center;
 
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
@@ -239,7 +239,7 @@ pub struct Target {
 
 /// Why requests cannot be built for an endpoint.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum EndpointError {
+pub(crate) enum EndpointError {
     /// The jobs URL made from it does not parse.
     #[error("{endpoint:?} does not make a valid URL ({url}): {reason}")]
     Url {
@@ -272,7 +272,7 @@ pub enum EndpointError {
 /// Whether requests can be built for `endpoint` (a base URL without trailing slash) exactly as
 /// the client will build them: the configuration calls this so that a bad endpoint is an error
 /// at load time rather than `reason="connect"` on every fetch.
-pub fn check_endpoint(endpoint: &str) -> std::result::Result<(), EndpointError> {
+pub(crate) fn check_endpoint(endpoint: &str) -> std::result::Result<(), EndpointError> {
     // Any project id the configuration accepts ([A-Za-z0-9-]) gives the URL the same shape.
     const ANY_PROJECT: &str = "0";
     let (host, _) = split_endpoint(endpoint);
@@ -380,7 +380,12 @@ impl Target {
 
     /// A target of `account` in `scope`, reached at `endpoint` (a base URL without trailing
     /// slash), signed by the account's credential provider.
-    pub fn with_provider(account: &str, scope: Scope, endpoint: &str, auth: Arc<Provider>) -> Self {
+    pub(crate) fn with_provider(
+        account: &str,
+        scope: Scope,
+        endpoint: &str,
+        auth: Arc<Provider>,
+    ) -> Self {
         let (host, path_prefix) = split_endpoint(endpoint);
         let request = Prepared::new(endpoint, host, &scope.project_id);
         Self {
@@ -446,7 +451,7 @@ const USER_AGENT_VALUE: &str = concat!("huaweicloud-job-exporter/", env!("CARGO_
 pub struct ClientError(String);
 
 /// Bodies beyond this are refused: a job is a few KiB at most.
-pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+pub(crate) const DEFAULT_MAX_BODY: usize = 1 << 20;
 
 impl Client {
     /// A client with `timeout` on every request.
@@ -485,7 +490,7 @@ impl Client {
     }
 
     /// Refuses response bodies larger than `bytes` (default [`DEFAULT_MAX_BODY`]).
-    pub fn with_max_body(mut self, bytes: usize) -> Self {
+    pub(crate) fn with_max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
     }
@@ -504,7 +509,7 @@ impl Client {
     }
 
     /// A credential provider for `account` that shares this client's connections.
-    pub fn provider(&self, account: &Account) -> Provider {
+    pub(crate) fn provider(&self, account: &Account) -> Provider {
         Provider::new(
             account,
             self.http.clone(),
@@ -690,7 +695,7 @@ impl Client {
     /// signature, encoded as the signer encodes it. Returns the 2xx body, at most the client's
     /// body limit. A 401 with a token or temporary keys is retried once with fresh ones, and
     /// transient failures by the [`RetryPolicy`].
-    pub async fn get_api(
+    pub(crate) async fn get_api(
         &self,
         target: &Target,
         path: &str,

@@ -9,7 +9,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use sha2::{Digest, Sha256};
 
 /// The algorithm name that opens the string to sign and the Authorization header.
-pub const ALGORITHM: &str = "SDK-HMAC-SHA256";
+pub(crate) const ALGORITHM: &str = "SDK-HMAC-SHA256";
 
 /// `X-Sdk-Date` format (UTC).
 pub const DATE_FORMAT: &str = "%Y%m%dT%H%M%SZ";
@@ -172,7 +172,7 @@ pub fn signature(secret_key: &str, string_to_sign: &str) -> String {
 }
 
 /// Checks a hex signature in constant time.
-pub fn verify(secret_key: &str, string_to_sign: &str, signature_hex: &str) -> bool {
+pub(crate) fn verify(secret_key: &str, string_to_sign: &str, signature_hex: &str) -> bool {
     match hex::decode(signature_hex) {
         Ok(sig) => mac(secret_key, string_to_sign).verify_slice(&sig).is_ok(),
         Err(_) => false,
@@ -198,7 +198,7 @@ pub struct Authorization<'a> {
 }
 
 /// Parses an `SDK-HMAC-SHA256 Access=…, SignedHeaders=…, Signature=…` header.
-pub fn parse_authorization(value: &str) -> Option<Authorization<'_>> {
+pub(crate) fn parse_authorization(value: &str) -> Option<Authorization<'_>> {
     let rest = value.strip_prefix(ALGORITHM)?.trim_start();
     let (mut access, mut signed, mut sig) = (None, None, None);
     for part in rest.split(',') {

@@ -7,11 +7,11 @@ use super::model::{DecodeError, kind, text};
 
 /// Page size asked for; the API documents no maximum, and a page of 100 failed jobs is a few
 /// tens of KiB.
-pub const PAGE_LIMIT: u32 = 100;
+pub(crate) const PAGE_LIMIT: u32 = 100;
 
 /// One page of failed jobs.
 #[derive(Debug, Default, PartialEq)]
-pub struct FailurePage {
+pub(crate) struct FailurePage {
     /// Job ids listed on this page (entries without a usable id are left out).
     pub job_ids: Vec<String>,
     /// Entries on this page, usable or not: the offset moves by this.
@@ -21,7 +21,7 @@ pub struct FailurePage {
 }
 
 /// Decodes a 200 body of the failure-jobs list.
-pub fn decode_page(body: &[u8]) -> Result<FailurePage, DecodeError> {
+pub(crate) fn decode_page(body: &[u8]) -> Result<FailurePage, DecodeError> {
     let map = match serde_json::from_slice::<Value>(body)? {
         Value::Object(m) => m,
         other => return Err(DecodeError::NotAnObject(kind(&other))),

@@ -3,7 +3,7 @@
 //! `meta_data.marker`), each trace whose response holds a job id adding that job.
 //!
 //! Windows. The first reaches `lookback` back. Each next one starts at the previous `to` minus
-//! [`OVERLAP`], because CTS records a trace about a minute after the operation: a trace stamped
+//! `OVERLAP`, because CTS records a trace about a minute after the operation: a trace stamped
 //! inside a window already read can appear after that window was read. Trace ids read within
 //! the overlap are remembered (in the cursor, so also across restarts) and not counted twice;
 //! older ones are forgotten, which keeps that memory to a few minutes of traces.
@@ -28,7 +28,7 @@ use crate::config::CTS_RETENTION;
 /// a minute after the operation (more when CTS is busy); five minutes covers that with room,
 /// and costs only re-reading five minutes of traces a cycle, which trace ids make free of
 /// double counting.
-pub const OVERLAP: Duration = Duration::from_secs(300);
+pub(crate) const OVERLAP: Duration = Duration::from_secs(300);
 
 const OVERLAP_MS: i64 = OVERLAP.as_millis() as i64;
 

@@ -26,8 +26,9 @@ use crate::cloud::{self, FetchError, Reason};
 use crate::config;
 use crate::scope::Scope;
 use crate::shard::Shard;
+pub use crate::state::DiscoverySource as Source;
 use crate::state::{self, CursorKey, Discovered, JobRef, Store};
-pub use crate::state::{Backlog, Cursor, DiscoverySource as Source};
+pub(crate) use crate::state::{Backlog, Cursor};
 use crate::telemetry::{DiscoveryMetrics, Telemetry};
 
 /// The IAM permission a 403 from `source` means is missing.
@@ -48,7 +49,7 @@ pub trait Clock: Send + Sync {
 }
 
 /// The system clock.
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
@@ -188,7 +189,7 @@ impl Discovery {
     }
 
     /// Notified when tasks added jobs: the tracked set is then applied again.
-    pub fn changed(&self) -> Arc<Notify> {
+    pub(crate) fn changed(&self) -> Arc<Notify> {
         Arc::clone(&self.inner.changed)
     }
 
@@ -199,7 +200,7 @@ impl Discovery {
 
     /// Makes the tasks those of `targets` (each with its account's provider): new ones start,
     /// changed ones restart (their cursors, kept in the store, carry over), removed ones stop.
-    pub fn set_targets(&self, targets: &[(&config::Target, Arc<cloud::auth::Provider>)]) {
+    pub(crate) fn set_targets(&self, targets: &[(&config::Target, Arc<cloud::auth::Provider>)]) {
         let mut desired = Vec::new();
         for (t, provider) in targets {
             let scope = t.scope.clone();
@@ -319,7 +320,7 @@ impl Discovery {
 
     /// Stops tracking discovered jobs that `terminal_retention` dropped, and remembers them so
     /// that they are not discovered again; returns how many were discovered ones.
-    pub async fn forget(&self, expired: &[JobRef]) -> usize {
+    pub(crate) async fn forget(&self, expired: &[JobRef]) -> usize {
         let now = self.inner.clock.now_ms() / 1000;
         match self.inner.store.discovered_gone(expired, now).await {
             Ok(n) => n,

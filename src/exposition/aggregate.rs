@@ -12,14 +12,14 @@ use super::{sample, write_value};
 use crate::cloud::Reason;
 
 /// Buckets of `huaweicloud_job_completed_duration_seconds`: jobs take seconds to hours.
-pub const DURATION_BUCKETS: [f64; 14] = [
+pub(crate) const DURATION_BUCKETS: [f64; 14] = [
     1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 21600.0,
     86400.0,
 ];
 
 /// Observations of one series of `huaweicloud_job_completed_duration_seconds`.
 #[derive(Debug, Default)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     buckets: [u64; DURATION_BUCKETS.len()],
     sum: f64,
     count: u64,
@@ -27,7 +27,7 @@ pub struct Histogram {
 
 impl Histogram {
     /// Observes one duration, in seconds.
-    pub fn observe(&mut self, seconds: f64) {
+    pub(crate) fn observe(&mut self, seconds: f64) {
         for (i, le) in DURATION_BUCKETS.iter().enumerate() {
             if seconds <= *le {
                 self.buckets[i] += 1;
@@ -40,11 +40,11 @@ impl Histogram {
 
 /// A series key: a target's pre-escaped common labels, then a type (`job_type` or
 /// `subjob_type`) and a status or error code.
-pub type Key = (Arc<str>, String, String);
+pub(crate) type Key = (Arc<str>, String, String);
 
 /// What the counters and the histogram count, per target; kept by the poller across jobs.
 #[derive(Debug, Default)]
-pub struct Totals {
+pub(crate) struct Totals {
     /// `huaweicloud_job_completed_duration_seconds`, by job type and status.
     pub completed: BTreeMap<Key, Histogram>,
     /// `huaweicloud_job_failures_total`, by job type and error code.
@@ -56,7 +56,7 @@ pub struct Totals {
 }
 
 /// What the aggregate families are written from.
-pub struct Aggregates<'a> {
+pub(crate) struct Aggregates<'a> {
     /// Tracked jobs by target labels, job type (as the label caps admit it) and status.
     pub jobs: BTreeMap<(&'a str, &'a str, &'a str), u64>,
     /// The counters and the histogram.

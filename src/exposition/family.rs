@@ -1,7 +1,7 @@
 //! The job metric families, each declared once: name, type, labels, help and how its samples
 //! are written. Everything else that lists families (the sections of a job's text, the order of
 //! `/metrics`, the allowlist and denylist, docs/metrics.md) is derived from or checked against
-//! [`FAMILIES`].
+//! `FAMILIES`.
 
 use super::{aggregate, job};
 
@@ -58,7 +58,7 @@ pub struct Spec {
 
 impl Spec {
     /// True for a family written per job, as a section of each job's text.
-    pub fn is_per_job(&self) -> bool {
+    pub(crate) fn is_per_job(&self) -> bool {
         matches!(self.render, Render::Job { .. })
     }
 }
@@ -78,7 +78,7 @@ macro_rules! families {
         }
 
         /// Every job family, in [`Family`] order.
-        pub const FAMILIES: [Spec; [$($name),*].len()] = [
+        pub(crate) const FAMILIES: [Spec; [$($name),*].len()] = [
             $(
                 Spec {
                     name: $name,

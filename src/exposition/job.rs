@@ -17,7 +17,7 @@ use crate::families::Families;
 /// line. So they are kept once: `text` holds those common labels, then only the tail of each
 /// line (`,job_type="…",status="…"} 0\n`), each after its length (one byte, or 255 and four
 /// bytes little-endian), so that a scrape copies lines without looking for their ends;
-/// [`JobText::write_section`] puts name and labels back. A job is held in about a quarter of
+/// `JobText::write_section` puts name and labels back. A job is held in about a quarter of
 /// the bytes it exports (BENCHMARKS.md: 100,000 jobs export 320 MB of text).
 ///
 /// Cloning shares the text. The offsets sit beside the pointer rather than behind it, so a
@@ -164,7 +164,7 @@ impl Builder {
 }
 
 /// `reason` cut to [`FAIL_REASON_MAX`] characters, as `fail_reason` labels carry it.
-pub fn cut_reason(reason: &str) -> &str {
+pub(crate) fn cut_reason(reason: &str) -> &str {
     reason
         .char_indices()
         .nth(FAIL_REASON_MAX)
@@ -192,7 +192,7 @@ impl JobText {
 
     /// Reads the first byte of the common labels and of `family`'s section, so that they are
     /// in the cache when [`JobText::write_section`] copies them.
-    pub fn touch(&self, family: Family) -> u8 {
+    pub(crate) fn touch(&self, family: Family) -> u8 {
         let first = |at: usize| self.text.get(at).copied().unwrap_or_default();
         let i = family.section();
         let start = if i == 0 {
@@ -210,13 +210,13 @@ impl JobText {
 
     /// True when `other` writes the same lines of `family` (the same text shared, or equal
     /// labels and line tails).
-    pub fn same_section(&self, other: &JobText, family: Family) -> bool {
+    pub(crate) fn same_section(&self, other: &JobText, family: Family) -> bool {
         Arc::ptr_eq(&self.text, &other.text)
             || (self.base() == other.base() && self.tails(family) == other.tails(family))
     }
 
     /// Appends the lines of one family.
-    pub fn write_section(&self, family: Family, out: &mut Vec<u8>) {
+    pub(crate) fn write_section(&self, family: Family, out: &mut Vec<u8>) {
         let name = family.spec().name.as_bytes();
         let base = &self.text[..self.base_len as usize];
         let mut rest = self.tails(family);
@@ -283,7 +283,7 @@ pub fn status_label(job: &Job) -> &str {
 }
 
 /// The status label of a job whose status field was missing.
-pub const UNKNOWN_STATUS: &str = "UNKNOWN";
+pub(crate) const UNKNOWN_STATUS: &str = "UNKNOWN";
 
 /// Renders every per-job line of one job.
 pub fn render_job(v: &JobView<'_>) -> JobText {
@@ -299,7 +299,7 @@ pub fn render_job(v: &JobView<'_>) -> JobText {
 /// that come from the body alone are copied, and only those that move with each fetch (the
 /// running duration and the fetch families) are written again. Most fetches of a running job
 /// return the same body, and rendering it whole was about 7% of a refresh's CPU.
-pub fn rerender_fetch(v: &JobView<'_>, previous: &JobText) -> JobText {
+pub(crate) fn rerender_fetch(v: &JobView<'_>, previous: &JobText) -> JobText {
     let base = &previous.text[..previous.base_len as usize];
     render(v, Builder::new(base), Some(previous))
 }
@@ -336,35 +336,33 @@ pub(super) fn status(b: &mut Builder, v: &JobView<'_>) {
 
 /// `huaweicloud_job_begin_timestamp_seconds`.
 pub(super) fn begin(b: &mut Builder, v: &JobView<'_>) {
-    if let Some(job) = v.job
-        && let Some(begin) = job.begin
-    {
-        b.sample(&[("job_type", job_type(job))], begin);
-    }
+    job_sample(b, v, |job| job.begin);
 }
 
 /// `huaweicloud_job_end_timestamp_seconds`: finished jobs only.
 pub(super) fn end(b: &mut Builder, v: &JobView<'_>) {
-    if let Some(job) = v.job
-        && let Some(end) = job.end.filter(|_| job.is_terminal())
-    {
-        b.sample(&[("job_type", job_type(job))], end);
-    }
+    job_sample(b, v, |job| job.end.filter(|_| job.is_terminal()));
 }
 
 /// `huaweicloud_job_duration_seconds`: until the end when finished, else until the last
 /// successful fetch.
 pub(super) fn duration(b: &mut Builder, v: &JobView<'_>) {
-    let Some(job) = v.job else {
-        return;
-    };
-    let until = if job.is_terminal() {
-        job.end
-    } else {
-        v.last_success
-    };
-    if let (Some(begin), Some(u)) = (job.begin, until) {
-        b.sample(&[("job_type", job_type(job))], (u - begin).max(0.0));
+    job_sample(b, v, |job| {
+        let until = if job.is_terminal() {
+            job.end
+        } else {
+            v.last_success
+        };
+        Some((until? - job.begin?).max(0.0))
+    });
+}
+
+/// One sample labelled with the job's type, when the job is known and `value` has one for it.
+fn job_sample(b: &mut Builder, v: &JobView<'_>, value: impl FnOnce(&Job) -> Option<f64>) {
+    if let Some(job) = v.job
+        && let Some(value) = value(job)
+    {
+        b.sample(&[("job_type", job_type(job))], value);
     }
 }
 
@@ -400,35 +398,36 @@ pub(super) fn entity_info(b: &mut Builder, v: &JobView<'_>) {
 
 /// `huaweicloud_job_subjob_status`: a state set per sub-job.
 pub(super) fn subjob_status(b: &mut Builder, v: &JobView<'_>) {
+    each_subjob(b, v, |b, labels, sub| {
+        b.state_set(labels, status_label(sub));
+    });
+}
+
+/// `huaweicloud_job_subjob_failure_info`: failed sub-jobs only.
+pub(super) fn subjob_failure_info(b: &mut Builder, v: &JobView<'_>) {
+    each_subjob(b, v, |b, labels, sub| {
+        if failed(sub) {
+            b.failure_info(labels, sub);
+        }
+    });
+}
+
+/// Calls `write` for each sub-job of the job, with its `subjob_id` and `subjob_type` labels.
+fn each_subjob(
+    b: &mut Builder,
+    v: &JobView<'_>,
+    mut write: impl FnMut(&mut Builder, &[(&str, &str)], &Job),
+) {
     let Some(job) = v.job else {
         return;
     };
     let mut fallback_id = String::new();
     for (i, sub) in job.sub_jobs.iter().enumerate() {
-        b.state_set(
-            &[
-                ("subjob_id", subjob_id(sub, i, &mut fallback_id)),
-                ("subjob_type", job_type(sub)),
-            ],
-            status_label(sub),
-        );
-    }
-}
-
-/// `huaweicloud_job_subjob_failure_info`: failed sub-jobs only.
-pub(super) fn subjob_failure_info(b: &mut Builder, v: &JobView<'_>) {
-    let Some(job) = v.job else {
-        return;
-    };
-    let mut fallback_id = String::new();
-    for (i, sub) in job.sub_jobs.iter().enumerate().filter(|(_, s)| failed(s)) {
-        b.failure_info(
-            &[
-                ("subjob_id", subjob_id(sub, i, &mut fallback_id)),
-                ("subjob_type", job_type(sub)),
-            ],
-            sub,
-        );
+        let labels = [
+            ("subjob_id", subjob_id(sub, i, &mut fallback_id)),
+            ("subjob_type", job_type(sub)),
+        ];
+        write(b, &labels, sub);
     }
 }
 
@@ -446,7 +445,7 @@ pub(super) fn last_fetch_success(b: &mut Builder, v: &JobView<'_>) {
 
 /// The subjob_id label of the `i`th sub-job: its job_id, or `#i` when it has none (written
 /// into `fallback`).
-pub fn subjob_id<'a>(sub: &'a Job, i: usize, fallback: &'a mut String) -> &'a str {
+pub(crate) fn subjob_id<'a>(sub: &'a Job, i: usize, fallback: &'a mut String) -> &'a str {
     match sub.job_id.as_deref() {
         Some(id) => id,
         None => {

@@ -4,26 +4,25 @@
 //! through its GaugeVecs and 250 ms with `prometheus-client` on this project's 2-core machine,
 //! against a 25 ms budget (figures in BENCHMARKS.md). So each job's lines
 //! are rendered once, when the job changes, into a [`JobText`]; a scrape only concatenates them
-//! (see [`crate::snapshot`]). Terminal jobs never change, so most of a large fleet is never
+//! (see `crate::snapshot`). Terminal jobs never change, so most of a large fleet is never
 //! rendered again.
 //!
 //! - [`family`]: every job family declared once: name, type, labels, help, how it is written.
 //! - [`job`]: the per-job families, one job's lines held as a [`JobText`].
-//! - [`aggregate`]: the families over all the jobs of a target (counts, counters, histogram).
+//! - `aggregate`: the families over all the jobs of a target (counts, counters, histogram).
 //! - this module: the formats (text, OpenMetrics), headers, escaping and sample lines.
 
-pub mod aggregate;
+pub(crate) mod aggregate;
 pub mod family;
 pub mod job;
 
 use std::fmt::Write as _;
 
-pub use aggregate::{Aggregates, DURATION_BUCKETS, Histogram, Totals};
-pub use family::{FAMILIES, Family, Kind, PER_JOB, Spec};
-pub use job::{
-    JobText, JobView, UNKNOWN_STATUS, cut_reason, job_type, render_job, rerender_fetch,
-    status_label,
-};
+pub(crate) use aggregate::{Aggregates, Totals};
+pub(crate) use family::{FAMILIES, Spec};
+pub use family::{Family, PER_JOB};
+pub(crate) use job::{JobText, cut_reason, rerender_fetch};
+pub use job::{JobView, job_type, render_job, status_label};
 
 /// Longest `fail_reason` exported, in characters.
 pub const FAIL_REASON_MAX: usize = 200;
@@ -44,17 +43,17 @@ pub enum Format {
 }
 
 /// Content type of the text format.
-pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Content type of OpenMetrics 1.0.0.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
+pub(crate) const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 impl Format {
     /// The format an `Accept` header asks for, as client_golang negotiates it: the acceptable
     /// media types by falling `q`, the first this exporter speaks wins; OpenMetrics 1.0.0 or
     /// 0.0.1 (both answered as 1.0.0), else the text format, which is also the default.
-    pub fn negotiate(accept: Option<&str>) -> Self {
+    pub(crate) fn negotiate(accept: Option<&str>) -> Self {
         let Some(accept) = accept else {
             return Format::Text;
         };
@@ -93,7 +92,7 @@ impl Format {
     }
 
     /// The `Content-Type` of a body in this format.
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Format::Text => TEXT_CONTENT_TYPE,
             Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
@@ -113,7 +112,7 @@ impl Format {
 /// OpenMetrics a counter family is named without the `_total` its samples carry, and a gauge
 /// named `…_info` whose samples are all 1 is an info family named without `_info`: the sample
 /// lines, and so the series Prometheus stores, stay exactly those of the text format.
-pub fn family_name<'a>(name: &'a str, kind: &'a str, format: Format) -> (&'a str, &'a str) {
+pub(crate) fn family_name<'a>(name: &'a str, kind: &'a str, format: Format) -> (&'a str, &'a str) {
     if format == Format::OpenMetrics {
         if kind == "counter"
             && let Some(base) = name.strip_suffix("_total")
@@ -131,7 +130,7 @@ pub fn family_name<'a>(name: &'a str, kind: &'a str, format: Format) -> (&'a str
 
 /// Appends HELP text escaped for `format`: backslash and newline, and in OpenMetrics also the
 /// double quote.
-pub fn escape_help(out: &mut Vec<u8>, help: &str, format: Format) {
+pub(crate) fn escape_help(out: &mut Vec<u8>, help: &str, format: Format) {
     for c in help.chars() {
         match c {
             '\\' => out.extend_from_slice(b"\\\\"),
@@ -147,7 +146,7 @@ pub fn escape_help(out: &mut Vec<u8>, help: &str, format: Format) {
 
 /// Writes a `# HELP` and `# TYPE` header. In cached mode the help says the values are as of the
 /// last refresh (docs/metrics.md).
-pub fn write_header(out: &mut Vec<u8>, f: &Spec, cached: bool, format: Format) {
+pub(crate) fn write_header(out: &mut Vec<u8>, f: &Spec, cached: bool, format: Format) {
     let (name, kind) = family_name(f.name, f.kind.as_str(), format);
     out.extend_from_slice(b"# HELP ");
     out.extend_from_slice(name.as_bytes());
@@ -164,7 +163,7 @@ pub fn write_header(out: &mut Vec<u8>, f: &Spec, cached: bool, format: Format) {
 }
 
 /// Appends `value` escaped as a label value: backslash, double quote and newline.
-pub fn escape_into(out: &mut String, value: &str) {
+pub(crate) fn escape_into(out: &mut String, value: &str) {
     if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
         out.push_str(value);
         return;
@@ -195,7 +194,7 @@ pub fn labels(pairs: &[(&str, &str)]) -> String {
 }
 
 /// Appends a sample value as Prometheus writes it.
-pub fn write_value(out: &mut String, v: f64) {
+pub(crate) fn write_value(out: &mut String, v: f64) {
     if v.is_nan() {
         out.push_str("NaN");
     } else if v.is_infinite() {

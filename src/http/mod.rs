@@ -1,30 +1,27 @@
-//! The HTTP server's routes: `/` landing page, `/jobs`, `/metrics`, `/-/healthy`, `/-/ready`,
-//! `/-/reload`, and the registration API (`api`: `/api/v1/jobs`).
+//! The HTTP server's routes: `/metrics`, `/-/healthy`, `/-/ready` and `/-/reload` here, the
+//! landing page and `/jobs` (`pages`), and the registration API (`api`: `/api/v1/jobs`).
 
 mod api;
+mod pages;
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::compression::CompressionLayer;
 
 pub use api::with_json_api_errors;
 
-use crate::config::Mode;
 use crate::exposition::Format;
 use crate::gzip;
-use crate::pages::{self, escape_html};
 use crate::poller::Poller;
 use crate::registry::Registry;
 use crate::reload::{Control, ReloadError};
-use crate::scope::Scope;
 use crate::telemetry::Telemetry;
 
 /// Content type of the text exposition format.
@@ -96,8 +93,8 @@ pub fn router(
         telemetry_path: telemetry_path.into(),
     };
     Router::new()
-        .route("/", get(landing))
-        .route("/jobs", get(jobs_page))
+        .route("/", get(pages::landing))
+        .route("/jobs", get(pages::jobs))
         .route(telemetry_path, get(metrics))
         .route("/-/healthy", get(|| async { "Healthy\n" }))
         .route("/-/ready", get(ready))
@@ -230,147 +227,6 @@ async fn reload(State(app): State<App>) -> Response {
         )
             .into_response(),
     }
-}
-
-/// `/jobs`: the tracked jobs, failed first, as HTML or (`?format=json`, `Accept:
-/// application/json`) JSON. Read-only like `/metrics`, so behind the same web-config auth and
-/// not the API token.
-async fn jobs_page(
-    State(app): State<App>,
-    headers: HeaderMap,
-    params: Result<Query<pages::Params>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Ok(Query(params)) = params else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "bad query: expected cloud_service, cloud_region, project_id, status, limit (a number) or format\n",
-        )
-            .into_response();
-    };
-    let query = params.query();
-    let poller = app.poller.clone();
-    let control = Arc::clone(&app.control);
-    // Sorting 100,000 jobs and looking up where each listed one comes from is a few
-    // milliseconds of CPU: off the async workers.
-    let listing = tokio::task::spawn_blocking(move || {
-        let mut listing = poller.list_jobs(&query);
-        let wanted: std::collections::HashMap<(&Scope, &str), usize> = listing
-            .rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| ((&r.scope, r.job_id.as_str()), i))
-            .collect();
-        let mut sources = vec![""; listing.rows.len()];
-        for l in control.list() {
-            let key = (&l.scope, l.job_id.as_str());
-            if let Some(&i) = wanted.get(&key)
-                && sources[i].is_empty()
-            {
-                sources[i] = l.source;
-            }
-        }
-        for (row, source) in listing.rows.iter_mut().zip(sources) {
-            row.source = source;
-        }
-        listing
-    })
-    .await;
-    let Ok(listing) = listing else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    };
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    if params.wants_json(accept) {
-        axum::Json(pages::JobsJson::new(&listing)).into_response()
-    } else {
-        Html(pages::jobs_html(&listing, &params)).into_response()
-    }
-}
-
-async fn landing(State(app): State<App>) -> Html<String> {
-    let mode = match app.poller.mode() {
-        Mode::Cached => "cached",
-        Mode::OnDemand => "on_demand",
-    };
-    let path = escape_html(&app.telemetry_path);
-    let mut rows = String::new();
-    for s in app.poller.summary() {
-        let filter = serde_urlencoded::to_string([
-            ("cloud_service", s.scope.cloud_service.as_str()),
-            ("cloud_region", s.scope.cloud_region.as_str()),
-            ("project_id", s.scope.project_id.as_str()),
-        ])
-        .unwrap_or_default();
-        let _ = write!(
-            rows,
-            "<tr><td>{}</td><td>{}</td><td class=\"id\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td><a href=\"/jobs?{}\">jobs</a></td></tr>",
-            escape_html(&s.scope.cloud_service),
-            escape_html(&s.scope.cloud_region),
-            escape_html(&s.scope.project_id),
-            s.active,
-            s.terminal,
-            s.failing,
-            escape_html(&filter),
-        );
-    }
-    if rows.is_empty() {
-        rows.push_str("<tr><td colspan=\"7\" class=\"muted\">none</td></tr>");
-    }
-    let mut discovery = String::new();
-    let mut statuses = app.control.discovery().status();
-    statuses.sort_by(|a, b| (&a.scope, a.source).cmp(&(&b.scope, b.source)));
-    for d in statuses {
-        let when = d
-            .last_success
-            .and_then(|t| chrono::DateTime::from_timestamp(t as i64, 0))
-            .map_or_else(
-                || "never".to_string(),
-                |d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-            );
-        let _ = write!(
-            discovery,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape_html(&d.scope.cloud_service),
-            escape_html(&d.scope.cloud_region),
-            escape_html(&d.scope.project_id),
-            d.source.as_str(),
-            when,
-            d.jobs_found,
-            escape_html(d.last_error.as_deref().unwrap_or("none"))
-        );
-    }
-    if discovery.is_empty() {
-        discovery.push_str("<tr><td colspan=\"7\">no target discovers jobs (discover: in the configuration)</td></tr>");
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    let refreshed = match (app.poller.mode(), app.telemetry.last_refresh()) {
-        (Mode::OnDemand, _) => "each scrape collects (on demand)".to_string(),
-        (Mode::Cached, Some(t)) => format!("{} ({} ago)", pages::time(t), pages::age(now - t)),
-        (Mode::Cached, None) => "not yet".to_string(),
-    };
-    let accounts = pages::accounts_html(&app.telemetry.accounts(), now);
-    let errors = pages::errors_html(&app.poller.recent_errors());
-    Html(format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Huawei Cloud Job Exporter</title>\
-<style>{style}</style></head>\
-<body><h1>Huawei Cloud Job Exporter</h1>\
-<p>Version {version} (revision {revision}), mode <b>{mode}</b>, {ready}. Last refresh: {refreshed}.</p>\
-<ul><li><a href=\"/jobs\">Jobs</a> (failed and stuck first)</li><li><a href=\"{path}\">Metrics</a></li><li><a href=\"/-/healthy\">Health</a></li><li><a href=\"/-/ready\">Readiness</a></li></ul>\
-<h2>Tracked jobs</h2><table><tr><th>cloud_service</th><th>cloud_region</th><th>project_id</th><th>active</th><th>terminal</th><th>last fetch failed</th><th></th></tr>{rows}</table>\
-<h2>Discovery</h2><table><tr><th>cloud_service</th><th>cloud_region</th><th>project_id</th><th>source</th><th>last success</th><th>jobs found</th><th>last error</th></tr>{discovery}</table>\
-<h2>Credentials</h2>{accounts}\
-<h2>Recent fetch errors</h2>{errors}\
-</body></html>\n",
-        style = pages::STYLE,
-        version = env!("CARGO_PKG_VERSION"),
-        revision = crate::REVISION,
-        ready = if app.poller.is_ready() {
-            "ready"
-        } else {
-            "not ready yet"
-        },
-    ))
 }
 
 #[cfg(test)]

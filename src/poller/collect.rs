@@ -84,7 +84,7 @@ impl Poller {
     }
 
     /// Cached mode: refreshes every `refresh_interval` until `shutdown`.
-    pub async fn run_cached(self, shutdown: CancellationToken) {
+    pub(crate) async fn run_cached(self, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.inner.settings.refresh_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -146,7 +146,7 @@ impl Poller {
                     .limiters
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .get(tracked.target.endpoint_key())
+                    .get(&tracked.target.endpoint_key)
                     .cloned();
                 if let Some(l) = &limiter {
                     l.acquire().await;
@@ -157,11 +157,7 @@ impl Poller {
                     deadline: Some(retry_deadline),
                     pacer: limiter.map(|l| l as Arc<dyn cloud::Pacer>),
                 };
-                let result = self
-                    .inner
-                    .source
-                    .fetch(&tracked.target, &key.1, *known, &ctx)
-                    .await;
+                let result = tracked.target.source.fetch(&key.1, *known, &ctx).await;
                 (i, result)
             })
             .buffer_unordered(self.inner.settings.max_concurrency);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::label_caps::{FOLDED, TargetCaps};
 use super::recent_errors::RecentError;
-use crate::cloud::{self, BodyDigest, Job, Status};
+use crate::cloud::{BodyDigest, Job, Status};
 use crate::exposition::{self, Aggregates, FAMILIES, JobText, JobView, Totals};
 use crate::families::Families;
 use crate::scope::Scope;
@@ -15,7 +15,7 @@ use crate::state::{Finished, JobRef, LastState};
 
 /// Counts for the landing page and `tracked_jobs`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TargetSummary {
+pub(crate) struct TargetSummary {
     /// Service, region and project.
     pub scope: Scope,
     /// Jobs still polled.
@@ -28,7 +28,7 @@ pub struct TargetSummary {
 
 /// A target with its pre-escaped common labels.
 pub(super) struct Tracked {
-    pub(super) target: Arc<cloud::Target>,
+    pub(super) target: Arc<super::Target>,
     pub(super) labels: Arc<str>,
 }
 
@@ -101,7 +101,7 @@ pub(super) struct State {
 /// Seconds after which a finished or acknowledged job no source lists is forgotten: retention,
 /// then as long again (at least an hour), so that registering it again in between is refused
 /// rather than fetched and counted again.
-pub fn forget_after(retention: f64) -> f64 {
+pub(crate) fn forget_after(retention: f64) -> f64 {
     retention + retention.max(3600.0)
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 /// Distinct values of a label the cloud chooses (`error_code`, `job_type`, `subjob_type`) kept
 /// per target and family before the rest count as `other`.
-pub const MAX_LABEL_VALUES: usize = 100;
+pub(crate) const MAX_LABEL_VALUES: usize = 100;
 
 /// Values of one label seen so far for one target, capped so that a misbehaving upstream
 /// cannot grow cardinality, nor one noisy target turn another's values into `other`.

@@ -1,8 +1,8 @@
 //! The poller: tracked jobs, their last known state, and the two ways of refreshing them
 //! (`mode` in docs/configuration.md).
 //!
-//! - cached mode: [`Poller::run_cached`] polls the active jobs every `refresh_interval` and
-//!   publishes a new [`Snapshot`]; a scrape reads the last one.
+//! - cached mode: `Poller::run_cached` polls the active jobs every `refresh_interval` and
+//!   publishes a new `Snapshot`; a scrape reads the last one.
 //! - on-demand mode: [`Poller::scrape`] collects within the scrape's deadline; concurrent scrapes
 //!   share one collection.
 //!
@@ -20,6 +20,7 @@ mod jobs;
 mod label_caps;
 mod rate_limiter;
 mod recent_errors;
+mod source;
 #[cfg(test)]
 mod tests;
 
@@ -27,9 +28,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::future::{BoxFuture, Shared};
 
-use crate::cloud::{self, BodyDigest, FetchContext, Fetched, Reason};
+use crate::cloud::{self, Reason};
 use crate::config::Mode;
 use crate::families::Families;
 use crate::listing;
@@ -45,38 +46,12 @@ use jobs::{
 };
 use rate_limiter::RateLimiter;
 
-pub use jobs::{TargetSummary, forget_after};
-pub use label_caps::MAX_LABEL_VALUES;
-pub use recent_errors::RecentError;
-
-/// Where jobs come from: the cloud client, or a fake in tests.
-pub trait JobSource: Send + Sync + 'static {
-    /// Fetches one job. `known` is the digest of the body last decoded for it: a source that
-    /// keeps digests answers [`Fetched::Unchanged`] when the body is that one again. Retries
-    /// go through `ctx`'s pacer and end by its deadline.
-    fn fetch<'a>(
-        &'a self,
-        target: &'a cloud::Target,
-        job_id: &'a str,
-        known: Option<BodyDigest>,
-        ctx: &'a FetchContext,
-    ) -> BoxFuture<'a, cloud::Result<Fetched>>;
-}
-
-impl JobSource for cloud::Client {
-    fn fetch<'a>(
-        &'a self,
-        target: &'a cloud::Target,
-        job_id: &'a str,
-        known: Option<BodyDigest>,
-        ctx: &'a FetchContext,
-    ) -> BoxFuture<'a, cloud::Result<Fetched>> {
-        self.get_job_since(target, job_id, known, ctx).boxed()
-    }
-}
+pub(crate) use jobs::{TargetSummary, forget_after};
+pub(crate) use recent_errors::RecentError;
+pub use source::{Fetch, JobSource, Target};
 
 /// Targets and the job ids tracked in each.
-pub type TargetJobs = Vec<(Arc<cloud::Target>, Vec<String>)>;
+pub type TargetJobs = Vec<(Arc<Target>, Vec<String>)>;
 
 /// Poller settings, taken from the configuration.
 #[derive(Debug, Clone)]
@@ -118,7 +93,6 @@ impl From<&crate::config::Config> for Settings {
 }
 
 struct Inner {
-    source: Arc<dyn JobSource>,
     settings: Settings,
     telemetry: Arc<Telemetry>,
     clock: Clock,
@@ -144,16 +118,10 @@ pub struct Poller {
 
 impl Poller {
     /// A poller over `targets`, each with its job ids.
-    pub fn new(
-        source: Arc<dyn JobSource>,
-        targets: TargetJobs,
-        settings: Settings,
-        telemetry: Arc<Telemetry>,
-    ) -> Self {
+    pub fn new(targets: TargetJobs, settings: Settings, telemetry: Arc<Telemetry>) -> Self {
         let cached = settings.mode == Mode::Cached;
         let poller = Self {
             inner: Arc::new(Inner {
-                source,
                 telemetry,
                 clock: Clock::new(),
                 state: Mutex::new(State::default()),
@@ -175,7 +143,7 @@ impl Poller {
     /// jobs no longer listed are dropped, the others keep their state and counters. Jobs
     /// already dropped by `terminal_retention` are not taken back, so a finished job listed in
     /// the config is neither fetched nor counted again. Returns (added, removed).
-    pub fn set_jobs(&self, targets: TargetJobs) -> (usize, usize) {
+    pub(crate) fn set_jobs(&self, targets: TargetJobs) -> (usize, usize) {
         let shard = self.inner.settings.shard;
         let (mut added, removed);
         {
@@ -220,15 +188,15 @@ impl Poller {
     }
 
     /// The shared per-target parts of a target (labels, rate limiter, zeroed error series).
-    fn track(&self, state: &mut State, target: Arc<cloud::Target>) -> Arc<Tracked> {
+    fn track(&self, state: &mut State, target: Arc<Target>) -> Arc<Tracked> {
         self.inner
             .limiters
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(target.endpoint_key().to_string())
+            .entry(target.endpoint_key.clone())
             .or_insert_with(|| {
                 Arc::new(RateLimiter::new(
-                    target.endpoint_key(),
+                    &target.endpoint_key,
                     self.inner.settings.max_requests_per_second,
                 ))
             });
@@ -250,7 +218,7 @@ impl Poller {
     /// Adds one job to the tracked set without rebuilding it (a registration), unless this
     /// replica does not own it or it is remembered as dropped or acknowledged. The next scrape
     /// publishes it. Returns whether it was added.
-    pub fn add_job(&self, target: Arc<cloud::Target>, job_id: String) -> bool {
+    pub(crate) fn add_job(&self, target: Arc<Target>, job_id: String) -> bool {
         let t = &target;
         if !self.inner.settings.shard.owns(&t.scope, &job_id) {
             return false;
@@ -303,13 +271,13 @@ impl Poller {
     }
 
     /// Whether the job is in the tracked set.
-    pub fn is_tracked(&self, job: &JobRef) -> bool {
+    pub(crate) fn is_tracked(&self, job: &JobRef) -> bool {
         self.state().jobs.contains_key(&job_key(job))
     }
 
     /// Takes back what the store remembers (at startup): finished jobs are exported from their
     /// last state until retention, without being fetched or counted again.
-    pub fn remember(&self, finished: Vec<Finished>) {
+    pub(crate) fn remember(&self, finished: Vec<Finished>) {
         let mut state = self.state();
         for f in finished {
             state.memory.insert(
@@ -324,7 +292,7 @@ impl Poller {
     }
 
     /// Stops exporting a job and remembers it as acknowledged; returns the record to persist.
-    pub fn acknowledge(&self, job: &JobRef) -> Finished {
+    pub(crate) fn acknowledge(&self, job: &JobRef) -> Finished {
         let now = self.inner.clock.now();
         let key = job_key(job);
         {
@@ -349,7 +317,7 @@ impl Poller {
 
     /// Makes jobs seen finished durable in `store` from now on (after each collection, before
     /// the snapshot that shows them is published).
-    pub fn persist_to(&self, store: Arc<Store>) {
+    pub(crate) fn persist_to(&self, store: Arc<Store>) {
         let _ = self.inner.store.set(store);
     }
 
@@ -381,7 +349,7 @@ impl Poller {
     }
 
     /// True once the first cached-mode refresh has finished (always true on demand).
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.inner.ready.load(std::sync::atomic::Ordering::Acquire)
     }
 
@@ -440,21 +408,21 @@ impl Poller {
     }
 
     /// Tracked jobs per target, for the landing page.
-    pub fn summary(&self) -> Vec<TargetSummary> {
+    pub(crate) fn summary(&self) -> Vec<TargetSummary> {
         summarize(&self.state())
     }
 
     /// The last failed fetches, alike ones counted together, latest last.
-    pub fn recent_errors(&self) -> Vec<RecentError> {
+    pub(crate) fn recent_errors(&self) -> Vec<RecentError> {
         self.state().recent_errors.iter().cloned().collect()
     }
 
     /// The tracked jobs that match `query`, failed ones first; see [`crate::listing`].
-    pub fn list_jobs(&self, query: &listing::Query) -> listing::Listing {
+    pub(crate) fn list_jobs(&self, query: &listing::Query) -> listing::Listing {
         let now = self.inner.clock.now();
         let state = self.state();
         let items = state.jobs.values().map(|e| listing::Item {
-            target: &e.tracked.target,
+            scope: &e.tracked.target.scope,
             job_id: &e.job_id,
             job: e.job.as_ref(),
             fetch_ok: e.fetch_ok,

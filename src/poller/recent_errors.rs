@@ -9,7 +9,7 @@ const RECENT_ERRORS: usize = 20;
 
 /// Failed fetches with the same target, reason and message, for the landing page.
 #[derive(Debug, Clone)]
-pub struct RecentError {
+pub(crate) struct RecentError {
     /// Unix seconds, of the latest.
     pub at: f64,
     /// Unix seconds, of the first.

@@ -1,8 +1,9 @@
 //! The poller's behaviour end to end over a scripted job source.
 
+use super::label_caps::MAX_LABEL_VALUES;
 use super::*;
-use crate::cloud::{FetchError, Job, Status};
-use crate::secret::{Credentials, Secret};
+use crate::cloud::{BodyDigest, FetchContext, FetchError, Fetched, Job, Status};
+use futures_util::FutureExt as _;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::time::Instant;
@@ -64,11 +65,10 @@ impl Fake {
 impl JobSource for Fake {
     fn fetch<'a>(
         &'a self,
-        _target: &'a cloud::Target,
         job_id: &'a str,
         known: Option<BodyDigest>,
         _ctx: &'a FetchContext,
-    ) -> BoxFuture<'a, cloud::Result<Fetched>> {
+    ) -> Fetch<'a> {
         async move {
             *self
                 .calls
@@ -122,21 +122,18 @@ fn failed(code: Option<&str>) -> Job {
     }
 }
 
-fn target(host: &str) -> Arc<cloud::Target> {
-    target_in(host, "p1")
+/// A target of project `p1` whose jobs `fake` answers.
+fn target(fake: &Arc<Fake>) -> Arc<Target> {
+    target_in(fake, "p1")
 }
 
-fn target_in(host: &str, project: &str) -> Arc<cloud::Target> {
-    Arc::new(cloud::Target::new(
-        "acc",
-        Scope::new("evs", "r1", project),
-        &format!("http://{host}"),
-        Credentials {
-            access_key: Secret::new("a"),
-            secret_key: Secret::new("b"),
-            security_token: None,
-        },
-    ))
+fn target_in(fake: &Arc<Fake>, project: &str) -> Arc<Target> {
+    Arc::new(Target {
+        account: "acc".into(),
+        scope: Scope::new("evs", "r1", project),
+        endpoint_key: "h1".into(),
+        source: Arc::clone(fake) as Arc<dyn JobSource>,
+    })
 }
 
 fn settings(mode: Mode) -> Settings {
@@ -155,8 +152,7 @@ fn settings(mode: Mode) -> Settings {
 
 fn poller(fake: &Arc<Fake>, jobs: &[&str], s: Settings) -> Poller {
     Poller::new(
-        Arc::clone(fake) as Arc<dyn JobSource>,
-        vec![(target("h1"), jobs.iter().map(|j| j.to_string()).collect())],
+        vec![(target(fake), jobs.iter().map(|j| j.to_string()).collect())],
         s,
         Arc::new(Telemetry::new()),
     )
@@ -213,10 +209,10 @@ async fn a_finished_job_that_leaves_and_comes_back_is_neither_fetched_nor_counte
     let p = poller(&fake, &ids, settings(Mode::Cached));
     p.collect(None).await;
     let failures = "huaweicloud_job_failures_total{cloud_service=\"evs\",cloud_region=\"r1\",project_id=\"p1\",job_type=\"createVolume\",error_code=\"EVS.1\"} 5";
-    let listed = || vec![(target("h1"), ids.iter().map(|j| j.to_string()).collect())];
+    let listed = || vec![(target(&fake), ids.iter().map(|j| j.to_string()).collect())];
     for _ in 0..2 {
         // The config emptied, then restored.
-        p.set_jobs(vec![(target("h1"), Vec::new())]);
+        p.set_jobs(vec![(target(&fake), Vec::new())]);
         p.collect(None).await;
         assert!(series(&text(&p), "huaweicloud_job_status{").is_empty());
         p.set_jobs(listed());
@@ -275,7 +271,7 @@ async fn an_acknowledged_job_is_not_exported_nor_taken_back() {
     assert!(p.is_tracked(&job("f1")));
     let record = p.acknowledge(&job("f1"));
     assert_eq!(record.last, None);
-    p.set_jobs(vec![(target("h1"), vec!["f1".into(), "r1".into()])]);
+    p.set_jobs(vec![(target(&fake), vec!["f1".into(), "r1".into()])]);
     p.collect(None).await;
     let t = text(&p);
     assert!(!t.contains("job_id=\"f1\""), "{t}");
@@ -477,8 +473,7 @@ async fn a_job_with_too_many_entities_and_sub_jobs_is_capped_and_counted() {
     fake.script("j1", vec![Ok(big)]);
     let telemetry = Arc::new(Telemetry::new());
     let p = Poller::new(
-        Arc::clone(&fake) as Arc<dyn JobSource>,
-        vec![(target("h1"), vec!["j1".into()])],
+        vec![(target(&fake), vec!["j1".into()])],
         Settings {
             job_limits: cloud::model::Limits {
                 max_entities: 100,
@@ -547,7 +542,7 @@ async fn a_failed_job_keeps_what_the_jobs_page_shows_and_a_succeeded_one_only_ti
 #[tokio::test(start_paused = true)]
 async fn label_caps_are_per_target_and_count_what_they_fold() {
     let fake = Fake::new(Duration::from_millis(1));
-    let in_project = |project: &str| target_in("h1", project);
+    let in_project = |project: &str| target_in(&fake, project);
     // The noisy target fails 110 jobs with 110 codes and 110 types.
     let noisy: Vec<String> = (0..110).map(|i| format!("n{i}")).collect();
     for (i, id) in noisy.iter().enumerate() {
@@ -558,7 +553,6 @@ async fn label_caps_are_per_target_and_count_what_they_fold() {
     fake.script("q1", vec![Ok(failed(Some("QUIET.1")))]);
     let telemetry = Arc::new(Telemetry::new());
     let p = Poller::new(
-        Arc::clone(&fake) as Arc<dyn JobSource>,
         vec![
             (in_project("noisy"), noisy.clone()),
             (in_project("quiet"), vec!["q1".to_string()]),

@@ -544,7 +544,7 @@ impl Simulator {
     /// Adds `count` seeded traces to `project_id` that name no job, spread over the hour before
     /// the simulator's current time: purchases answering an `order_id`, failed calls (400, 403,
     /// 409) with error bodies, and sparse records with null or missing fields.
-    pub fn add_noise_traces(&self, project_id: &str, count: usize, seed: u64) {
+    pub(crate) fn add_noise_traces(&self, project_id: &str, count: usize, seed: u64) {
         let now_ms = self.now_unix_ms();
         let traces = noise(count, seed, now_ms);
         self.lock()
@@ -587,7 +587,7 @@ impl Simulator {
 
     /// The traces of `project_id` a query at the simulator's current time can see, newest
     /// first, whatever their age.
-    pub fn visible_traces(&self, project_id: &str) -> Vec<Value> {
+    pub(crate) fn visible_traces(&self, project_id: &str) -> Vec<Value> {
         let now_rel = self.now_secs();
         let now_ms = self.now_unix_ms();
         let st = self.lock();

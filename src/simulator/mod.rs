@@ -3,7 +3,7 @@
 //!
 //! It serves `GET /v1/{project_id}/jobs/{job_id}` (optionally under a `/{service}` prefix, so
 //! one simulator can stand in for several endpoints), Cloud Trace Service's trace list
-//! ([`cts`]) and SDRS's task centre ([`task_center`]), verifies SDK-HMAC-SHA256 signatures the way
+//! (`cts`) and SDRS's task centre (`task_center`), verifies SDK-HMAC-SHA256 signatures the way
 //! API Gateway does (401 with an APIG-shaped body on a bad signature, an unknown key or an
 //! `X-Sdk-Date` more than 15 minutes off), plays scripted lifecycles, and injects faults per job
 //! or globally. A small control API under `/_sim/` lets out-of-process tests steer it.
@@ -35,12 +35,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::cloud::signer;
-pub use cts::CtsQuery;
 pub use fleet::{FleetShape, JobScript, Outcome, SubJobScript};
-pub use task_center::FailureJobsQuery;
 
 /// Allowed distance between `X-Sdk-Date` and the simulator's clock, as upstream.
-pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
+pub(crate) const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
 
 /// Access key the demo and `simulate` accept by default. Not a secret: it only opens the
 /// simulator.
@@ -142,7 +140,7 @@ pub enum Api {
 
 /// A fault set on an [`Api`], for some requests or until cleared.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ApiFault {
+pub(crate) struct ApiFault {
     /// The fault; `None` clears it.
     pub fault: Option<Fault>,
     /// Requests it still applies to; `None`: until cleared.
@@ -360,7 +358,7 @@ impl Simulator {
     }
 
     /// The body a job reports now, exactly as served.
-    pub fn body_of(&self, job_id: &str) -> Option<serde_json::Value> {
+    pub(crate) fn body_of(&self, job_id: &str) -> Option<serde_json::Value> {
         let t = self.now_secs();
         let start = self.start_unix;
         self.lock()

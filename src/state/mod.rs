@@ -7,7 +7,7 @@
 //!   jobs an operator acknowledged.
 //!
 //! One interface for all of them: reads answer from memory; every change goes through
-//! [`Store::commit`], which returns once the change is on disk (fsynced) when a `state_file` is
+//! `Store::commit`, which returns once the change is on disk (fsynced) when a `state_file` is
 //! set. Concurrent commits share one journal append and one fsync (group commit): a dedicated
 //! writer thread takes every change queued while the previous fsync ran, so the async workers
 //! never block on the disk and the cost of a registration does not grow with the number of
@@ -60,7 +60,7 @@ impl JobRef {
     }
 
     /// Whether this job is in `scope`.
-    pub fn is_in(&self, scope: &Scope) -> bool {
+    pub(crate) fn is_in(&self, scope: &Scope) -> bool {
         scope.is(&self.cloud_service, &self.cloud_region, &self.project_id)
     }
 }
@@ -97,13 +97,13 @@ pub struct Discovered {
     pub found_at: i64,
     /// When `terminal_retention` dropped it (Unix seconds): it is no longer tracked, and kept
     /// only so that a listing still showing it (the task centre lists failed jobs for weeks)
-    /// does not bring it back. At most [`MAX_GONE`] are kept, the oldest go first.
+    /// does not bring it back. At most `MAX_GONE` are kept, the oldest go first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gone_at: Option<i64>,
 }
 
 /// Discovered jobs kept after `terminal_retention` dropped them, at most.
-pub const MAX_GONE: usize = 100_000;
+pub(crate) const MAX_GONE: usize = 100_000;
 
 /// Where a CTS discovery task stands. Everything stamped before `until_ms` minus the overlap
 /// has been read, and so has `backlog` once it is gone.
@@ -203,7 +203,7 @@ pub struct Finished {
 /// One change to the store. Each is idempotent, which makes journal replay safe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum Op {
+pub(crate) enum Op {
     /// Adds a registration.
     Register(JobRef),
     /// Removes a registration.
@@ -373,7 +373,7 @@ const MAX_BATCH: usize = 4096;
 
 impl Store {
     /// A store without a file (no `state_file`): it lasts until the process ends.
-    pub fn in_memory() -> Self {
+    pub(crate) fn in_memory() -> Self {
         Self::start(None, Records::default(), None)
     }
 
@@ -420,7 +420,7 @@ impl Store {
 
     /// Applies `ops` and returns once they are durable; returns how many changed something.
     /// Concurrent calls share one fsync.
-    pub async fn commit(&self, ops: Vec<Op>) -> Result<usize> {
+    pub(crate) async fn commit(&self, ops: Vec<Op>) -> Result<usize> {
         for op in &ops {
             if let Some(j) = op.job() {
                 check(j).map_err(Error::Invalid)?;
@@ -458,7 +458,7 @@ impl Store {
     }
 
     /// Whether `job` is registered.
-    pub fn is_registered(&self, job: &JobRef) -> bool {
+    pub(crate) fn is_registered(&self, job: &JobRef) -> bool {
         self.records().registrations.contains(job)
     }
 
@@ -471,7 +471,7 @@ impl Store {
     }
 
     /// Removes registrations, durably; returns how many there were.
-    pub async fn unregister(&self, jobs: &[JobRef]) -> Result<usize> {
+    pub(crate) async fn unregister(&self, jobs: &[JobRef]) -> Result<usize> {
         let present: Vec<Op> = {
             let r = self.records();
             jobs.iter()
@@ -495,7 +495,7 @@ impl Store {
     }
 
     /// Whether `job` is a discovered job still tracked.
-    pub fn is_discovered(&self, job: &JobRef) -> bool {
+    pub(crate) fn is_discovered(&self, job: &JobRef) -> bool {
         self.records()
             .discovered
             .get(job)
@@ -503,7 +503,7 @@ impl Store {
     }
 
     /// Discovered jobs of one target still tracked.
-    pub fn discovered_count(&self, scope: &Scope) -> usize {
+    pub(crate) fn discovered_count(&self, scope: &Scope) -> usize {
         let from = JobRef::new(scope, "");
         self.records()
             .discovered
@@ -515,14 +515,14 @@ impl Store {
 
     /// Whether discovery must not add `job`: it was discovered already (even if since dropped),
     /// or seen finished, or acknowledged.
-    pub fn knows(&self, job: &JobRef) -> bool {
+    pub(crate) fn knows(&self, job: &JobRef) -> bool {
         let r = self.records();
         r.discovered.contains_key(job) || r.finished.contains_key(job)
     }
 
     /// Records what one discovery step found and, when given, where its task now stands,
     /// durably and together.
-    pub async fn put_discovery(
+    pub(crate) async fn put_discovery(
         &self,
         jobs: Vec<Discovered>,
         cursor: Option<(CursorKey, Cursor)>,
@@ -538,7 +538,7 @@ impl Store {
     /// Marks discovered jobs that `terminal_retention` dropped as gone at `now` (Unix seconds),
     /// durably, and removes the oldest gone ones past [`MAX_GONE`]; returns how many of `jobs`
     /// were tracked discovered jobs.
-    pub async fn discovered_gone(&self, jobs: &[JobRef], now: i64) -> Result<usize> {
+    pub(crate) async fn discovered_gone(&self, jobs: &[JobRef], now: i64) -> Result<usize> {
         let ops: Vec<Op> = {
             let r = self.records();
             let mut ops: Vec<Op> = jobs
@@ -608,7 +608,7 @@ impl Store {
     }
 
     /// Adds or replaces finished or acknowledged jobs, durably.
-    pub async fn put_finished(&self, jobs: &[Finished]) -> Result<()> {
+    pub(crate) async fn put_finished(&self, jobs: &[Finished]) -> Result<()> {
         self.commit(jobs.iter().cloned().map(Op::Finished).collect())
             .await
             .map(drop)
@@ -622,13 +622,13 @@ impl Store {
     }
 
     /// Whether any finished or acknowledged job was recorded before `t` (Unix seconds).
-    pub fn any_finished_before(&self, t: f64) -> bool {
+    pub(crate) fn any_finished_before(&self, t: f64) -> bool {
         self.records().finished.values().any(|f| f.at < t)
     }
 
     /// Forgets every finished or acknowledged job recorded before `t` (Unix seconds) for which
     /// `keep` is false; returns how many.
-    pub async fn forget_finished_before(
+    pub(crate) async fn forget_finished_before(
         &self,
         t: f64,
         keep: impl Fn(&JobRef) -> bool,

@@ -24,7 +24,7 @@
 //! - `tls`: `tls_server_config` as a rustls server configuration.
 //! - `basic_auth`: `basic_auth_users`, checked with bcrypt and cached.
 //! - `serve`: the accept loop, the connection limits and the graceful stop.
-//! - here: the settings in force ([`Web`]), their hot reload, and the guard every request
+//! - here: the settings in force (`Web`), their hot reload, and the guard every request
 //!   passes.
 
 mod basic_auth;
@@ -114,7 +114,7 @@ impl Default for Limits {
 }
 
 /// The web configuration in force, its reloading, and the per-request guard.
-pub struct Web {
+pub(crate) struct Web {
     path: Option<PathBuf>,
     current: RwLock<Arc<Settings>>,
     /// Fingerprint of the last file that failed to load, so it is logged once.
@@ -143,11 +143,6 @@ impl Web {
         })
     }
 
-    /// The limits.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
     /// The settings in force.
     pub fn settings(&self) -> Arc<Settings> {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
@@ -155,7 +150,7 @@ impl Web {
 
     /// Re-reads the file if it or a file it names changed. Returns true when new settings were
     /// applied; a file that does not validate is logged once and the previous settings stay.
-    pub fn reload_if_changed(&self) -> bool {
+    pub(crate) fn reload_if_changed(&self) -> bool {
         let Some(path) = &self.path else {
             return false;
         };
@@ -218,7 +213,7 @@ impl Web {
     }
 
     /// Wraps `router` with the guard (auth, scrape limit, headers) and the body limit.
-    pub fn wrap(self: &Arc<Self>, router: Router) -> Router {
+    pub(crate) fn wrap(self: &Arc<Self>, router: Router) -> Router {
         router
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(self),
