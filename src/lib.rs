@@ -37,7 +37,8 @@
 //! - [`cloud`]: the HTTP client (given a scope, an endpoint and an account, not a configuration)
 //!   with retries, SDK-HMAC-SHA256 signing ([`cloud::signer`]),
 //!   credentials at run time ([`cloud::auth`]) and lenient decoding of job and error bodies
-//!   ([`cloud::model`]), of CTS traces ([`cloud::cts`]) and of the SDRS task centre
+//!   ([`cloud::model`], job bodies in one pass and capped as they are read), of CTS traces
+//!   ([`cloud::cts`]) and of the SDRS task centre
 //!   (`cloud::task_center`), with the bounded failure reasons. Job fetches go over keep-alive
 //!   connections that the fetching task drives itself (`cloud::conn`, on hyper); reqwest makes
 //!   the other calls, and all of them behind a proxy.

@@ -11,7 +11,6 @@
 //! truncate before they write, and a reload in between would drop every job the file lists.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -51,13 +50,14 @@ pub enum ReloadError {
     /// The files do not form a valid configuration.
     #[error("{0}")]
     Invalid(String),
-    /// An earlier reload is still reading files past its deadline; another would only pile up.
+    /// The reload (this caller's, or the one it joined) is still running past the caller's
+    /// deadline: the running configuration stays until it ends, and it may still apply.
     #[error(
-        "a reload is still in progress (it has run past {}s: a hung file system?); try again later",
+        "the reload is still running after {}s (a hung file system?); the running configuration stays until it ends, and its outcome will show in huaweicloud_job_exporter_config_last_reload_successful and the log",
         crate::files::READ_DEADLINE.as_secs()
     )]
     InProgress,
-    /// This reload passed its deadline or could not run.
+    /// The reload could not run (its task panicked, or the runtime is shutting down).
     #[error("{0}")]
     Stalled(String),
 }
@@ -104,10 +104,8 @@ pub struct Control {
     discovery: Discovery,
     poller: Poller,
     telemetry: Arc<Telemetry>,
-    /// The reload in flight, which concurrent requests share.
+    /// The reload in flight, which concurrent requests share until it ends.
     reloading: Mutex<Option<SharedReload>>,
-    /// True while a reload's blocking part runs, even after its waiters gave up on it.
-    reading: Arc<AtomicBool>,
 }
 
 fn unix_now() -> f64 {
@@ -142,7 +140,6 @@ impl Control {
             poller,
             telemetry,
             reloading: Mutex::new(None),
-            reading: Arc::new(AtomicBool::new(false)),
         };
         control.apply();
         control.telemetry.config_reload_ok.set(1);
@@ -226,11 +223,19 @@ impl Control {
         }
     }
 
-    /// [`Control::reload`] off the async workers, within [`crate::files::READ_DEADLINE`], and
-    /// single-flight: callers that arrive while a reload runs share its result, so a flood of
-    /// `POST /-/reload` costs one reload. While a reload that passed its deadline is still
-    /// reading, new ones fail at once with [`ReloadError::InProgress`].
+    /// [`Control::reload`] off the async workers, waited for up to
+    /// [`crate::files::READ_DEADLINE`], and single-flight: a caller that arrives while a reload
+    /// runs shares it (its result, or its deadline passing) rather than starting another, so a
+    /// flood of `POST /-/reload` costs one reload. A reload still running at a caller's deadline
+    /// is not abandoned (a blocking read cannot be stopped): the caller gets
+    /// [`ReloadError::InProgress`], and the reload ends on its own, logging its outcome and
+    /// setting `config_last_reload_successful` as any reload does.
     pub async fn reload_shared(self: &Arc<Self>) -> Result<(), ReloadError> {
+        self.reload_within(crate::files::READ_DEADLINE).await
+    }
+
+    /// [`Control::reload_shared`] with the caller's deadline given (tests use a short one).
+    async fn reload_within(self: &Arc<Self>, deadline: Duration) -> Result<(), ReloadError> {
         let shared = {
             let mut slot = self
                 .reloading
@@ -239,30 +244,18 @@ impl Control {
             match &*slot {
                 Some(running) => running.clone(),
                 None => {
-                    if self.reading.swap(true, Ordering::AcqRel) {
-                        return Err(ReloadError::InProgress);
-                    }
                     let me = Arc::clone(self);
                     // Spawned, so the reload finishes (and frees the slot) even if every caller
                     // goes away.
                     let task = tokio::spawn(async move {
-                        let reading = Arc::clone(&me.reading);
                         let blocking = Arc::clone(&me);
-                        let r = crate::files::off_workers(crate::files::READ_DEADLINE, move || {
-                            let r = blocking.reload();
-                            reading.store(false, Ordering::Release);
-                            r
-                        })
-                        .await;
+                        let r = tokio::task::spawn_blocking(move || blocking.reload()).await;
                         *me.reloading.lock().unwrap_or_else(PoisonError::into_inner) = None;
-                        match r {
-                            Ok(r) => r,
-                            Err(e) => {
-                                me.telemetry.config_reload_ok.set(0);
-                                tracing::error!(error = %e, "configuration reload did not finish; keeping the running configuration");
-                                Err(ReloadError::Stalled(e.to_string()))
-                            }
-                        }
+                        r.unwrap_or_else(|e| {
+                            me.telemetry.config_reload_ok.set(0);
+                            tracing::error!(error = %e, "configuration reload did not complete; keeping the running configuration");
+                            Err(ReloadError::Stalled(e.to_string()))
+                        })
                     });
                     let running = task
                         .map(|r| r.unwrap_or_else(|e| Err(ReloadError::Stalled(e.to_string()))))
@@ -273,7 +266,16 @@ impl Control {
                 }
             }
         };
-        shared.await
+        match tokio::time::timeout(deadline, shared).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(
+                    after = ?deadline,
+                    "configuration reload still running (a hung file system?); its outcome will be logged and set config_last_reload_successful"
+                );
+                Err(ReloadError::InProgress)
+            }
+        }
     }
 
     /// Reads the configuration file again and applies it. On failure everything stays as it
@@ -584,6 +586,86 @@ fn newly_empty(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A configuration file tracking `jobs` on one target (nothing is fetched: on-demand mode).
+    fn write_config(path: &std::path::Path, jobs: &str) {
+        let text = format!(
+            "mode: on_demand\naccounts: [{{name: a, access_key: {}, secret_key: {}}}]\ntargets:\n  - {{account: a, cloud_service: evs, cloud_region: r, project_id: {}, endpoint: \"http://127.0.0.1:1\", jobs: [{jobs}]}}\n",
+            crate::simulator::DEMO_ACCESS_KEY,
+            crate::simulator::DEMO_SECRET_KEY,
+            crate::simulator::DEMO_PROJECT_ID,
+        );
+        std::fs::write(path, text).expect("config");
+    }
+
+    /// A control over `path`, wired as the exporter wires it.
+    fn control(path: &std::path::Path) -> Arc<Control> {
+        let env: Env = Arc::new(|_: &str| None);
+        let config = Config::load(path, &|k| env(k)).expect("valid config");
+        let telemetry = Arc::new(Telemetry::for_mode(config.mode));
+        let client =
+            cloud::Client::new(config.request_timeout, Arc::clone(&telemetry)).expect("client");
+        let store = Arc::new(Store::in_memory());
+        let poller = Poller::new(
+            Arc::new(client.clone()),
+            Vec::new(),
+            crate::poller::Settings::from(&config),
+            Arc::clone(&telemetry),
+        );
+        let discovery = Discovery::new(
+            crate::discovery::Options {
+                store: Some(Arc::clone(&store)),
+                ..Default::default()
+            },
+            client.clone(),
+            &telemetry,
+            config.shard,
+            config.max_discovered_jobs,
+        );
+        Arc::new(Control::new(
+            config, env, client, store, discovery, poller, telemetry,
+        ))
+    }
+
+    // The configuration lock is held across awaits on purpose: the reload's blocking part waits
+    // for it, as a read on a hung file system would wait, until the test lets it go.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn a_reload_past_its_deadline_is_reported_running_shared_and_may_still_apply() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yml");
+        write_config(&path, "j1");
+        let control = control(&path);
+        assert_eq!(control.poller.job_count(), 1);
+        write_config(&path, "j1, j2");
+
+        let held = control.lock();
+        let short = Duration::from_millis(20);
+        let first = control.reload_within(short).await;
+        assert!(matches!(first, Err(ReloadError::InProgress)), "{first:?}");
+        // Nothing has failed yet: the gauge still says how the last finished reload went.
+        assert_eq!(control.telemetry.config_reload_ok.get(), 1);
+        let running = control
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .expect("the reload is still in flight");
+        // A second request joins the running reload: same answer, no second reload queued
+        // behind the first (each holds two references to the control).
+        let second = control.reload_within(short).await;
+        assert!(matches!(second, Err(ReloadError::InProgress)), "{second:?}");
+        assert_eq!(Arc::strong_count(&control), 3);
+
+        // The file system answers: the reload nobody waits for any more still applies.
+        drop(held);
+        assert!(running.await.is_ok());
+        assert_eq!(control.poller.job_count(), 2);
+        assert_eq!(control.telemetry.config_reload_ok.get(), 1);
+        assert!(control.reloading.lock().expect("slot").is_none());
+        // And the next request runs a reload of its own.
+        assert!(control.reload_within(Duration::from_secs(60)).await.is_ok());
+    }
 
     #[test]
     fn only_a_file_that_had_content_counts_as_newly_empty() {

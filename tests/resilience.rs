@@ -172,7 +172,7 @@ async fn a_retry_never_sleeps_past_the_deadline() {
     );
     let ctx = cloud::FetchContext {
         deadline: Some(tokio::time::Instant::now() + Duration::from_secs(1)),
-        pacer: None,
+        ..Default::default()
     };
     let result = tokio::time::timeout(
         Duration::from_secs(8),

@@ -1,11 +1,12 @@
 //! Job bodies with huge entity and sub-job lists: the input chooses how many ids (up to the
 //! 150,000 a 1 MiB body can hold), how often they repeat and the caps; decoding and capping must
-//! keep exactly the first distinct entities up to the cap and count the rest.
+//! keep exactly the first distinct entities up to the cap and count the rest, and the decoder
+//! that caps as it reads must give the same job and counts as decoding whole, then capping.
 #![no_main]
 
 use std::collections::HashSet;
 
-use huaweicloud_job_exporter::cloud::model::{Limits, decode_job};
+use huaweicloud_job_exporter::cloud::model::{Limits, decode_job, decode_job_capped};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -25,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         .map(|b| char::from(b'a' + b % 26))
         .collect();
     let list: Vec<String> = (0..ids)
-        .map(|i| format!("\"{salt}{:x}\"", i % distinct))
+        .map(|i| format!("{salt}{:x}", i % distinct))
         .collect();
     let sub: Vec<String> = (0..subjobs)
         .map(|i| {
@@ -36,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         })
         .collect();
     let body = format!(
-        r#"{{"job_id":"j","status":"RUNNING","entities":{{"volume_ids":[{}],"sub_jobs":[{}]}}}}"#,
+        r#"{{"job_id":"j","status":"RUNNING","entities":{{"volume_ids":"{}","sub_jobs":[{}]}}}}"#,
         list.join(","),
         sub.join(",")
     );
@@ -52,6 +53,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let subjobs_before = job.sub_jobs.len();
     let cut = job.cap(limits);
+    let capped = decode_job_capped(body.as_bytes(), limits).expect("decodes capped");
+    assert_eq!(capped, (job.clone(), cut), "capping while decoding differs");
     assert!(job.sub_jobs.len() <= limits.max_subjobs);
     assert_eq!(cut.subjobs, subjobs_before - job.sub_jobs.len());
     let mut kept: HashSet<&(String, String)> = HashSet::new();

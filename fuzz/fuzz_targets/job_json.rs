@@ -2,7 +2,7 @@
 #![no_main]
 
 use huaweicloud_job_exporter::cloud::Status;
-use huaweicloud_job_exporter::cloud::model::{Job, decode_job};
+use huaweicloud_job_exporter::cloud::model::{Job, Limits, decode_job, decode_job_capped};
 use huaweicloud_job_exporter::exposition::{
     FAIL_REASON_MAX, Family, JobView, PER_JOB, render_job,
 };
@@ -11,9 +11,22 @@ use libfuzzer_sys::fuzz_target;
 const TARGET_LABELS: &str = r#"cloud_service="evs",cloud_region="cn-north-4",project_id="p1""#;
 
 fuzz_target!(|data: &[u8]| {
+    let limits = Limits {
+        max_entities: 3,
+        max_subjobs: 2,
+    };
+    let capped = decode_job_capped(data, limits);
     let Ok(job) = decode_job(data) else {
+        assert!(capped.is_err(), "only the capping decoder accepted the body");
         return;
     };
+    let mut cut_job = job.clone();
+    let cut = cut_job.cap(limits);
+    assert_eq!(
+        capped.ok(),
+        Some((cut_job, cut)),
+        "capping while decoding differs"
+    );
     check_job(&job, true);
     // The tracked id is the configured one; use the decoded id when there is one so that
     // hostile text reaches the base labels too.

@@ -209,15 +209,19 @@ pub trait Pacer: Send + Sync {
     fn answered(&self);
 }
 
-/// What a fetch knows about its caller: the deadline no retry sleep may outlive, and the pacer
-/// retries go through. Passed to [`Client::get_job_since`]; the default (no deadline, no pacer)
-/// retries unpaced and bounded only by the policy.
+/// What a fetch knows about its caller: the deadline no retry sleep may outlive, the pacer
+/// retries go through, and how much of a job body to keep. Passed to [`Client::get_job_since`];
+/// the default (no deadline, no pacer, default limits) retries unpaced and bounded only by the
+/// policy.
 #[derive(Clone, Default)]
 pub struct FetchContext {
     /// When the scrape or refresh gives up on this fetch.
     pub deadline: Option<tokio::time::Instant>,
     /// The endpoint's rate limiter.
     pub pacer: Option<Arc<dyn Pacer>>,
+    /// How much of a job body is kept: cut while decoding, so a body packed with ids costs
+    /// what is kept, not what it lists.
+    pub limits: model::Limits,
 }
 
 /// One (account, service, region, project) and how to reach it.
@@ -545,7 +549,7 @@ impl Client {
     ) -> Result<Fetched> {
         let mut attempt = 0;
         loop {
-            let result = self.get_job_once(target, job_id, known).await;
+            let result = self.get_job_once(target, job_id, known, ctx.limits).await;
             if let Some(p) = &ctx.pacer {
                 match &result {
                     Err(e) if e.reason() == Reason::Throttled => p.throttled(),
@@ -587,9 +591,13 @@ impl Client {
         target: &Target,
         job_id: &str,
         known: Option<BodyDigest>,
+        limits: model::Limits,
     ) -> Result<Fetched> {
         let material = self.material(target).await?;
-        match self.get_job_with(target, job_id, &material, known).await {
+        match self
+            .get_job_with(target, job_id, &material, known, limits)
+            .await
+        {
             Err(FetchError::Api { status: 401, .. })
                 if target
                     .auth
@@ -597,7 +605,8 @@ impl Client {
                     .await =>
             {
                 let fresh = self.material(target).await?;
-                self.get_job_with(target, job_id, &fresh, known).await
+                self.get_job_with(target, job_id, &fresh, known, limits)
+                    .await
             }
             other => other,
         }
@@ -617,6 +626,7 @@ impl Client {
         job_id: &str,
         material: &Material,
         known: Option<BodyDigest>,
+        limits: model::Limits,
     ) -> Result<Fetched> {
         let prepared = target
             .request
@@ -654,7 +664,8 @@ impl Client {
             if known == Some(digest) {
                 return Ok(Fetched::Unchanged);
             }
-            let job = model::decode_job(&body).map_err(|e| FetchError::Decode(e.to_string()))?;
+            let (job, cut) = model::decode_job_capped(&body, limits)
+                .map_err(|e| FetchError::Decode(e.to_string()))?;
             // A body about another job (a misrouting proxy or cache) must not be exported under
             // the id asked for: it is a body that does not decode to this job.
             if let Some(reported) = job.job_id.as_deref()
@@ -670,6 +681,8 @@ impl Client {
                     "the body is for job_id {reported:?}, not {job_id:?}"
                 )));
             }
+            // Counted here, where it was cut; the poller's own cap finds nothing left to cut.
+            self.telemetry.truncated(cut);
             return Ok(Fetched::Job(job, Some(digest)));
         }
         let err = api_error(status, &resp_headers, &body);

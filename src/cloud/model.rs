@@ -3,6 +3,9 @@
 //! Every field may be missing, null or of an unexpected JSON type; unknown fields are ignored and
 //! statuses are an open set. A body that is not a JSON object is the only decoding failure: a
 //! job with an unparsable time is still a job, exported without that time.
+//!
+//! Job bodies are read by `decode`, in one pass and capped as they are read (a hostile body
+//! packs 150,000 ids into 1 MiB); [`Job::cap`] applies the same caps to jobs from elsewhere.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash};
@@ -10,6 +13,8 @@ use std::hash::{BuildHasher, Hash};
 use chrono::{DateTime, NaiveDateTime};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+mod decode;
 
 /// A job's `status` as the cloud reports it: one of the four documented values, or any other
 /// the cloud sends (`WAITING_EXECUTE`, `PENDING_PAYMENT`, …), kept verbatim: statuses are an
@@ -140,41 +145,68 @@ impl Job {
     pub fn cap(&mut self, limits: Limits) -> Truncated {
         let subjobs = self.sub_jobs.len().saturating_sub(limits.max_subjobs);
         self.sub_jobs.truncate(limits.max_subjobs);
-        // Entities are compared by a keyed 64-bit hash, computed once each: an entity cut from
-        // two lists is one entity not kept, so the cut ones must be remembered too, and a set of
-        // the entities themselves made capping a body of 150,000 ids take 154 ms instead of
-        // 24 ms (BENCHMARKS.md, "Hardening"). A collision (2^-64 a pair) would at worst drop one
-        // entity as a repeat or under-count the counter by one.
         let total = self.entities.len()
             + self
                 .sub_jobs
                 .iter()
                 .map(|s| s.entities.len())
                 .sum::<usize>();
-        let hasher = std::collections::hash_map::RandomState::new();
-        let mut kept =
-            Hashes::with_capacity_and_hasher(limits.max_entities.min(total), Default::default());
-        let mut cut = Hashes::with_capacity_and_hasher(
-            total.saturating_sub(limits.max_entities),
-            Default::default(),
-        );
+        let mut capper = Capper::new(limits.max_entities, total);
         let lists = std::iter::once(&mut self.entities)
             .chain(self.sub_jobs.iter_mut().map(|s| &mut s.entities));
         for list in lists {
-            list.retain(|e| {
-                let h = hasher.hash_one(e);
-                if kept.contains(&h) {
-                    false
-                } else if kept.len() < limits.max_entities {
-                    kept.insert(h)
-                } else {
-                    cut.insert(h);
-                    false
-                }
-            });
+            list.retain(|(kind, id)| capper.admit(kind, id));
         }
-        let entities = cut.len();
-        Truncated { entities, subjobs }
+        Truncated {
+            entities: capper.cut(),
+            subjobs,
+        }
+    }
+}
+
+/// The entity rule of [`Job::cap`], applied one entity at a time so that the decoder can apply
+/// it to ids it has not copied out of the body: keep the first `max` distinct entities, drop
+/// repeats, count the distinct ones not kept.
+///
+/// Entities are compared by a keyed 64-bit hash, computed once each: an entity cut from two
+/// lists is one entity not kept, so the cut ones must be remembered too, and a set of the
+/// entities themselves made capping a body of 150,000 ids take 154 ms instead of 24 ms
+/// (BENCHMARKS.md, "Hardening"). A collision (2^-64 a pair) would at worst drop one entity as a
+/// repeat or under-count the counter by one.
+pub(crate) struct Capper {
+    hasher: std::collections::hash_map::RandomState,
+    max: usize,
+    kept: Hashes,
+    cut: Hashes,
+}
+
+impl Capper {
+    /// A capper keeping `max` entities, its sets sized for about `expected` of them.
+    pub(crate) fn new(max: usize, expected: usize) -> Self {
+        Self {
+            hasher: Default::default(),
+            max,
+            kept: Hashes::with_capacity_and_hasher(max.min(expected), Default::default()),
+            cut: Hashes::with_capacity_and_hasher(expected.saturating_sub(max), Default::default()),
+        }
+    }
+
+    /// Whether the entity is kept: it is new and there is room.
+    pub(crate) fn admit(&mut self, kind: &str, id: &str) -> bool {
+        let h = self.hasher.hash_one((kind, id));
+        if self.kept.contains(&h) {
+            false
+        } else if self.kept.len() < self.max {
+            self.kept.insert(h)
+        } else {
+            self.cut.insert(h);
+            false
+        }
+    }
+
+    /// How many distinct entities were not kept.
+    pub(crate) fn cut(&self) -> usize {
+        self.cut.len()
     }
 }
 
@@ -263,12 +295,16 @@ pub(super) fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// Decodes a 200 body of `GET /v1/{project_id}/jobs/{job_id}`.
+/// Decodes a 200 body of `GET /v1/{project_id}/jobs/{job_id}`, keeping all of it (repeats
+/// dropped within each entity list); a fetch uses [`decode_job_capped`].
 pub fn decode_job(body: &[u8]) -> Result<Job, DecodeError> {
-    match serde_json::from_slice::<Value>(body)? {
-        Value::Object(map) => Ok(job_from(&map, 0)),
-        other => Err(DecodeError::NotAnObject(kind(&other))),
-    }
+    decode::decode(body, None).map(|(job, _)| job)
+}
+
+/// Decodes a job body and caps it as [`Job::cap`] would, without copying out of the body what
+/// is cut: the cost of a body packed with ids stays a few milliseconds per MiB.
+pub fn decode_job_capped(body: &[u8], limits: Limits) -> Result<(Job, Truncated), DecodeError> {
+    decode::decode(body, Some(limits))
 }
 
 /// A string field: strings as they are, numbers and booleans as text, anything else absent.
@@ -279,51 +315,6 @@ pub(super) fn text(map: &Map<String, Value>, key: &str) -> Option<String> {
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
-}
-
-fn job_from(map: &Map<String, Value>, depth: u8) -> Job {
-    let time = |key| text(map, key).as_deref().and_then(parse_time);
-    let mut job = Job {
-        job_id: text(map, "job_id"),
-        job_type: text(map, "job_type"),
-        status: text(map, "status")
-            .filter(|s| !s.is_empty())
-            .map(Status::from),
-        begin: time("begin_time"),
-        end: time("end_time"),
-        error_code: text(map, "error_code").filter(|s| !s.is_empty()),
-        fail_reason: text(map, "fail_reason").filter(|s| !s.is_empty()),
-        entities: Vec::new(),
-        sub_jobs: Vec::new(),
-    };
-    let Some(Value::Object(entities)) = map.get("entities") else {
-        return job;
-    };
-    for key in ENTITY_KEYS {
-        if let Some(id) = text(entities, key).filter(|s| !s.is_empty()) {
-            job.entities.push((key.to_string(), id));
-        }
-    }
-    if let Some(ids) = text(entities, "volume_ids") {
-        let ids = ids.split(',').map(str::trim).filter(|s| !s.is_empty());
-        job.entities
-            .extend(ids.map(|id| ("volume_id".to_string(), id.to_string())));
-        dedup_keep_first(&mut job.entities);
-    }
-    // Sub-jobs do not nest in any documented API; one level is all that is read, so a hostile
-    // body cannot make decoding recurse.
-    if depth == 0
-        && let Some(Value::Array(subs)) = entities.get("sub_jobs")
-    {
-        job.sub_jobs = subs
-            .iter()
-            .filter_map(|s| match s {
-                Value::Object(m) => Some(job_from(m, depth + 1)),
-                _ => None,
-            })
-            .collect();
-    }
-    job
 }
 
 /// Parses the job API's time formats into Unix seconds: RFC 3339 (`Z`, `+08:00`), a numeric
@@ -640,7 +631,7 @@ mod tests {
     }
 
     /// A body the size limit admits with as many ids as fit: 150,000 volume ids under 1 MiB.
-    fn huge_body(ids: usize) -> Vec<u8> {
+    pub(super) fn huge_body(ids: usize) -> Vec<u8> {
         let list: Vec<String> = (0..ids).map(|i| format!("{i:x}")).collect();
         let subs: Vec<String> = (0..ids / 1000)
             .map(|i| {
@@ -665,6 +656,9 @@ mod tests {
         assert_eq!(job.entities.len(), 150_000);
         assert_eq!(job.sub_jobs.len(), 150);
         let cut = job.cap(Limits::default());
+        // Capping while decoding: the same job, the same counts.
+        let capped = decode_job_capped(&body, Limits::default()).expect("decodes");
+        assert_eq!(capped, (job.clone(), cut));
         // The sub-jobs' entities repeat ids of the job's list: they are dropped, not counted.
         assert_eq!(
             cut,

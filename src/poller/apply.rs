@@ -40,6 +40,8 @@ impl State {
                 entry.digest = None;
             }
             Ok(Fetched::Job(mut job, digest)) => {
+                // The cloud client caps while decoding and counts what it cut there; this caps
+                // a job from any other source.
                 let cut = job.cap(settings.job_limits);
                 telemetry.truncated(cut);
                 entry.fetch_ok = true;

@@ -156,6 +156,7 @@ impl Poller {
                 let ctx = FetchContext {
                     deadline: Some(retry_deadline),
                     pacer: limiter.map(|l| l as Arc<dyn cloud::Pacer>),
+                    limits: self.inner.settings.job_limits,
                 };
                 let result = tracked.target.source.fetch(&key.1, *known, &ctx).await;
                 (i, result)
