@@ -607,7 +607,6 @@ mod tests {
             cloud::Client::new(config.request_timeout, Arc::clone(&telemetry)).expect("client");
         let store = Arc::new(Store::in_memory());
         let poller = Poller::new(
-            Arc::new(client.clone()),
             Vec::new(),
             crate::poller::Settings::from(&config),
             Arc::clone(&telemetry),
