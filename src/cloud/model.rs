@@ -264,7 +264,7 @@ impl std::hash::Hasher for Prehashed {
 /// Removes repeated items, keeping each first occurrence in place, in one pass: the list of a
 /// hostile body can hold 150,000 ids in 1 MiB, and the pairwise search this replaces took a
 /// minute over it.
-pub fn dedup_keep_first<T: Hash + Eq>(items: &mut Vec<T>) {
+pub(crate) fn dedup_keep_first<T: Hash + Eq>(items: &mut Vec<T>) {
     let keep: Vec<bool> = {
         let mut seen = HashSet::with_capacity(items.len());
         items.iter().map(|x| seen.insert(x)).collect()
@@ -320,7 +320,7 @@ pub(super) fn text(map: &Map<String, Value>, key: &str) -> Option<String> {
 /// Parses the job API's time formats into Unix seconds: RFC 3339 (`Z`, `+08:00`), a numeric
 /// offset without colon (`+0800`), with or without fraction, no offset at all (taken as UTC),
 /// and IMS's `04-Jun-2015 18:11:06:586`. Empty or unparsable gives `None`.
-pub fn parse_time(s: &str) -> Option<f64> {
+pub(crate) fn parse_time(s: &str) -> Option<f64> {
     let s = s.trim();
     if s.is_empty() {
         return None;
