@@ -461,6 +461,18 @@ mod tests {
     use super::*;
     use crate::exposition::FAIL_REASON_MAX;
 
+    /// Job `j`'s text after a successful fetch, every family exported.
+    fn fetched(target_labels: &str, job: &Job, last_success: Option<f64>) -> JobText {
+        render_job(&JobView {
+            target_labels,
+            job_id: "j",
+            job: Some(job),
+            fetch_ok: true,
+            last_success,
+            families: crate::families::Families::ALL,
+        })
+    }
+
     #[test]
     fn long_lines_round_trip() {
         let job = Job {
@@ -468,14 +480,7 @@ mod tests {
             fail_reason: Some("\\\"".repeat(150)),
             ..Job::default()
         };
-        let t = render_job(&JobView {
-            target_labels: "a=\"b\"",
-            job_id: "j",
-            job: Some(&job),
-            fetch_ok: true,
-            last_success: None,
-            families: crate::families::Families::ALL,
-        });
+        let t = fetched("a=\"b\"", &job, None);
         let info = t.section(Family::FailureInfo);
         assert!(info.len() > 300, "{info}");
         assert!(
@@ -577,14 +582,7 @@ mod tests {
                 ..Job::default()
             }],
         };
-        let t = render_job(&JobView {
-            target_labels: "p=\"1\"",
-            job_id: "j",
-            job: Some(&job),
-            fetch_ok: true,
-            last_success: Some(200.0),
-            families: crate::families::Families::ALL,
-        });
+        let t = fetched("p=\"1\"", &job, Some(200.0));
         assert_eq!(
             t.section(Family::Status),
             "huaweicloud_job_status{p=\"1\",job_id=\"j\",job_type=\"unknown\",status=\"INIT\"} 0\n\
@@ -634,14 +632,7 @@ mod tests {
             ],
             ..Job::default()
         };
-        let t = render_job(&JobView {
-            target_labels: "p=\"1\"",
-            job_id: "j",
-            job: Some(&job),
-            fetch_ok: true,
-            last_success: Some(200.0),
-            families: crate::families::Families::ALL,
-        });
+        let t = fetched("p=\"1\"", &job, Some(200.0));
         // A running job with failed sub-jobs: no job failure info, one line per failed sub-job.
         assert_eq!(t.section(Family::FailureInfo), "");
         assert_eq!(
@@ -668,14 +659,7 @@ mod tests {
             end: Some(50.0),
             ..Job::default()
         };
-        let t = render_job(&JobView {
-            target_labels: "a=\"b\"",
-            job_id: "j",
-            job: Some(&job),
-            fetch_ok: true,
-            last_success: Some(130.0),
-            families: crate::families::Families::ALL,
-        });
+        let t = fetched("a=\"b\"", &job, Some(130.0));
         assert_eq!(t.section(Family::End), "");
         assert!(t.section(Family::Duration).ends_with("} 30\n"));
     }
