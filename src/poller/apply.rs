@@ -107,16 +107,16 @@ impl State {
                             .entry((Arc::clone(&labels), jt, code))
                             .or_default() += 1;
                     }
-                    let t = &entry.tracked.target;
+                    let scope = &entry.tracked.target.scope;
                     let remembered = Finished {
-                        job: JobRef::new(&t.scope, &key.1),
+                        job: JobRef::new(scope, &key.1),
                         at: now,
-                        last: Some(last_state(&job)),
+                        last: Some(Arc::new(last_state(&job))),
                     };
                     state.memory.insert(
-                        key.clone(),
+                        scope,
+                        key.1.clone(),
                         Remembered {
-                            job: remembered.job.clone(),
                             at: now,
                             last: remembered.last.clone(),
                         },
@@ -147,9 +147,9 @@ impl State {
             }
         }
         if unchanged {
-            entry.rerender_fetch(settings.families);
+            entry.rerender_fetch(&key.1, settings.families);
         } else {
-            entry.render(settings.families);
+            entry.render(&key.1, settings.families);
         }
         if entry.terminal_since.is_some()
             && let Some(job) = &mut entry.job

@@ -34,9 +34,9 @@ pub(super) struct Tracked {
 
 pub(super) type JobKey = (Arc<str>, String);
 
+/// A tracked job. Its id is the second half of its key, not repeated here.
 pub(super) struct Entry {
     pub(super) tracked: Arc<Tracked>,
-    pub(super) job_id: String,
     pub(super) job: Option<Job>,
     /// The digest of the body `job` was decoded from.
     pub(super) digest: Option<BodyDigest>,
@@ -48,10 +48,10 @@ pub(super) struct Entry {
 }
 
 impl Entry {
-    pub(super) fn view(&self, families: Families) -> JobView<'_> {
+    pub(super) fn view<'a>(&'a self, job_id: &'a str, families: Families) -> JobView<'a> {
         JobView {
             target_labels: &self.tracked.labels,
-            job_id: &self.job_id,
+            job_id,
             job: self.job.as_ref(),
             fetch_ok: self.fetch_ok,
             last_success: self.last_success,
@@ -59,13 +59,13 @@ impl Entry {
         }
     }
 
-    pub(super) fn render(&mut self, families: Families) {
-        self.text = exposition::render_job(&self.view(families));
+    pub(super) fn render(&mut self, job_id: &str, families: Families) {
+        self.text = exposition::render_job(&self.view(job_id, families));
     }
 
     /// Renders again after a fetch that returned the body `text` was rendered from.
-    pub(super) fn rerender_fetch(&mut self, families: Families) {
-        self.text = exposition::rerender_fetch(&self.view(families), &self.text);
+    pub(super) fn rerender_fetch(&mut self, job_id: &str, families: Families) {
+        self.text = exposition::rerender_fetch(&self.view(job_id, families), &self.text);
     }
 }
 
@@ -82,16 +82,62 @@ pub(super) struct Aggregated {
 /// not exported and not taken back while any source lists it, and forgotten once no source
 /// lists it and [`forget_after`] has passed.
 pub(super) struct Remembered {
-    pub(super) job: JobRef,
     pub(super) at: f64,
-    pub(super) last: Option<LastState>,
+    pub(super) last: Option<Arc<LastState>>,
+}
+
+/// The [`Remembered`] jobs, keyed like the tracked ones. A record holds no scope strings of its
+/// own: each key's labels stand for a scope kept once in `scopes` (at 100,000 jobs a scope
+/// per record was tens of MB; BENCHMARKS.md, issue 16).
+#[derive(Default)]
+pub(super) struct Memory {
+    records: HashMap<JobKey, Remembered>,
+    /// Each scope of the keys, under its labels: the one `Arc` of those labels the keys share.
+    scopes: HashMap<Arc<str>, Scope>,
+}
+
+impl Memory {
+    /// What is remembered of `key`.
+    pub(super) fn get(&self, key: &JobKey) -> Option<&Remembered> {
+        self.records.get(key)
+    }
+
+    /// Remembers job `job_id` of `scope`, replacing what was.
+    pub(super) fn insert(&mut self, scope: &Scope, job_id: String, remembered: Remembered) {
+        let labels = scope_labels(scope);
+        let labels = match self.scopes.get_key_value(labels.as_str()) {
+            Some((shared, _)) => Arc::clone(shared),
+            None => {
+                let shared: Arc<str> = labels.into();
+                self.scopes.insert(Arc::clone(&shared), scope.clone());
+                shared
+            }
+        };
+        self.records.insert((labels, job_id), remembered);
+    }
+
+    /// Keeps the records `keep` is true for.
+    pub(super) fn retain(&mut self, keep: impl FnMut(&JobKey, &mut Remembered) -> bool) {
+        self.records.retain(keep);
+    }
+
+    /// The jobs of the records `wanted` selects.
+    pub(super) fn jobs<'a>(
+        &'a self,
+        wanted: impl Fn(&Remembered) -> bool + 'a,
+    ) -> impl Iterator<Item = JobRef> + 'a {
+        self.records
+            .iter()
+            .filter(move |(_, m)| wanted(m))
+            .filter_map(|(key, _)| Some(JobRef::new(self.scopes.get(&key.0)?, &key.1)))
+    }
 }
 
 #[derive(Default)]
 pub(super) struct State {
     pub(super) jobs: BTreeMap<JobKey, Entry>,
     /// Jobs seen finished or acknowledged, listed or not.
-    pub(super) memory: HashMap<JobKey, Remembered>,
+    pub(super) memory: Memory,
     /// Jobs seen finished since the store last took them.
     pub(super) newly_finished: Vec<Finished>,
     pub(super) agg: Aggregated,
@@ -156,7 +202,6 @@ pub(super) fn insert_job(
     };
     let mut entry = Entry {
         tracked: Arc::clone(tracked),
-        job_id: key.1.clone(),
         job: None,
         digest: None,
         fetch_ok: false,
@@ -180,7 +225,7 @@ pub(super) fn insert_job(
         entry.last_success = Some(at);
         entry.terminal_since = Some(at);
     }
-    entry.render(families);
+    entry.render(&key.1, families);
     if entry.terminal_since.is_some()
         && let Some(job) = &mut entry.job
     {

@@ -280,14 +280,13 @@ impl Poller {
     pub(crate) fn remember(&self, finished: Vec<Finished>) {
         let mut state = self.state();
         for f in finished {
-            state.memory.insert(
-                job_key(&f.job),
-                Remembered {
-                    job: f.job,
-                    at: f.at,
-                    last: f.last,
-                },
-            );
+            let remembered = Remembered {
+                at: f.at,
+                last: f.last,
+            };
+            state
+                .memory
+                .insert(&f.job.scope(), f.job.job_id, remembered);
         }
     }
 
@@ -298,14 +297,11 @@ impl Poller {
         {
             let mut state = self.state();
             state.jobs.remove(&key);
-            state.memory.insert(
-                key,
-                Remembered {
-                    job: job.clone(),
-                    at: now,
-                    last: None,
-                },
-            );
+            let remembered = Remembered {
+                at: now,
+                last: None,
+            };
+            state.memory.insert(&job.scope(), key.1, remembered);
         }
         self.publish();
         Finished {
@@ -328,9 +324,8 @@ impl Poller {
         let now = self.inner.clock.now();
         self.state()
             .memory
-            .values()
-            .filter(|m| (m.last.is_none() || now - m.at >= retention) && wanted(&m.job))
-            .map(|m| m.job.clone())
+            .jobs(|m| m.last.is_none() || now - m.at >= retention)
+            .filter(|job| wanted(job))
             .collect()
     }
 
@@ -421,9 +416,9 @@ impl Poller {
     pub(crate) fn list_jobs(&self, query: &listing::Query) -> listing::Listing {
         let now = self.inner.clock.now();
         let state = self.state();
-        let items = state.jobs.values().map(|e| listing::Item {
+        let items = state.jobs.iter().map(|((_, job_id), e)| listing::Item {
             scope: &e.tracked.target.scope,
-            job_id: &e.job_id,
+            job_id,
             job: e.job.as_ref(),
             fetch_ok: e.fetch_ok,
         });

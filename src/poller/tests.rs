@@ -532,9 +532,9 @@ async fn a_failed_job_keeps_what_the_jobs_page_shows_and_a_succeeded_one_only_ti
     let state = p.state();
     let held = state
         .jobs
-        .values()
-        .find(|e| e.job_id == "f")
-        .and_then(|e| e.job.as_ref())
+        .iter()
+        .find(|((_, id), _)| id == "f")
+        .and_then(|(_, e)| e.job.as_ref())
         .expect("job");
     assert!(held.sub_jobs.is_empty());
 }

@@ -220,11 +220,7 @@ impl Files {
                     cursor: cursor.clone(),
                 })
                 .collect(),
-            finished: records
-                .finished
-                .iter()
-                .map(|(job, seen)| seen.record(job))
-                .collect(),
+            finished: records.finished.records().collect(),
         };
         let count = snapshot.registrations.len()
             + snapshot.discovered.len()

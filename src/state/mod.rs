@@ -195,9 +195,10 @@ pub struct Finished {
     /// When it was first seen finished, or acknowledged: Unix seconds.
     pub at: f64,
     /// What to export for it until `terminal_retention`; `None` once acknowledged (not
-    /// exported at all).
+    /// exported at all). Shared: the poller's memory of the job and the store's record hold
+    /// the same one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last: Option<LastState>,
+    pub last: Option<Arc<LastState>>,
 }
 
 /// One change to the store. Each is idempotent, which makes journal replay safe.
@@ -279,16 +280,104 @@ struct Records {
     registrations: BTreeSet<JobRef>,
     discovered: BTreeMap<JobRef, Discovered>,
     cursors: BTreeMap<CursorKey, Cursor>,
-    /// Keyed by the job, which the value does not repeat: one `JobRef` (four strings) per
-    /// record instead of two.
-    finished: HashMap<JobRef, Seen>,
+    finished: FinishedSet,
+}
+
+/// The finished and acknowledged jobs, grouped by scope: a scope's three strings are held once,
+/// not once per job. At 100,000 tracked jobs a map keyed by [`JobRef`] spent most of its bytes
+/// on those copies (BENCHMARKS.md, issue 16's run 3).
+#[derive(Debug, Default, Clone)]
+struct FinishedSet {
+    /// Few: one per target that ever had a job finish.
+    scopes: Vec<ScopeJobs>,
+}
+
+#[derive(Debug, Clone)]
+struct ScopeJobs {
+    cloud_service: String,
+    cloud_region: String,
+    project_id: String,
+    jobs: HashMap<Box<str>, Seen>,
+}
+
+impl ScopeJobs {
+    fn holds(&self, job: &JobRef) -> bool {
+        self.project_id == job.project_id
+            && self.cloud_region == job.cloud_region
+            && self.cloud_service == job.cloud_service
+    }
+
+    fn job(&self, job_id: &str) -> JobRef {
+        JobRef {
+            cloud_service: self.cloud_service.clone(),
+            cloud_region: self.cloud_region.clone(),
+            project_id: self.project_id.clone(),
+            job_id: job_id.to_string(),
+        }
+    }
+}
+
+impl FinishedSet {
+    fn scope(&self, job: &JobRef) -> Option<&ScopeJobs> {
+        self.scopes.iter().find(|s| s.holds(job))
+    }
+
+    fn get(&self, job: &JobRef) -> Option<&Seen> {
+        self.scope(job)?.jobs.get(job.job_id.as_str())
+    }
+
+    /// Adds or replaces; returns the record replaced.
+    fn insert(&mut self, job: JobRef, seen: Seen) -> Option<Seen> {
+        let i = match self.scopes.iter().position(|s| s.holds(&job)) {
+            Some(i) => i,
+            None => {
+                self.scopes.push(ScopeJobs {
+                    cloud_service: job.cloud_service,
+                    cloud_region: job.cloud_region,
+                    project_id: job.project_id,
+                    jobs: HashMap::new(),
+                });
+                self.scopes.len() - 1
+            }
+        };
+        self.scopes[i].jobs.insert(job.job_id.into(), seen)
+    }
+
+    fn remove(&mut self, job: &JobRef) -> Option<Seen> {
+        let i = self.scopes.iter().position(|s| s.holds(job))?;
+        let removed = self.scopes[i].jobs.remove(job.job_id.as_str());
+        if self.scopes[i].jobs.is_empty() {
+            self.scopes.swap_remove(i);
+        }
+        removed
+    }
+
+    /// Every record, each with its scope's job reference built on the way.
+    fn records(&self) -> impl Iterator<Item = Finished> + '_ {
+        self.scopes
+            .iter()
+            .flat_map(|s| s.jobs.iter().map(|(id, seen)| seen.record(&s.job(id))))
+    }
+
+    /// The jobs of the records `wanted` selects, built only for those.
+    fn select<'a>(
+        &'a self,
+        wanted: impl Fn(&Seen) -> bool + Copy + 'a,
+    ) -> impl Iterator<Item = JobRef> + 'a {
+        self.scopes.iter().flat_map(move |s| {
+            s.jobs
+                .iter()
+                .filter(move |(_, seen)| wanted(seen))
+                .map(move |(id, _)| s.job(id))
+        })
+    }
 }
 
 /// A [`Finished`] record without its job, which is the key it is stored under.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Seen {
     at: f64,
-    last: Option<LastState>,
+    last: Option<Arc<LastState>>,
 }
 
 impl Seen {
@@ -517,7 +606,7 @@ impl Store {
     /// or seen finished, or acknowledged.
     pub(crate) fn knows(&self, job: &JobRef) -> bool {
         let r = self.records();
-        r.discovered.contains_key(job) || r.finished.contains_key(job)
+        r.discovered.contains_key(job) || r.finished.get(job).is_some()
     }
 
     /// Records what one discovery step found and, when given, where its task now stands,
@@ -592,11 +681,7 @@ impl Store {
 
     /// Every job seen finished or acknowledged.
     pub fn finished(&self) -> Vec<Finished> {
-        self.records()
-            .finished
-            .iter()
-            .map(|(job, seen)| seen.record(job))
-            .collect()
+        self.records().finished.records().collect()
     }
 
     /// The record of one finished or acknowledged job.
@@ -623,7 +708,11 @@ impl Store {
 
     /// Whether any finished or acknowledged job was recorded before `t` (Unix seconds).
     pub(crate) fn any_finished_before(&self, t: f64) -> bool {
-        self.records().finished.values().any(|f| f.at < t)
+        let r = self.records();
+        r.finished
+            .scopes
+            .iter()
+            .any(|s| s.jobs.values().any(|f| f.at < t))
     }
 
     /// Forgets every finished or acknowledged job recorded before `t` (Unix seconds) for which
@@ -636,9 +725,9 @@ impl Store {
         let old: Vec<Op> = self
             .records()
             .finished
-            .iter()
-            .filter(|(job, seen)| seen.at < t && !keep(job))
-            .map(|(job, _)| Op::Forget(job.clone()))
+            .select(move |seen| seen.at < t)
+            .filter(|job| !keep(job))
+            .map(Op::Forget)
             .collect();
         self.commit(old).await
     }
@@ -675,10 +764,14 @@ fn writer(
         }
         let mut lines = Vec::new();
         let mut count = 0;
-        for (ops, _) in &commits {
-            for op in ops {
-                journal::encode(op, &mut lines);
-                count += 1;
+        // Without a file there is nothing to write: encoding anyway took 34 MB for the first
+        // refresh of 100,000 jobs (BENCHMARKS.md).
+        if files.is_some() {
+            for (ops, _) in &commits {
+                for op in ops {
+                    journal::encode(op, &mut lines);
+                    count += 1;
+                }
             }
         }
         let written = match &mut files {
@@ -778,14 +871,14 @@ mod tests {
         let done = Finished {
             job: job("f"),
             at: 1_700_000_100.5,
-            last: Some(LastState {
+            last: Some(Arc::new(LastState {
                 job_type: Some("createVolume".into()),
                 status: crate::cloud::Status::Fail,
                 error_code: Some("EVS.1".into()),
                 fail_reason: Some("no".into()),
                 begin: Some(1.0),
                 end: Some(2.0),
-            }),
+            })),
         };
         s.put_finished(std::slice::from_ref(&done))
             .await
