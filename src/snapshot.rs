@@ -80,6 +80,10 @@ fn starts_segment(job: &JobText) -> bool {
 /// (BENCHMARKS.md).
 const WARM_BATCH: usize = 8;
 
+/// Room left in a chunk's buffer past its limit for the job that crosses it, so the buffer
+/// rarely grows.
+const HEAD_ROOM: usize = 7 * 1024;
+
 /// Where a write stopped: the family (its place in [`Family`] order), and the next segment and job within a
 /// per-job family (`None` before the family's header).
 #[derive(Debug, Clone, Copy, Default)]
@@ -363,8 +367,7 @@ impl Iterator for Chunks {
         if self.cursor.slot >= FAMILIES.len() {
             return None;
         }
-        // Head room for the job that crosses the limit, so the buffer rarely grows.
-        let mut out = Vec::with_capacity(self.chunk + 8 * 1024);
+        let mut out = Vec::with_capacity(self.chunk + HEAD_ROOM);
         self.snapshot
             .fill(&mut self.cursor, &mut out, self.chunk, self.format);
         (!out.is_empty()).then(|| Bytes::from(out))
