@@ -20,7 +20,7 @@ use crate::snapshot::Snapshot;
 /// Finished jobs made durable per store commit. The first refresh of a large fleet finds most
 /// of its jobs finished at once, and one commit of them all held a copy of every record at once
 /// (21 MB at 100,000 jobs, 90% finished; BENCHMARKS.md).
-const PERSIST_BATCH: usize = 4096;
+pub(super) const PERSIST_BATCH: usize = 4096;
 
 /// How much of a scrape's timeout is kept back for rendering and the network, as
 /// blackbox_exporter does with its timeout offset.

@@ -286,6 +286,69 @@ async fn an_acknowledged_job_is_not_exported_nor_taken_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn jobs_seen_finished_in_one_collection_are_all_made_durable_past_one_batch() {
+    let fake = Fake::new(Duration::from_millis(1));
+    let ids: Vec<String> = (0..super::collect::PERSIST_BATCH + 3)
+        .map(|i| format!("f{i}"))
+        .collect();
+    for id in &ids {
+        fake.script(id, vec![Ok(failed(Some("EVS.1")))]);
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let p = poller(&fake, &refs, settings(Mode::Cached));
+    let store = Arc::new(Store::in_memory());
+    p.persist_to(Arc::clone(&store));
+    p.collect(None).await;
+    let mut stored: Vec<String> = store.finished().into_iter().map(|f| f.job.job_id).collect();
+    stored.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(stored, want);
+    assert!(p.state().newly_finished.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn remembered_jobs_of_several_scopes_come_back_with_their_own_scope() {
+    let fake = Fake::new(Duration::from_millis(10));
+    let p = poller(&fake, &[], settings(Mode::Cached));
+    let job = |project: &str, region: &str, id: &str| JobRef {
+        cloud_service: "evs".into(),
+        cloud_region: region.into(),
+        project_id: project.into(),
+        job_id: id.into(),
+    };
+    let acknowledged = [
+        job("p1", "r1", "a"),
+        job("p2", "r1", "a"),
+        job("p1", "r2", "a"),
+        job("p1", "r1", "b"),
+    ];
+    p.remember(
+        acknowledged
+            .iter()
+            .map(|j| Finished {
+                job: j.clone(),
+                at: 1.0,
+                last: None,
+            })
+            .collect(),
+    );
+    let mut expired = p.expired(|_| true);
+    expired.sort();
+    let mut want = acknowledged.to_vec();
+    want.sort();
+    assert_eq!(expired, want);
+    assert_eq!(
+        p.expired(|j| j.project_id == "p2"),
+        vec![job("p2", "r1", "a")]
+    );
+    for j in &acknowledged {
+        assert_eq!(p.remembered(j).map(|r| r.2), Some(true), "{j:?}");
+    }
+    assert_eq!(p.remembered(&job("p2", "r2", "a")), None);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_unchanged_body_moves_only_the_fetch_time_and_the_running_duration() {
     let fake = Fake::with_digests(Duration::from_millis(10));
     let running = job("RUNNING", 100.0, None);

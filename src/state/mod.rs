@@ -836,6 +836,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn finished_records_of_several_scopes_are_kept_apart_and_given_back_whole() {
+        let s = Store::in_memory();
+        let in_scope = |project: &str, region: &str, id: &str| JobRef {
+            project_id: project.into(),
+            cloud_region: region.into(),
+            ..job(id)
+        };
+        let at = |job: JobRef, at: f64| Finished {
+            job,
+            at,
+            last: None,
+        };
+        // The same job id in three scopes, and a second job in one of them.
+        let records = vec![
+            at(in_scope("p1", "r1", "j"), 10.0),
+            at(in_scope("p2", "r1", "j"), 20.0),
+            at(in_scope("p1", "r2", "j"), 30.0),
+            at(in_scope("p1", "r1", "k"), 40.0),
+        ];
+        s.put_finished(&records).await.expect("put");
+        let mut all = s.finished();
+        all.sort_by(|a, b| a.at.total_cmp(&b.at));
+        assert_eq!(all, records);
+        for r in &records {
+            assert!(s.knows(&r.job));
+            assert_eq!(s.finished_job(&r.job).as_ref(), Some(r));
+        }
+        assert!(!s.knows(&in_scope("p2", "r2", "j")));
+        assert!(!s.knows(&job("j")), "another service is another scope");
+
+        // Only the old records `keep` does not hold are forgotten, each in its own scope.
+        let forgotten = s
+            .forget_finished_before(35.0, |j| j.project_id == "p2")
+            .await
+            .expect("forget");
+        assert_eq!(forgotten, 2);
+        let mut left: Vec<JobRef> = s.finished().into_iter().map(|f| f.job).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![in_scope("p1", "r1", "k"), in_scope("p2", "r1", "j")]
+        );
+        assert!(s.any_finished_before(35.0));
+        s.forget_finished(&[in_scope("p2", "r1", "j")])
+            .await
+            .expect("forget");
+        assert!(!s.any_finished_before(35.0));
+        // A scope emptied and filled again holds its jobs as before.
+        s.put_finished(&records[1..2]).await.expect("put again");
+        assert_eq!(s.finished_job(&records[1].job).as_ref(), Some(&records[1]));
+    }
+
+    #[tokio::test]
     async fn every_kind_of_record_survives_reopening() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("state.json");
