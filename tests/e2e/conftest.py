@@ -38,11 +38,26 @@ def wait_http(url, timeout=30, ok=(200,)):
     raise AssertionError(f"{url} not ready after {timeout}s: {last}")
 
 
+# The folders of the processes' logs: removed when the session passes, kept for reading when
+# it fails (each run otherwise left one folder per process in the temporary directory).
+LOG_DIRS = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_logs_of_a_passing_session(request):
+    yield
+    if request.session.testsfailed == 0:
+        for d in LOG_DIRS:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 class Process:
     """A child process whose output goes to a log file, stopped with SIGTERM."""
 
     def __init__(self, args, name, **kw):
-        self.log_path = Path(tempfile.mkdtemp(prefix=f"hwje-{name}-")) / "out.log"
+        log_dir = tempfile.mkdtemp(prefix=f"hwje-{name}-")
+        LOG_DIRS.append(log_dir)
+        self.log_path = Path(log_dir) / "out.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, **kw)
 
