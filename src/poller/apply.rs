@@ -114,8 +114,8 @@ impl State {
                         last: Some(Arc::new(last_state(&job))),
                     };
                     state.memory.insert(
+                        key.clone(),
                         scope,
-                        key.1.clone(),
                         Remembered {
                             at: now,
                             last: remembered.last.clone(),

@@ -88,7 +88,7 @@ pub(super) struct Remembered {
 
 /// The [`Remembered`] jobs, keyed like the tracked ones. A record holds no scope strings of its
 /// own: each key's labels stand for a scope kept once in `scopes` (at 100,000 jobs a scope
-/// per record was tens of MB; BENCHMARKS.md, issue 16).
+/// per record was tens of MB; BENCHMARKS.md, "Run 3" and "Run 4").
 #[derive(Default)]
 pub(super) struct Memory {
     records: HashMap<JobKey, Remembered>,
@@ -102,15 +102,18 @@ impl Memory {
         self.records.get(key)
     }
 
-    /// Remembers job `job_id` of `scope`, replacing what was.
-    pub(super) fn insert(&mut self, scope: &Scope, job_id: String, remembered: Remembered) {
-        let labels = scope_labels(scope);
-        let labels = match self.scopes.get_key_value(labels.as_str()) {
+    /// Remembers the job of `key`, whose labels are those of `scope`, replacing what was.
+    pub(super) fn insert(
+        &mut self,
+        (labels, job_id): JobKey,
+        scope: &Scope,
+        remembered: Remembered,
+    ) {
+        let labels = match self.scopes.get_key_value(&labels) {
             Some((shared, _)) => Arc::clone(shared),
             None => {
-                let shared: Arc<str> = labels.into();
-                self.scopes.insert(Arc::clone(&shared), scope.clone());
-                shared
+                self.scopes.insert(Arc::clone(&labels), scope.clone());
+                labels
             }
         };
         self.records.insert((labels, job_id), remembered);

@@ -286,7 +286,7 @@ impl Poller {
             };
             state
                 .memory
-                .insert(&f.job.scope(), f.job.job_id, remembered);
+                .insert(job_key(&f.job), &f.job.scope(), remembered);
         }
     }
 
@@ -301,7 +301,7 @@ impl Poller {
                 at: now,
                 last: None,
             };
-            state.memory.insert(&job.scope(), key.1, remembered);
+            state.memory.insert(key, &job.scope(), remembered);
         }
         self.publish();
         Finished {

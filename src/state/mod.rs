@@ -285,7 +285,7 @@ struct Records {
 
 /// The finished and acknowledged jobs, grouped by scope: a scope's three strings are held once,
 /// not once per job. At 100,000 tracked jobs a map keyed by [`JobRef`] spent most of its bytes
-/// on those copies (BENCHMARKS.md, issue 16's run 3).
+/// on those copies (BENCHMARKS.md, "Run 3").
 #[derive(Debug, Default, Clone)]
 struct FinishedSet {
     /// Few: one per target that ever had a job finish.
