@@ -294,32 +294,13 @@ struct FinishedSet {
 
 #[derive(Debug, Clone)]
 struct ScopeJobs {
-    cloud_service: String,
-    cloud_region: String,
-    project_id: String,
+    scope: Scope,
     jobs: HashMap<Box<str>, Seen>,
-}
-
-impl ScopeJobs {
-    fn holds(&self, job: &JobRef) -> bool {
-        self.project_id == job.project_id
-            && self.cloud_region == job.cloud_region
-            && self.cloud_service == job.cloud_service
-    }
-
-    fn job(&self, job_id: &str) -> JobRef {
-        JobRef {
-            cloud_service: self.cloud_service.clone(),
-            cloud_region: self.cloud_region.clone(),
-            project_id: self.project_id.clone(),
-            job_id: job_id.to_string(),
-        }
-    }
 }
 
 impl FinishedSet {
     fn scope(&self, job: &JobRef) -> Option<&ScopeJobs> {
-        self.scopes.iter().find(|s| s.holds(job))
+        self.scopes.iter().find(|s| job.is_in(&s.scope))
     }
 
     fn get(&self, job: &JobRef) -> Option<&Seen> {
@@ -328,13 +309,11 @@ impl FinishedSet {
 
     /// Adds or replaces; returns the record replaced.
     fn insert(&mut self, job: JobRef, seen: Seen) -> Option<Seen> {
-        let i = match self.scopes.iter().position(|s| s.holds(&job)) {
+        let i = match self.scopes.iter().position(|s| job.is_in(&s.scope)) {
             Some(i) => i,
             None => {
                 self.scopes.push(ScopeJobs {
-                    cloud_service: job.cloud_service,
-                    cloud_region: job.cloud_region,
-                    project_id: job.project_id,
+                    scope: job.scope(),
                     jobs: HashMap::new(),
                 });
                 self.scopes.len() - 1
@@ -344,7 +323,7 @@ impl FinishedSet {
     }
 
     fn remove(&mut self, job: &JobRef) -> Option<Seen> {
-        let i = self.scopes.iter().position(|s| s.holds(job))?;
+        let i = self.scopes.iter().position(|s| job.is_in(&s.scope))?;
         let removed = self.scopes[i].jobs.remove(job.job_id.as_str());
         if self.scopes[i].jobs.is_empty() {
             self.scopes.swap_remove(i);
@@ -354,9 +333,11 @@ impl FinishedSet {
 
     /// Every record, each with its scope's job reference built on the way.
     fn records(&self) -> impl Iterator<Item = Finished> + '_ {
-        self.scopes
-            .iter()
-            .flat_map(|s| s.jobs.iter().map(|(id, seen)| seen.record(&s.job(id))))
+        self.scopes.iter().flat_map(|s| {
+            s.jobs
+                .iter()
+                .map(|(id, seen)| seen.record(JobRef::new(&s.scope, id)))
+        })
     }
 
     /// The jobs of the records `wanted` selects, built only for those.
@@ -368,7 +349,7 @@ impl FinishedSet {
             s.jobs
                 .iter()
                 .filter(move |(_, seen)| wanted(seen))
-                .map(move |(id, _)| s.job(id))
+                .map(move |(id, _)| JobRef::new(&s.scope, id))
         })
     }
 }
@@ -381,9 +362,9 @@ pub(super) struct Seen {
 }
 
 impl Seen {
-    fn record(&self, job: &JobRef) -> Finished {
+    fn record(&self, job: JobRef) -> Finished {
         Finished {
-            job: job.clone(),
+            job,
             at: self.at,
             last: self.last.clone(),
         }
@@ -689,7 +670,7 @@ impl Store {
         self.records()
             .finished
             .get(job)
-            .map(|seen| seen.record(job))
+            .map(|seen| seen.record(job.clone()))
     }
 
     /// Adds or replaces finished or acknowledged jobs, durably.
