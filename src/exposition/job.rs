@@ -15,10 +15,13 @@ use crate::families::Families;
 /// Every line of a job starts with its family's name and the same labels
 /// (`cloud_service`, `cloud_region`, `project_id`, `job_id`): about 150 of the 230 bytes of a
 /// line. So they are kept once: `text` holds those common labels, then only the tail of each
-/// line (`,job_type="…",status="…"} 0\n`), each after its length (one byte, or 255 and four
+/// line (`,job_type="…"} 1\n`), each after its length (one byte, or [`LONG_LINE`] and four
 /// bytes little-endian), so that a scrape copies lines without looking for their ends;
-/// `JobText::write_section` puts name and labels back. A job is held in about a quarter of
-/// the bytes it exports (BENCHMARKS.md: 100,000 jobs export 320 MB of text).
+/// `JobText::write_section` puts name and labels back. A state set (the four or five lines of
+/// a job's or sub-job's status, which differ only in `status` and the value) is held as one
+/// record ([`STATE_SET`]): its labels before `status` once, and which status is current. A job
+/// is held in about a fifth of the bytes it exports (BENCHMARKS.md: 100,000 jobs export 320 MB
+/// of text).
 ///
 /// Cloning shares the text. The offsets sit beside the pointer rather than behind it, so a
 /// snapshot's `Vec<JobText>` tells a scrape where each section is without a dependent load:
@@ -39,9 +42,38 @@ pub struct JobText {
 /// A length byte of this value is followed by the length as four bytes, little-endian.
 const LONG_LINE: u8 = u8::MAX;
 
-/// The first length-prefixed line tail of `tails`, and what follows it.
-fn split_line(tails: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (&n, after) = tails.split_first()?;
+/// A length byte of this value starts a state set rather than a line: the labels before
+/// `status` (length-prefixed), then the current status's place in [`Status::DOCUMENTED`], or
+/// that list's length followed by the current status (length-prefixed, escaped) when it is
+/// another. Held as lines, a job's state set took 180 of its 970 bytes at 100,000 jobs, and a
+/// sub-job's 350 (BENCHMARKS.md, run 5).
+const STATE_SET: u8 = u8::MAX - 1;
+
+/// What the text holds after a job's common labels: the tail of one line, or a state set.
+enum Record<'a> {
+    Line(&'a [u8]),
+    StateSet {
+        /// The labels between the common ones and `status`, each `,name="value"`.
+        labels: &'a [u8],
+        /// The current status, escaped.
+        current: &'a [u8],
+    },
+}
+
+/// Appends `n` as a length prefix: one byte below [`STATE_SET`], else [`LONG_LINE`] and four
+/// bytes.
+fn push_len(text: &mut Vec<u8>, n: usize) {
+    match u8::try_from(n) {
+        Ok(short) if short < STATE_SET => text.push(short),
+        _ => {
+            text.push(LONG_LINE);
+            text.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+        }
+    }
+}
+
+/// The first length-prefixed piece of `bytes` (after its length byte `n`), and what follows.
+fn split_piece(n: u8, after: &[u8]) -> (&[u8], &[u8]) {
     let (n, after) = if n == LONG_LINE && after.len() >= 4 {
         let (len, after) = after.split_at(4);
         let len: [u8; 4] = len.try_into().unwrap_or_default();
@@ -49,7 +81,60 @@ fn split_line(tails: &[u8]) -> Option<(&[u8], &[u8])> {
     } else {
         (usize::from(n), after)
     };
-    Some(after.split_at(n.min(after.len())))
+    after.split_at(n.min(after.len()))
+}
+
+/// The first record of `tails`, and what follows it.
+fn split_record(tails: &[u8]) -> Option<(Record<'_>, &[u8])> {
+    let (&n, after) = tails.split_first()?;
+    if n != STATE_SET {
+        let (line, rest) = split_piece(n, after);
+        return Some((Record::Line(line), rest));
+    }
+    let (&n, after) = after.split_first()?;
+    let (labels, after) = split_piece(n, after);
+    let (&index, after) = after.split_first()?;
+    let (current, rest) = match Status::DOCUMENTED.get(usize::from(index)) {
+        Some(s) => (s.as_str().as_bytes(), after),
+        None => {
+            let (&n, after) = after.split_first()?;
+            split_piece(n, after)
+        }
+    };
+    Some((Record::StateSet { labels, current }, rest))
+}
+
+/// The lines of a state set after its labels: `,status="…"} 0` for each documented status
+/// (1 for the current one), then the current one if it is another.
+fn state_lines(current: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
+    let odd = (!Status::DOCUMENTED
+        .iter()
+        .any(|s| s.as_str().as_bytes() == current))
+    .then_some(current);
+    Status::DOCUMENTED
+        .iter()
+        .map(|s| s.as_str().as_bytes())
+        .chain(odd)
+        .map(move |s| (s, s == current))
+}
+
+/// `,status="`: what a state set's line has between its labels and the status.
+const STATUS_OPEN: &[u8] = b",status=\"";
+
+/// What a state set's line has after the status: the end of the labels and the value.
+fn state_end(current: bool) -> &'static [u8] {
+    if current { b"\"} 1\n" } else { b"\"} 0\n" }
+}
+
+/// Bytes a record writes, each of its lines starting with `head` bytes (name, brace and
+/// common labels).
+fn record_len(record: &Record<'_>, head: usize) -> usize {
+    match record {
+        Record::Line(line) => head + line.len(),
+        Record::StateSet { labels, current } => state_lines(current)
+            .map(|(s, on)| head + labels.len() + STATUS_OPEN.len() + s.len() + state_end(on).len())
+            .sum(),
+    }
 }
 
 /// Writes a [`JobText`] line by line, straight into its length-prefixed form, one family's
@@ -85,11 +170,17 @@ impl Builder {
     fn copy(&mut self, from: &JobText) {
         let tails = from.tails(self.family);
         self.text.extend_from_slice(tails);
+        let head = self.head();
         let mut rest = tails;
-        while let Some((line, after)) = split_line(rest) {
-            self.written += self.family.spec().name.len() + 1 + self.base_len + line.len();
+        while let Some((record, after)) = split_record(rest) {
+            self.written += record_len(&record, head);
             rest = after;
         }
+    }
+
+    /// Bytes before a line's own labels: the family's name, the brace and the common labels.
+    fn head(&self) -> usize {
+        self.family.spec().name.len() + 1 + self.base_len
     }
 
     /// Adds one line: the common labels, `extra`, then `value`.
@@ -99,16 +190,32 @@ impl Builder {
         self.commit();
     }
 
-    /// The lines of a state set: one per documented status, plus `current` if it is another.
+    /// The lines of a state set: one per documented status, plus `current` if it is another;
+    /// held as one [`STATE_SET`] record.
     fn state_set(&mut self, extra: &[(&str, &str)], current: &str) {
-        let odd = (!Status::DOCUMENTED.iter().any(|s| s.as_str() == current)).then_some(current);
-        for s in Status::DOCUMENTED.iter().map(Status::as_str).chain(odd) {
-            self.line.clear();
-            push_labels(&mut self.line, extra);
-            push_labels(&mut self.line, &[("status", s)]);
-            end_line(&mut self.line, f64::from(u8::from(s == current)));
-            self.commit();
+        self.line.clear();
+        push_labels(&mut self.line, extra);
+        let at = self.text.len();
+        self.text.push(STATE_SET);
+        push_len(&mut self.text, self.line.len());
+        self.text.extend_from_slice(self.line.as_bytes());
+        match Status::DOCUMENTED
+            .iter()
+            .position(|s| s.as_str() == current)
+        {
+            Some(i) => self.text.push(u8::try_from(i).unwrap_or(u8::MAX)),
+            None => {
+                self.text
+                    .push(u8::try_from(Status::DOCUMENTED.len()).unwrap_or(u8::MAX));
+                self.line.clear();
+                escape_into(&mut self.line, current);
+                push_len(&mut self.text, self.line.len());
+                self.text.extend_from_slice(self.line.as_bytes());
+            }
         }
+        // Read back what was just written, so the count and the writer cannot disagree.
+        let head = self.head();
+        self.written += split_record(&self.text[at..]).map_or(0, |(r, _)| record_len(&r, head));
     }
 
     /// The failure-info line of a failed job or sub-job: `extra`, then its `error_code`
@@ -132,17 +239,9 @@ impl Builder {
     }
 
     fn commit(&mut self) {
-        let line = self.line.as_bytes();
-        match u8::try_from(line.len()) {
-            Ok(n) if n < LONG_LINE => self.text.push(n),
-            _ => {
-                self.text.push(LONG_LINE);
-                let n = u32::try_from(line.len()).unwrap_or(u32::MAX);
-                self.text.extend_from_slice(&n.to_le_bytes());
-            }
-        }
-        self.text.extend_from_slice(line);
-        self.written += self.family.spec().name.len() + 1 + self.base_len + line.len();
+        push_len(&mut self.text, self.line.len());
+        self.text.extend_from_slice(self.line.as_bytes());
+        self.written += self.head() + self.line.len();
     }
 
     /// Ends the current family's section: every later line belongs to the families after it.
@@ -220,11 +319,33 @@ impl JobText {
         let name = family.spec().name.as_bytes();
         let base = &self.text[..self.base_len as usize];
         let mut rest = self.tails(family);
-        while let Some((line, after)) = split_line(rest) {
-            out.extend_from_slice(name);
-            out.push(b'{');
-            out.extend_from_slice(base);
-            out.extend_from_slice(line);
+        while let Some((record, after)) = split_record(rest) {
+            match record {
+                Record::Line(line) => {
+                    out.extend_from_slice(name);
+                    out.push(b'{');
+                    out.extend_from_slice(base);
+                    out.extend_from_slice(line);
+                }
+                Record::StateSet { labels, current } => {
+                    // Every line starts the same up to the status: written once, then copied
+                    // from the first line, so that each later line is three copies, not seven.
+                    let start = out.len();
+                    out.extend_from_slice(name);
+                    out.push(b'{');
+                    out.extend_from_slice(base);
+                    out.extend_from_slice(labels);
+                    out.extend_from_slice(STATUS_OPEN);
+                    let head = start..out.len();
+                    for (i, (status, on)) in state_lines(current).enumerate() {
+                        if i > 0 {
+                            out.extend_from_within(head.clone());
+                        }
+                        out.extend_from_slice(status);
+                        out.extend_from_slice(state_end(on));
+                    }
+                }
+            }
             rest = after;
         }
     }
@@ -649,6 +770,76 @@ mod tests {
         );
         let all: usize = PER_JOB.iter().map(|f| t.section(*f).len()).sum();
         assert_eq!(all, t.len());
+    }
+
+    #[test]
+    fn length_prefixes_round_trip_around_the_markers() {
+        for n in [0, 1, 200, 253, 254, 255, 256, 70_000] {
+            let line = vec![b'x'; n];
+            let mut text = Vec::new();
+            push_len(&mut text, n);
+            text.extend_from_slice(&line);
+            text.extend_from_slice(b"rest");
+            let Some((Record::Line(got), rest)) = split_record(&text) else {
+                panic!("{n} bytes read back as a state set");
+            };
+            assert_eq!((got, rest), (&line[..], &b"rest"[..]), "{n} bytes");
+        }
+    }
+
+    #[test]
+    fn state_sets_are_held_once_and_written_whole() {
+        // Labels longer than a one-byte length, and an undocumented status needing escapes.
+        let long_type = "t".repeat(300);
+        let sub = |status: &str| Job {
+            job_id: Some("s1".into()),
+            job_type: Some(long_type.clone()),
+            status: Some(status.into()),
+            ..Job::default()
+        };
+        let job = Job {
+            status: Some("WAIT\"ING".into()),
+            job_type: Some("createVolume".into()),
+            sub_jobs: vec![sub("SUCCESS"), sub("ODD")],
+            ..Job::default()
+        };
+        let t = fetched("p=\"1\"", &job, None);
+        let line = |labels: &str, status: &str, v: u8| {
+            format!(
+                "huaweicloud_job_status{{p=\"1\",job_id=\"j\",{labels},status=\"{status}\"}} {v}\n"
+            )
+        };
+        let want: String = ["INIT", "RUNNING", "SUCCESS", "FAIL"]
+            .iter()
+            .map(|s| line("job_type=\"createVolume\"", s, 0))
+            .chain([line("job_type=\"createVolume\"", "WAIT\\\"ING", 1)])
+            .collect();
+        assert_eq!(t.section(Family::Status), want);
+        let sub_labels = format!("subjob_id=\"s1\",subjob_type=\"{long_type}\"");
+        let subs = t.section(Family::SubjobStatus);
+        assert_eq!(subs.lines().count(), 4 + 5);
+        assert!(subs.contains(&format!("{sub_labels},status=\"SUCCESS\"}} 1\n")));
+        assert!(subs.ends_with(&format!("{sub_labels},status=\"ODD\"}} 1\n")));
+        let all: usize = PER_JOB.iter().map(|f| t.section(*f).len()).sum();
+        assert_eq!(all, t.len());
+        // Each state set is held once, not line by line.
+        assert!(
+            t.held_bytes() < 2 * long_type.len() + 200,
+            "{}",
+            t.held_bytes()
+        );
+        // Copying the body's sections on a later fetch counts the same bytes.
+        let view = JobView {
+            target_labels: "p=\"1\"",
+            job_id: "j",
+            job: Some(&job),
+            fetch_ok: true,
+            last_success: Some(5.0),
+            families: crate::families::Families::ALL,
+        };
+        let again = rerender_fetch(&view, &t);
+        assert_eq!(again, render_job(&view));
+        assert_eq!(again.len(), render_job(&view).len());
     }
 
     #[test]
