@@ -4,7 +4,8 @@
 //! so the text is what `/metrics` serves. For comparison, the same per-job series are rendered
 //! through the `prometheus` crate's GaugeVecs (metric objects kept between scrapes, as a
 //! long-running exporter would), which is the alternative the hand-written writer replaces.
-//! Prints medians and p99 over repeated runs; no timing is asserted anywhere.
+//! Prints medians and p99 over repeated runs; no timing is asserted anywhere. Then the bytes of
+//! rendered text held for the same jobs against the bytes of exposition they write.
 //!
 //! First, the cost of the largest hostile job bodies the size limit admits (`BENCH_PART=decode`
 //! for that table alone, `BENCH_PART=render` to skip it).
@@ -229,8 +230,10 @@ fn main() {
         "| jobs | series | bytes | render p50 | render p99 | in 64 KiB pieces p50 | prometheus crate p50 | ratio |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut held = Vec::new();
     for n in sizes {
         let (jobs, targets) = fleet(n);
+        held.push((n, held_text(&jobs)));
         let poller = Poller::new(
             targets,
             Settings {
@@ -312,4 +315,38 @@ fn main() {
             )),
         );
     }
+    println!("\n| jobs | text held | per job | text exported | held / exported |");
+    println!("|---:|---:|---:|---:|---:|");
+    for (n, (held, exported)) in held {
+        println!(
+            "| {n} | {held} | {:.0} B | {exported} | {:.3} |",
+            held as f64 / n as f64,
+            held as f64 / exported as f64
+        );
+    }
+}
+
+/// Bytes of rendered text the exporter holds for `jobs` (each fetched once, every family
+/// exported), and bytes of exposition that text writes.
+fn held_text(jobs: &HashMap<String, Job>) -> (usize, usize) {
+    let target_labels = huaweicloud_job_exporter::exposition::labels(&[
+        ("cloud_service", "evs"),
+        ("cloud_region", "cn-north-4"),
+        ("project_id", simulator::DEMO_PROJECT_ID),
+    ]);
+    jobs.iter()
+        .map(|(id, job)| {
+            let text = huaweicloud_job_exporter::exposition::render_job(
+                &huaweicloud_job_exporter::exposition::JobView {
+                    target_labels: &target_labels,
+                    job_id: id,
+                    job: Some(job),
+                    fetch_ok: true,
+                    last_success: Some(1_700_000_000.5),
+                    families: Default::default(),
+                },
+            );
+            (text.held_bytes(), text.len())
+        })
+        .fold((0, 0), |(h, e), (th, te)| (h + th, e + te))
 }
