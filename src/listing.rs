@@ -2,6 +2,8 @@
 //! operator wants to read them (failed, then stuck, then running by age, then succeeded), and at
 //! most a bounded number of them, so 100,000 tracked jobs never make a 100 MB page.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use crate::cloud::{Job, Status};
@@ -63,8 +65,9 @@ pub struct Item<'a> {
     pub scope: &'a Scope,
     /// Its id.
     pub job_id: &'a str,
-    /// The last decoded body (finished jobs keep only part of it).
-    pub job: Option<&'a Job>,
+    /// The last decoded body (finished jobs keep only part of it, or only their last state, from
+    /// which it is rebuilt).
+    pub job: Option<Cow<'a, Job>>,
     /// Whether the last fetch succeeded.
     pub fetch_ok: bool,
 }
@@ -139,6 +142,7 @@ impl Query {
         }
         let status = item
             .job
+            .as_deref()
             .and_then(|j| j.status.as_ref())
             .map_or(PENDING, Status::as_str);
         self.status
@@ -161,10 +165,10 @@ fn order_key(group: Group, job: Option<&Job>) -> (Group, f64) {
 pub fn select<'a>(items: impl Iterator<Item = Item<'a>>, query: &Query, now: f64) -> Listing {
     let mut matched: Vec<((Group, f64), Item<'a>)> = items
         .filter_map(|item| {
-            let g = group(item.job, now);
+            let g = group(item.job.as_deref(), now);
             query
                 .matches(&item, g)
-                .then(|| (order_key(g, item.job), item))
+                .then(|| (order_key(g, item.job.as_deref()), item))
         })
         .collect();
     let total = matched.len();
@@ -183,7 +187,7 @@ pub fn select<'a>(items: impl Iterator<Item = Item<'a>>, query: &Query, now: f64
     let rows = matched
         .into_iter()
         .map(|((group, _), item)| {
-            let job = item.job;
+            let job = item.job.as_deref();
             let failed = group == Group::Failed;
             Row {
                 scope: item.scope.clone(),
@@ -246,7 +250,7 @@ mod tests {
             jobs.iter().map(|(id, j)| Item {
                 scope: &evs,
                 job_id: id,
-                job: j.as_ref(),
+                job: j.as_ref().map(Cow::Borrowed),
                 fetch_ok: j.is_some(),
             })
         };

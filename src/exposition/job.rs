@@ -20,13 +20,13 @@ use crate::families::Families;
 /// `JobText::write_section` puts name and labels back. A state set (the four or five lines of
 /// a job's or sub-job's status, which differ only in `status` and the value) is held as one
 /// record ([`STATE_SET`]): its labels before `status` once, and which status is current. A job
-/// is held in about a fifth of the bytes it exports (BENCHMARKS.md: 100,000 jobs export 320 MB
-/// of text).
+/// is held in about a sixth of the bytes it exports (BENCHMARKS.md: 100,000 jobs export 320 MB
+/// of text and hold 55 MB).
 ///
 /// Cloning shares the text. The offsets sit beside the pointer rather than behind it, so a
 /// snapshot's `Vec<JobText>` tells a scrape where each section is without a dependent load:
-/// at 100,000 jobs (105 MB of held text, far beyond the caches) the scrape fill took 73 ms with
-/// the offsets behind a second pointer, against 34 ms for ten times fewer jobs.
+/// at 100,000 jobs (then 105 MB of held text, far beyond the caches) the scrape fill took 73 ms
+/// with the offsets behind a second pointer, against 34 ms for ten times fewer jobs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobText {
     /// The common labels (`base_len` bytes), then the length-prefixed line tails of each
@@ -45,8 +45,8 @@ const LONG_LINE: u8 = u8::MAX;
 /// A length byte of this value starts a state set rather than a line: the labels before
 /// `status` (length-prefixed), then the current status's place in [`Status::DOCUMENTED`], or
 /// that list's length followed by the current status (length-prefixed, escaped) when it is
-/// another. Held as lines, a job's state set took 180 of its 970 bytes at 100,000 jobs, and a
-/// sub-job's 350 (BENCHMARKS.md, run 5).
+/// another. Held as lines, the simulator's jobs took 1,023 bytes each, 194 of them the job's
+/// state set and 392 its sub-jobs'; with state sets as records, 550 (BENCHMARKS.md, run 5).
 const STATE_SET: u8 = u8::MAX - 1;
 
 /// What the text holds after a job's common labels: the tail of one line, or a state set.
@@ -392,10 +392,12 @@ pub struct JobView<'a> {
 
 /// The job_type label of a job.
 pub fn job_type(job: &Job) -> &str {
-    job.job_type
-        .as_deref()
-        .filter(|t| !t.is_empty())
-        .unwrap_or("unknown")
+    type_label(job.job_type.as_deref())
+}
+
+/// The job_type label of a job whose type is `job_type`: `unknown` when absent or empty.
+pub fn type_label(job_type: Option<&str>) -> &str {
+    job_type.filter(|t| !t.is_empty()).unwrap_or("unknown")
 }
 
 /// The status label of a job (or sub-job): its status, or `UNKNOWN` when the cloud sent none.

@@ -22,7 +22,7 @@ pub(crate) use aggregate::{Aggregates, Totals};
 pub(crate) use family::{FAMILIES, Spec};
 pub use family::{Family, PER_JOB};
 pub(crate) use job::{JobText, cut_reason, rerender_fetch};
-pub use job::{JobView, job_type, render_job, status_label};
+pub use job::{JobView, job_type, render_job, status_label, type_label};
 
 /// Longest `fail_reason` exported, in characters.
 pub const FAIL_REASON_MAX: usize = 200;

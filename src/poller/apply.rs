@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::Settings;
-use super::jobs::{JobKey, Remembered, State, last_state};
+use super::jobs::{JobKey, Known, Remembered, State, last_state};
 use super::label_caps::code_label;
 use super::recent_errors::remember_error;
 use crate::cloud::{Fetched, Job, Reason, Status};
@@ -123,7 +123,7 @@ impl State {
                     );
                     state.newly_finished.push(remembered);
                 }
-                entry.job = Some(job);
+                entry.job = Some(Known::Body(Box::new(job)));
             }
             Err(e) => {
                 let reason = e.reason();
@@ -152,33 +152,38 @@ impl State {
             entry.render(&key.1, settings.families);
         }
         if entry.terminal_since.is_some()
-            && let Some(job) = &mut entry.job
+            && let Some(Known::Body(job)) = &mut entry.job
         {
-            // A finished job is never fetched or rendered again: its text is final, and the
-            // aggregates need only its type and status. Dropping the rest took RSS at 100,000
-            // tracked jobs from 346 MiB towards 250 (BENCHMARKS.md: the decoded job was ~1 KB a job).
-            // The times sit inline, so keeping them for the jobs page costs nothing; a failed
-            // job also keeps what the page shows of its failure (a few hundred bytes, and
-            // failed jobs are few).
+            // A finished job is never fetched or rendered again: its text is final, the
+            // aggregates need only its type and status, and the jobs page its times. Dropping the
+            // rest took RSS at 100,000 tracked jobs from 346 MiB towards 250 (BENCHMARKS.md: the
+            // decoded job was ~1 KB a job). One that did not fail is then only its last state,
+            // the one the poller's memory holds; a failed one keeps what the page shows of its
+            // failure, its entities too (a few hundred bytes, and failed jobs are few).
             let failed = job.status == Some(Status::Fail);
-            *job = Job {
-                job_type: job.job_type.take(),
-                status: job.status.take(),
-                begin: job.begin,
-                end: job.end,
-                error_code: job.error_code.take().filter(|_| failed),
-                fail_reason: job
-                    .fail_reason
-                    .take()
-                    .filter(|_| failed)
-                    .map(|r| exposition::cut_reason(&r).to_string()),
-                entities: if failed {
-                    std::mem::take(&mut job.entities)
-                } else {
-                    Vec::new()
-                },
-                ..Job::default()
-            };
+            match state.memory.get(key).and_then(|m| m.last.clone()) {
+                Some(last) if !failed => entry.job = Some(Known::Finished(last)),
+                _ => {
+                    **job = Job {
+                        job_type: job.job_type.take(),
+                        status: job.status.take(),
+                        begin: job.begin,
+                        end: job.end,
+                        error_code: job.error_code.take().filter(|_| failed),
+                        fail_reason: job
+                            .fail_reason
+                            .take()
+                            .filter(|_| failed)
+                            .map(|r| exposition::cut_reason(&r).to_string()),
+                        entities: if failed {
+                            std::mem::take(&mut job.entities)
+                        } else {
+                            Vec::new()
+                        },
+                        ..Job::default()
+                    };
+                }
+            }
         }
         failed
     }

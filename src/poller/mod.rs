@@ -419,7 +419,7 @@ impl Poller {
         let items = state.jobs.iter().map(|((_, job_id), e)| listing::Item {
             scope: &e.tracked.target.scope,
             job_id,
-            job: e.job.as_ref(),
+            job: e.job.as_ref().map(jobs::Known::job),
             fetch_ok: e.fetch_ok,
         });
         listing::select(items, query, now)

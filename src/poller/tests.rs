@@ -1,5 +1,6 @@
 //! The poller's behaviour end to end over a scripted job source.
 
+use super::jobs::Known;
 use super::label_caps::MAX_LABEL_VALUES;
 use super::*;
 use crate::cloud::{BodyDigest, FetchContext, FetchError, Fetched, Job, Status};
@@ -593,13 +594,25 @@ async fn a_failed_job_keeps_what_the_jobs_page_shows_and_a_succeeded_one_only_ti
     assert_eq!((ok.begin, ok.end), (Some(10.0), Some(20.0)));
     assert!(ok.entities.is_empty());
     let state = p.state();
-    let held = state
-        .jobs
-        .iter()
-        .find(|((_, id), _)| id == "f")
-        .and_then(|(_, e)| e.job.as_ref())
-        .expect("job");
-    assert!(held.sub_jobs.is_empty());
+    let held = |want: &str| {
+        state
+            .jobs
+            .iter()
+            .find(|((_, id), _)| id == want)
+            .map(|(key, e)| (key, e.job.as_ref().expect("known")))
+            .expect("tracked")
+    };
+    let (_, Known::Body(failed)) = held("f") else {
+        panic!("a failed job keeps its trimmed body");
+    };
+    assert!(failed.sub_jobs.is_empty());
+    // A succeeded job is held as the last state the poller's memory holds, not a copy of it.
+    let (key, Known::Finished(last)) = held("ok") else {
+        panic!("a succeeded job is held as its last state");
+    };
+    let remembered = state.memory.get(key).and_then(|m| m.last.as_ref());
+    assert!(remembered.is_some_and(|r| Arc::ptr_eq(r, last)));
+    assert!(matches!(held("run"), (_, Known::Body(_))));
 }
 
 #[tokio::test(start_paused = true)]
