@@ -9,7 +9,9 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::{PROJECT, Running, fail, script};
@@ -59,12 +61,23 @@ fn evs_jobs(prefix: &str, n: usize, now: f64, ago: f64, run: f64) -> Vec<JobScri
 /// centre, with quick cycles.
 const TOKEN: &str = "discovery-test-token";
 
+/// The API token file: written once per process into cargo's folder for integration tests'
+/// files (under `target/`, so runs leave nothing in /tmp), and put in place by a rename, so
+/// that an exporter of a test running beside never reads it half written.
+fn token_file() -> &'static Path {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let path = dir.join("discovery-api-token");
+        let mut file = tempfile::NamedTempFile::new_in(dir).expect("temp file");
+        file.write_all(TOKEN.as_bytes()).expect("token written");
+        file.persist(&path).expect("token file in place");
+        path
+    })
+}
+
 fn config(base: &str, extra: &str, cts: &str) -> Config {
-    let dir = std::env::temp_dir().join(format!("hwje-discovery-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let token = dir.join("token");
-    std::fs::write(&token, TOKEN).expect("token file");
-    let token = token.display();
+    let token = token_file().display();
     let mut cfg = common::config(&format!(
         r#"
 api: {{token_file: "{token}"}}
