@@ -15,11 +15,11 @@ use crate::families::Families;
 /// Every line of a job starts with its family's name and the same labels
 /// (`cloud_service`, `cloud_region`, `project_id`, `job_id`): about 150 of the 230 bytes of a
 /// line. So they are kept once: `text` holds those common labels, then only the tail of each
-/// line (`,job_type="…"} 1\n`), each after its length (one byte, or [`LONG_LINE`] and four
+/// line (`,job_type="…"} 1\n`), each after its length (one byte, or 255 and four
 /// bytes little-endian), so that a scrape copies lines without looking for their ends;
 /// `JobText::write_section` puts name and labels back. A state set (the four or five lines of
 /// a job's or sub-job's status, which differ only in `status` and the value) is held as one
-/// record ([`STATE_SET`]): its labels before `status` once, and which status is current. A job
+/// record (length byte 254): its labels before `status` once, and which status is current. A job
 /// is held in about a sixth of the bytes it exports (BENCHMARKS.md: 100,000 jobs export 320 MB
 /// of text and hold 55 MB).
 ///
