@@ -75,9 +75,9 @@ fn starts_segment(job: &JobText) -> bool {
 
 /// Jobs whose text is touched together before it is copied. At 100,000 jobs the held text
 /// (55 MB; 105 MB when this was measured) is far beyond the caches and each job's section is a
-/// cache miss; batching lets the misses overlap. Writing the 100,000-job text in 64 KiB pieces took 47 ms without it and 37 to
-/// 44 ms with batches of 8, against 2.7 ms for 10,000 jobs; 4 and 16 were no better
-/// (BENCHMARKS.md).
+/// cache miss; batching lets the misses overlap. Writing the 100,000-job text in 64 KiB pieces
+/// took 47 ms without it and 37 to 44 ms with batches of 8, against 2.7 ms for 10,000 jobs; 4
+/// and 16 were no better (BENCHMARKS.md).
 const WARM_BATCH: usize = 8;
 
 /// Room left in a chunk's buffer past its limit for the job that crosses it, so the buffer

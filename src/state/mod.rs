@@ -690,10 +690,7 @@ impl Store {
     /// Whether any finished or acknowledged job was recorded before `t` (Unix seconds).
     pub(crate) fn any_finished_before(&self, t: f64) -> bool {
         let r = self.records();
-        r.finished
-            .scopes
-            .iter()
-            .any(|s| s.jobs.values().any(|f| f.at < t))
+        r.finished.select(move |seen| seen.at < t).next().is_some()
     }
 
     /// Forgets every finished or acknowledged job recorded before `t` (Unix seconds) for which
