@@ -379,11 +379,18 @@ impl Poller {
             .unwrap_or_else(PoisonError::into_inner);
         let (mut snap, summary) = {
             let state = self.state();
-            let jobs = state.jobs.values().map(|e| e.text.clone());
+            let jobs = |finished: bool| {
+                state
+                    .jobs
+                    .values()
+                    .filter(move |e| e.terminal_since.is_some() == finished)
+                    .map(|e| e.text.clone())
+            };
             let snap = Snapshot::uncompressed(
                 cached,
                 self.inner.settings.families,
-                jobs,
+                jobs(true),
+                jobs(false),
                 render_aggregates(&state),
             );
             (snap, summarize(&state))
