@@ -69,6 +69,7 @@
 //!   are rendered and snapshots are built.
 //! - `snapshot`: the immutable view a scrape serves, plain and as stored deflate blocks.
 //! - [`gzip`]: gzip bodies joined from deflate blocks compressed once, when their text changed.
+//! - `heap`: giving the pages a refresh freed back to the operating system.
 //! - [`telemetry`]: the exporter's own metrics.
 //! - `http`: the router with `/metrics`, health, readiness and `/-/reload`; the landing page
 //!   and `/jobs` handlers (`http::pages`); the registration API `/api/v1/jobs` (`http::api`:
@@ -82,8 +83,8 @@
 //! - [`demo`]: the exporter and the simulator together, with a sample fleet.
 //!
 //! Modules are public only when the binary, the benchmarks, the integration tests or the fuzz
-//! targets need them; `files`, `http`, `listing`, `pages`, `registry`, `reload` and `snapshot`
-//! serve the crate alone and stay private. Within the public ones, likewise, an item is
+//! targets need them; `files`, `heap`, `http`, `listing`, `pages`, `registry`, `reload` and
+//! `snapshot` serve the crate alone and stay private. Within the public ones, likewise, an item is
 //! `pub` only when one of them uses it (or the public items they use expose it), and
 //! `pub(crate)` otherwise.
 
@@ -97,6 +98,7 @@ pub mod exposition;
 pub mod families;
 mod files;
 pub mod gzip;
+mod heap;
 mod http;
 mod listing;
 pub mod logging;

@@ -206,6 +206,9 @@ impl Poller {
             );
         }
         self.publish();
+        // What the round replaced (each active job's text, the blocks of its segments, the
+        // first round's placeholders) was freed all over the heap; see `crate::heap`.
+        tokio::task::spawn_blocking(crate::heap::release_free_pages);
     }
 
     /// Makes the jobs seen finished since the last call durable; on failure they are kept for
