@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::http::HeaderValue;
 use base64::Engine as _;
-use sha2::{Digest as _, Sha256};
 
 use super::Result;
 use super::config::Invalid;
@@ -53,12 +52,12 @@ impl BasicAuth {
     }
 
     fn key(user: &str, hash: &str, password: &str) -> [u8; 32] {
-        let mut h = Sha256::new();
+        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
         for part in [user, hash, password] {
-            h.update((part.len() as u64).to_be_bytes());
+            h.update(&(part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
         }
-        h.finalize().into()
+        super::config::sha256_bytes(h.finish())
     }
 
     /// True when `authorization` holds the credentials of a configured user.

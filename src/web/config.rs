@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use axum::http::{HeaderName, HeaderValue};
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
 use super::basic_auth::BasicAuth;
 use super::{Error, Result, tls};
@@ -149,20 +148,27 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
+/// A SHA-256 digest as its 32 bytes.
+pub(super) fn sha256_bytes(d: ring::digest::Digest) -> [u8; 32] {
+    let mut out = [0; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
 /// A hash of the file and of every file it names, to notice changes cheaply.
 pub(super) fn fingerprint(path: &Path) -> Result<[u8; 32]> {
     let text = read(path)?;
-    let mut h = Sha256::new();
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
     h.update(&text);
     let dir = path.parent().unwrap_or(Path::new("."));
     if let Ok(cfg) = parse_file(&String::from_utf8_lossy(&text), "") {
         for f in referenced_files(&cfg, dir) {
             h.update(f.as_os_str().as_encoded_bytes());
             // A missing file hashes as empty; loading it reports the error.
-            h.update(crate::files::read(&f, crate::files::MAX_CONFIG_BYTES).unwrap_or_default());
+            h.update(&crate::files::read(&f, crate::files::MAX_CONFIG_BYTES).unwrap_or_default());
         }
     }
-    Ok(h.finalize().into())
+    Ok(sha256_bytes(h.finish()))
 }
 
 /// Reads and validates a web configuration file; every problem names the file, the field and
@@ -200,7 +206,7 @@ pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Settings> {
         tls,
         auth,
         headers,
-        fingerprint: Sha256::digest(text.as_bytes()).into(),
+        fingerprint: sha256_bytes(ring::digest::digest(&ring::digest::SHA256, text.as_bytes())),
     })
 }
 
