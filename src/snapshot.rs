@@ -538,6 +538,15 @@ mod tests {
         );
     }
 
+    /// The job ids of the lines of `family` in `text`, in order.
+    fn job_ids(text: &str, family: Family) -> Vec<&str> {
+        let start = format!("{}{{", family.spec().name);
+        text.lines()
+            .filter(|l| l.starts_with(&start))
+            .filter_map(|l| l.split("job_id=\"").nth(1)?.split('"').next())
+            .collect()
+    }
+
     #[test]
     fn chunks_cross_segments_in_order() {
         let n = SEGMENT * 2 + 5;
@@ -546,11 +555,7 @@ mod tests {
         let mut whole = Vec::new();
         snap.write(&mut whole);
         let text = String::from_utf8(whole.clone()).expect("utf8");
-        let ids: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with("huaweicloud_job_fetch_success{"))
-            .filter_map(|l| l.split("job_id=\"").nth(1)?.split('"').next())
-            .collect();
+        let ids = job_ids(&text, Family::FetchSuccess);
         let expected: Vec<String> = (0..n).map(|i| format!("j{i}")).collect();
         assert_eq!(ids, expected);
         for size in [1, 5000, 64 * 1024] {
@@ -775,11 +780,7 @@ mod tests {
         let mut plain = Vec::new();
         next.write(&mut plain);
         let text = String::from_utf8(plain.clone()).expect("utf8");
-        let ids: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with("huaweicloud_job_duration_seconds{"))
-            .filter_map(|l| l.split("job_id=\"").nth(1)?.split('"').next())
-            .collect();
+        let ids = job_ids(&text, Family::Duration);
         assert_eq!(ids.len(), SEGMENT * 4 + 300);
         assert!(ids[..SEGMENT * 4].iter().all(|id| id.starts_with('f')));
         assert!(ids[SEGMENT * 4..].iter().all(|id| id.starts_with('a')));
