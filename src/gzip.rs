@@ -11,9 +11,12 @@
 //!
 //! Each block costs its sync flush (5 bytes) and a dictionary started afresh, so blocks are
 //! kept large: a family's lines for a whole segment of jobs, not one job (BENCHMARKS.md).
+//!
+//! Some text is held only as its blocks (finished jobs' lines); an [`Inflater`] gives it back,
+//! in pieces, to a scrape that asked for it plain.
 
 use bytes::Bytes;
-use flate2::{Compress, Compression, FlushCompress};
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 
 /// What can go wrong while compressing.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +24,17 @@ pub enum Error {
     /// The deflate encoder refused its input (it should not; the body is then sent plain).
     #[error("deflate failed: {0}")]
     Deflate(#[from] flate2::CompressError),
+    /// A stored block did not decompress (it should: this process compressed it).
+    #[error("inflate failed: {0}")]
+    Inflate(#[from] flate2::DecompressError),
+    /// A stored block ended before the text it was made from.
+    #[error("a stored block ended after {got} of its {want} bytes")]
+    Truncated {
+        /// Bytes the block gave.
+        got: u64,
+        /// Bytes it was made from.
+        want: u64,
+    },
 }
 
 /// The result of this module's operations.
@@ -174,6 +188,67 @@ impl Deflater {
     }
 }
 
+/// Decompresses one [`Block`] in pieces, for a plain body made from text held only compressed.
+pub struct Inflater {
+    z: Decompress,
+    block: Block,
+}
+
+impl Inflater {
+    /// Starts on `block`.
+    pub fn new(block: Block) -> Self {
+        Self {
+            z: Decompress::new(false),
+            block,
+        }
+    }
+
+    /// Appends the block's text to `out` until `out` holds at least `limit` bytes or the text
+    /// ends; true once it has ended. Writes into `out`'s spare capacity, so it goes past `limit`
+    /// by at most that (or 64 KiB when there is almost none).
+    pub fn inflate_into(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<bool> {
+        loop {
+            let (read, made) = (self.z.total_in(), self.z.total_out());
+            if made >= self.block.len {
+                return Ok(true);
+            }
+            if out.len() >= limit {
+                return Ok(false);
+            }
+            if out.capacity() - out.len() < 1024 {
+                out.reserve(64 * 1024);
+            }
+            let input = self.block.data.get(read as usize..).unwrap_or_default();
+            self.z.decompress_vec(input, out, FlushDecompress::None)?;
+            if self.z.total_in() == read && self.z.total_out() == made {
+                return Err(Error::Truncated {
+                    got: made,
+                    want: self.block.len,
+                });
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Inflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inflater")
+            .field("read", &self.z.total_in())
+            .field("made", &self.z.total_out())
+            .field("of", &self.block.len)
+            .finish()
+    }
+}
+
+impl Block {
+    /// The whole text of the block.
+    pub fn inflate(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0));
+        Inflater::new(self.clone()).inflate_into(&mut out, usize::MAX)?;
+        Ok(out)
+    }
+}
+
 thread_local! {
     /// An encoder per thread for [`compress`]: making one allocates a few hundred KiB of
     /// tables, more than the text a scrape compresses with it.
@@ -249,6 +324,51 @@ mod tests {
             .read_to_end(&mut text)
             .expect("valid gzip");
         text
+    }
+
+    #[test]
+    fn a_block_inflates_to_its_text_in_pieces_of_any_size() {
+        let text: Vec<u8> = (0..40_000u32)
+            .flat_map(|i| {
+                format!("huaweicloud_job_status{{job_id=\"j{i}\"}} {}\n", i % 7).into_bytes()
+            })
+            .collect();
+        let block = Deflater::new().block(&text).expect("compress");
+        assert_eq!(block.inflate().expect("inflate"), text);
+        for piece in [1, 100, 56 * 1024, 1 << 20] {
+            let mut z = Inflater::new(block.clone());
+            let mut whole = Vec::new();
+            let mut pieces = 0;
+            loop {
+                let mut out = Vec::with_capacity(piece + 7 * 1024);
+                let done = z.inflate_into(&mut out, piece).expect("inflate");
+                assert!(done || out.len() >= piece, "short piece of {}", out.len());
+                whole.extend_from_slice(&out);
+                pieces += 1;
+                if done {
+                    break;
+                }
+            }
+            assert_eq!(whole, text, "pieces of {piece}");
+            assert!(
+                pieces >= text.len() / (piece + 72 * 1024),
+                "{pieces} pieces of {piece}"
+            );
+        }
+        assert_eq!(Block::default().inflate().expect("empty"), b"");
+    }
+
+    #[test]
+    fn a_cut_block_is_an_error_not_a_short_text() {
+        let text = b"huaweicloud_job_status{job_id=\"j1\"} 1\n".repeat(1000);
+        let block = Deflater::new().block(&text).expect("compress");
+        let cut = Block {
+            data: block.data.slice(..block.data.len() / 2),
+            ..block
+        };
+        assert!(
+            matches!(cut.inflate(), Err(Error::Truncated { want, .. }) if want == text.len() as u64)
+        );
     }
 
     #[test]

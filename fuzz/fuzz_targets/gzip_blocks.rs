@@ -1,11 +1,13 @@
 //! Cuts the input into texts, compresses each as a stored block, joins the blocks in an order
 //! the input also chooses (repeats allowed) into one gzip member, and decodes it with flate2: the
-//! text must be the texts in that order, the CRC and length must check.
+//! text must be the texts in that order, the CRC and length must check. Each block must also
+//! inflate back to its text through `gzip::Inflater`, in pieces of a size the input chooses (as
+//! a plain scrape of a sealed segment does).
 #![no_main]
 
 use std::io::Read;
 
-use huaweicloud_job_exporter::gzip::{Block, Deflater, HEADER, Sum};
+use huaweicloud_job_exporter::gzip::{Block, Deflater, HEADER, Inflater, Sum};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -46,6 +48,21 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(blocks[i].text_len(), texts[i].len() as u64);
     }
     member.extend_from_slice(&sum.trailer());
+    let piece = usize::from(data.last().copied().unwrap_or(0)) * 61 + 1;
+    for (block, text) in blocks.iter().zip(texts) {
+        let mut z = Inflater::new(block.clone());
+        let mut whole = Vec::new();
+        loop {
+            let mut out = Vec::with_capacity(piece);
+            let done = z.inflate_into(&mut out, piece).expect("inflate");
+            assert!(done || out.len() >= piece);
+            whole.extend_from_slice(&out);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(&whole[..], *text);
+    }
     let mut got = Vec::new();
     flate2::read::GzDecoder::new(&member[..])
         .read_to_end(&mut got)
