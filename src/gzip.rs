@@ -24,6 +24,9 @@ pub enum Error {
     /// The deflate encoder refused its input (it should not; the body is then sent plain).
     #[error("deflate failed: {0}")]
     Deflate(#[from] flate2::CompressError),
+    /// The encoder did not end a block with its sync flush.
+    #[error("deflate did not finish a block")]
+    Unflushed,
     /// A stored block did not decompress (it should: this process compressed it).
     #[error("inflate failed: {0}")]
     Inflate(#[from] flate2::DecompressError),
@@ -169,9 +172,14 @@ impl Deflater {
         self.len += self.pending.len() as u64;
         let mut input = &self.pending[..];
         loop {
-            if self.out.capacity() - self.out.len() < 1024 {
-                self.out
-                    .reserve(self.out.len().max(input.len() / 4).max(8 * 1024));
+            // Room for all that the input can become and what the encoder holds (its own
+            // buffer is about 85 KB). When a call fills the output, miniz_oxide's next call only
+            // copies out what it held and skips the flush asked for: a block of the 10,000-job
+            // benchmark fleet lost its end that way (the poller test
+            // `the_simulator_fleet_sealed_reads_the_same_plain_and_gzipped`).
+            let room = input.len() + input.len() / 8 + ROOM;
+            if self.out.capacity() - self.out.len() < room {
+                self.out.reserve(room);
             }
             let before = self.z.total_in();
             self.z.compress_vec(input, &mut self.out, flush)?;
@@ -183,10 +191,30 @@ impl Deflater {
                 break;
             }
         }
+        // A sync flush ends with an empty stored block; should it be missing, flush again (an
+        // extra empty stored block is harmless).
+        if flush == FlushCompress::Sync && self.len > 0 {
+            let mut tries = 0;
+            while !self.out.ends_with(&SYNC_END) {
+                if tries == 3 {
+                    return Err(Error::Unflushed);
+                }
+                self.out.reserve(ROOM);
+                self.z
+                    .compress_vec(&[], &mut self.out, FlushCompress::Sync)?;
+                tries += 1;
+            }
+        }
         self.pending.clear();
         Ok(())
     }
 }
+
+/// Output room kept free beyond the input's own size: more than the encoder's buffer.
+const ROOM: usize = 128 * 1024;
+
+/// How a sync flush ends: the LEN and NLEN of an empty stored block.
+const SYNC_END: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 /// Decompresses one [`Block`] in pieces, for a plain body made from text held only compressed.
 pub struct Inflater {
