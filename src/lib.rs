@@ -59,16 +59,19 @@
 //!   where jobs come from ([`poller::Target`] and [`poller::JobSource`], `poller::source`; the
 //!   cloud client and its credentials sit behind that trait, so the poller's tests need none),
 //!   the tracked jobs and what outlives them (`poller::jobs`), what a fetch result does to them
-//!   (`poller::apply`), the collection loop (`poller::collect`), the per-endpoint rate limiter,
-//!   label caps and recent errors in files of their own.
+//!   (`poller::apply`), the collection loop (`poller::collect`), finished jobs whose lines are
+//!   held only compressed (`poller::archive`), the per-endpoint rate limiter, label caps and
+//!   recent errors in files of their own.
 //! - [`exposition`]: the job families, each declared once with its name, type, labels and
 //!   how it is written ([`exposition::family`]); per-job lines rendered when the job changes
 //!   ([`exposition::job`]), aggregates over each target's jobs (`exposition::aggregate`),
 //!   and the text and OpenMetrics formats.
 //! - [`families`]: which job families are exported (the allowlist or denylist), applied as jobs
 //!   are rendered and snapshots are built.
-//! - `snapshot`: the immutable view a scrape serves, plain and as stored deflate blocks.
-//! - [`gzip`]: gzip bodies joined from deflate blocks compressed once, when their text changed.
+//! - `snapshot`: the immutable view a scrape serves, plain and as stored deflate blocks; sealed
+//!   segments of finished jobs are held only as blocks, inflated for a plain scrape.
+//! - [`gzip`]: gzip bodies joined from deflate blocks compressed once, when their text changed,
+//!   and blocks inflated back for a plain scrape.
 //! - `heap`: giving the pages a refresh freed back to the operating system.
 //! - [`telemetry`]: the exporter's own metrics.
 //! - `http`: the router with `/metrics`, health, readiness and `/-/reload`; the landing page

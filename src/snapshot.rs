@@ -5,15 +5,19 @@
 //! and never holds the poller's lock. The text is written in chunks ([`Snapshot::chunks`]) as the
 //! connection takes them, so a scrape holds a chunk at a time rather than a copy of the whole
 //! exposition (320 MB for 100,000 jobs).
+//!
+//! Most jobs of a large fleet have finished, and their lines never change: whole segments of
+//! them are held only compressed ([`Sealed`]), which a gzip scrape sends as they are and a plain
+//! scrape inflates as it goes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::exposition::{self, FAMILIES, Family, Format, JobText, PER_JOB};
 use crate::families::Families;
-use crate::gzip::{self, Block, Deflater, Sum};
+use crate::gzip::{self, Block, Deflater, Inflater, Sum};
 
 /// What one scrape serves.
 #[derive(Debug, Default)]
@@ -22,9 +26,10 @@ pub struct Snapshot {
     /// The families exported: the others have neither header nor lines (the jobs' texts were
     /// rendered without them) nor blocks.
     families: Families,
-    /// The jobs in segments of about [`SEGMENT`] (see [`starts_segment`]): the finished jobs'
-    /// segments, then the active ones'.
-    jobs: Vec<Vec<JobText>>,
+    /// The jobs in segments: the sealed ones, then those of the finished jobs whose text is
+    /// held, then the active jobs' (each part in segments of about [`SEGMENT`], see
+    /// [`starts_segment`]).
+    jobs: Vec<Segment>,
     job_count: usize,
     aggregates: [String; FAMILIES.len()],
     bytes: usize,
@@ -53,12 +58,95 @@ struct Compressed {
     compressed: usize,
 }
 
+/// A segment of a snapshot's jobs.
+#[derive(Debug)]
+enum Segment {
+    /// Jobs whose text is held.
+    Text(Vec<JobText>),
+    /// Finished jobs held only compressed.
+    Sealed(Arc<Sealed>),
+}
+
+impl Segment {
+    fn job_count(&self) -> usize {
+        match self {
+            Segment::Text(jobs) => jobs.len(),
+            Segment::Sealed(sealed) => sealed.job_count(),
+        }
+    }
+
+    fn text_len(&self) -> usize {
+        match self {
+            Segment::Text(jobs) => jobs.iter().map(JobText::len).sum(),
+            Segment::Sealed(sealed) => sealed.blocks.iter().map(|b| b.text_len() as usize).sum(),
+        }
+    }
+}
+
+/// The lines of a segment of finished jobs, held only as their compressed blocks: a finished
+/// job's lines never change, and the text of 90,000 finished jobs took 49 MB beside 28 MB of
+/// blocks (BENCHMARKS.md, run 7). A gzip scrape sends the blocks as any others; a plain one
+/// inflates them.
+#[derive(Debug, Default)]
+pub(crate) struct Sealed {
+    /// One block per per-job family, in [`PER_JOB`] order (empty for a family left out).
+    blocks: [Block; PER_JOB.len()],
+    jobs: usize,
+}
+
+impl Sealed {
+    /// Compresses the lines of `jobs` in `families`, one block per family.
+    pub(crate) fn seal(jobs: &[JobText], families: Families) -> gzip::Result<Self> {
+        let mut d = Deflater::new();
+        let mut blocks: [Block; PER_JOB.len()] = Default::default();
+        for f in PER_JOB.into_iter().filter(|f| families.has(*f)) {
+            blocks[f.section()] = compress_section(&mut d, jobs, f)?;
+        }
+        Ok(Self {
+            blocks,
+            jobs: jobs.len(),
+        })
+    }
+
+    /// Number of jobs whose lines the blocks hold.
+    pub(crate) fn job_count(&self) -> usize {
+        self.jobs
+    }
+
+    /// The same without the lines of the jobs whose common labels ([`JobText::base`]) are in
+    /// `gone`, each of which has lines here; `None` when no job is left.
+    pub(crate) fn without(&self, gone: &HashSet<Box<[u8]>>) -> gzip::Result<Option<Self>> {
+        let jobs = self.jobs.saturating_sub(gone.len());
+        if jobs == 0 {
+            return Ok(None);
+        }
+        let mut d = Deflater::new();
+        let mut blocks: [Block; PER_JOB.len()] = Default::default();
+        for (block, old) in blocks.iter_mut().zip(&self.blocks) {
+            if old.text_len() == 0 {
+                continue;
+            }
+            let text = old.inflate()?;
+            let buf = d.buffer();
+            for line in text.split_inclusive(|b| *b == b'\n') {
+                let labels = line.splitn(2, |b| *b == b'{').nth(1).unwrap_or_default();
+                let dropped = exposition::line_base(labels).is_some_and(|base| gone.contains(base));
+                if !dropped {
+                    buf.extend_from_slice(line);
+                }
+            }
+            *block = d.finish()?;
+        }
+        Ok(Some(Self { blocks, jobs }))
+    }
+}
+
 /// Jobs per segment of a snapshot, on average. With one vector of every job (6.4 MB at 100,000
 /// jobs) allocated and freed per refresh beside long-lived job texts, RSS at 100,000 tracked
 /// jobs rose from 258 to 291 MiB over an hour of refreshes; in segments, from 252 to 275 MiB.
 /// A segment is also the unit of compression: one changed job compresses its segment's lines
 /// again, and a block per job would cost a sync flush and a fresh dictionary each.
-const SEGMENT: usize = 1024;
+pub(crate) const SEGMENT: usize = 1024;
 
 /// Longest segment, should the job names happen not to start one for a long run.
 const MAX_SEGMENT: usize = 4 * SEGMENT;
@@ -76,29 +164,29 @@ fn starts_segment(job: &JobText) -> bool {
 
 /// Appends `part` to `segments` in segments of its own (see [`starts_segment`]); returns how
 /// many jobs it had.
-fn segment(segments: &mut Vec<Vec<JobText>>, part: impl IntoIterator<Item = JobText>) -> usize {
-    let first = segments.len();
+fn segment(segments: &mut Vec<Segment>, part: impl IntoIterator<Item = JobText>) -> usize {
     let mut count = 0;
+    let mut current: Vec<JobText> = Vec::new();
     for job in part {
-        match segments.last_mut() {
-            Some(seg) if count > 0 && seg.len() < MAX_SEGMENT && !starts_segment(&job) => {
-                seg.push(job)
-            }
-            _ => {
-                let mut seg = Vec::with_capacity(SEGMENT);
-                seg.push(job);
-                segments.push(seg);
-            }
+        if !current.is_empty() && (current.len() >= MAX_SEGMENT || starts_segment(&job)) {
+            segments.push(Segment::Text(done(&mut current)));
         }
+        current.push(job);
         count += 1;
     }
-    // Held until the next snapshot: without their spare capacity (segments end where a job's
-    // labels say, so most vectors had grown past their length), the segments of 100,000 jobs
-    // take 6.4 MB rather than 10.5 (64 bytes a job; counted in a throwaway test).
-    for seg in &mut segments[first..] {
-        seg.shrink_to_fit();
+    if !current.is_empty() {
+        segments.push(Segment::Text(done(&mut current)));
     }
     count
+}
+
+/// A finished segment, held until the next snapshot: without its spare capacity (segments end
+/// where a job's labels say, so most vectors had grown past their length), the segments of
+/// 100,000 jobs took 6.4 MB rather than 10.5 (64 bytes a job; counted in a throwaway test).
+fn done(current: &mut Vec<JobText>) -> Vec<JobText> {
+    let mut seg = std::mem::replace(current, Vec::with_capacity(SEGMENT));
+    seg.shrink_to_fit();
+    seg
 }
 
 /// Jobs whose text is touched together before it is copied. At 100,000 jobs the held text
@@ -112,12 +200,14 @@ const WARM_BATCH: usize = 8;
 /// rarely grows.
 const HEAD_ROOM: usize = 7 * 1024;
 
-/// Where a write stopped: the family (its place in [`Family`] order), and the next segment and job within a
-/// per-job family (`None` before the family's header).
-#[derive(Debug, Clone, Copy, Default)]
+/// Where a write stopped: the family (its place in [`Family`] order), and the next segment and
+/// job within a per-job family (`None` before the family's header), or the sealed block being
+/// inflated.
+#[derive(Debug, Default)]
 struct Cursor {
     slot: usize,
     job: Option<(usize, usize)>,
+    inflating: Option<Inflater>,
 }
 
 impl Snapshot {
@@ -128,7 +218,7 @@ impl Snapshot {
         jobs: impl IntoIterator<Item = JobText>,
         aggregates: [String; FAMILIES.len()],
     ) -> Self {
-        let mut snap = Self::uncompressed(cached, Families::ALL, [], jobs, aggregates);
+        let mut snap = Self::uncompressed(cached, Families::ALL, [], [], jobs, aggregates);
         snap.compress_after(None);
         snap
     }
@@ -136,21 +226,25 @@ impl Snapshot {
     /// A snapshot whose text is not compressed yet: [`Snapshot::compress_after`] does it, so
     /// that the caller can gather the jobs under its lock and compress outside it.
     ///
-    /// Each family lists the `finished` jobs, whose lines never change again, before the
-    /// `active` ones, each in the order given: so that no segment mixes the two, and a refresh,
-    /// which renders every active job anew, compresses again only the active jobs' segments
-    /// rather than every segment that happens to hold one. At 100,000 jobs, 10% active,
-    /// that is 10 segments of 98 per refresh (BENCHMARKS.md, run 6).
-    pub fn uncompressed(
+    /// Each family lists the `sealed` finished jobs, then the `finished` ones whose text is
+    /// held, whose lines never change again either, before the `active` ones, each in the
+    /// order given: so that no segment mixes them, and a refresh, which renders every active
+    /// job anew, compresses again only the active jobs' segments rather than every segment
+    /// that happens to hold one. At 100,000 jobs, 10% active, that is 10 segments of 98 per
+    /// refresh (BENCHMARKS.md, run 6).
+    pub(crate) fn uncompressed(
         cached: bool,
         families: Families,
+        sealed: impl IntoIterator<Item = Arc<Sealed>>,
         finished: impl IntoIterator<Item = JobText>,
         active: impl IntoIterator<Item = JobText>,
         aggregates: [String; FAMILIES.len()],
     ) -> Self {
-        let mut jobs: Vec<Vec<JobText>> = Vec::new();
-        let job_count = segment(&mut jobs, finished) + segment(&mut jobs, active);
-        let bytes = jobs.iter().flatten().map(|j| j.len()).sum::<usize>()
+        let mut jobs: Vec<Segment> = sealed.into_iter().map(Segment::Sealed).collect();
+        let job_count = jobs.iter().map(Segment::job_count).sum::<usize>()
+            + segment(&mut jobs, finished)
+            + segment(&mut jobs, active);
+        let bytes = jobs.iter().map(Segment::text_len).sum::<usize>()
             + aggregates.iter().map(String::len).sum::<usize>()
             + 4096;
         Self {
@@ -186,20 +280,33 @@ impl Snapshot {
         let mut d = Deflater::new();
         let mut out = Compressed::default();
         let previous = previous.and_then(|p| Some((p, p.gzip.as_ref()?)));
-        // Segments are matched by their first job, which names them.
+        // Segments of text are matched by their first job, which names them.
         let index: HashMap<&[u8], usize> = previous
             .map(|(p, _)| {
                 p.jobs
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, seg)| Some((seg.first()?.base(), i)))
+                    .filter_map(|(i, seg)| match seg {
+                        Segment::Text(jobs) => Some((jobs.first()?.base(), i)),
+                        Segment::Sealed(_) => None,
+                    })
                     .collect()
             })
             .unwrap_or_default();
         for seg in &self.jobs {
+            let seg = match seg {
+                Segment::Sealed(sealed) => {
+                    out.segments.push(sealed.blocks.clone());
+                    continue;
+                }
+                Segment::Text(jobs) => jobs,
+            };
             let old = previous.and_then(|(p, gz)| {
                 let i = *index.get(seg.first()?.base())?;
-                let jobs = p.jobs.get(i).filter(|o| o.len() == seg.len())?;
+                let jobs = match p.jobs.get(i)? {
+                    Segment::Text(jobs) if jobs.len() == seg.len() => jobs,
+                    _ => return None,
+                };
                 Some((jobs, gz.segments.get(i)?))
             });
             let mut blocks: [Block; PER_JOB.len()] = Default::default();
@@ -251,7 +358,7 @@ impl Snapshot {
 
     /// An empty snapshot of `families`.
     pub fn empty_of(cached: bool, families: Families) -> Self {
-        let mut snap = Self::uncompressed(cached, families, [], [], Default::default());
+        let mut snap = Self::uncompressed(cached, families, [], [], [], Default::default());
         snap.compress_after(None);
         snap
     }
@@ -337,6 +444,16 @@ impl Snapshot {
                 while let Some((s, j)) = cursor.job
                     && let Some(seg) = self.jobs.get(s)
                 {
+                    let seg = match seg {
+                        Segment::Text(jobs) => jobs,
+                        Segment::Sealed(sealed) => {
+                            if !inflate(cursor, &sealed.blocks[f.section()], out, limit) {
+                                return false;
+                            }
+                            cursor.job = Some((s + 1, 0));
+                            continue;
+                        }
+                    };
                     let mut j = j.min(seg.len());
                     for batch in seg[j..].chunks(WARM_BATCH) {
                         if out.len() >= limit {
@@ -362,6 +479,28 @@ impl Snapshot {
             cursor.job = None;
         }
         true
+    }
+}
+
+/// Inflates `block` into `out` from where `cursor` stopped, until `out` holds `limit` bytes;
+/// true once the block is done.
+fn inflate(cursor: &mut Cursor, block: &Block, out: &mut Vec<u8>, limit: usize) -> bool {
+    let z = cursor
+        .inflating
+        .get_or_insert_with(|| Inflater::new(block.clone()));
+    match z.inflate_into(out, limit) {
+        Ok(false) => false,
+        Ok(true) => {
+            cursor.inflating = None;
+            true
+        }
+        Err(e) => {
+            // This process compressed the block, so this is a bug: the plain body then lacks
+            // the rest of these lines rather than the scrape failing.
+            tracing::error!(error = %e, "cannot inflate a sealed segment; its lines are left out");
+            cursor.inflating = None;
+            true
+        }
     }
 }
 
@@ -570,7 +709,8 @@ mod tests {
             jobs: Vec<JobText>,
             agg: [String; FAMILIES.len()],
         ) -> Snapshot {
-            let mut s = Snapshot::uncompressed(previous.cached, previous.families, [], jobs, agg);
+            let mut s =
+                Snapshot::uncompressed(previous.cached, previous.families, [], [], jobs, agg);
             s.compress_after(Some(previous));
             s
         }
@@ -729,6 +869,7 @@ mod tests {
         let mut first = Snapshot::uncompressed(
             true,
             Families::ALL,
+            [],
             finished.clone(),
             active(200.0),
             Default::default(),
@@ -738,8 +879,8 @@ mod tests {
             .jobs
             .iter()
             .take_while(|seg| {
-                seg.iter()
-                    .all(|j| j.base().starts_with(b"cloud_service=\"evs\",job_id=\"f"))
+                matches!(seg, Segment::Text(jobs) if jobs.iter()
+                    .all(|j| j.base().starts_with(b"cloud_service=\"evs\",job_id=\"f")))
             })
             .count();
         assert!(finished_segments > 1, "{finished_segments} segments");
@@ -748,7 +889,7 @@ mod tests {
         assert_eq!(
             first.jobs[finished_segments..]
                 .iter()
-                .map(Vec::len)
+                .map(Segment::job_count)
                 .sum::<usize>(),
             300,
             "no segment mixes finished and active jobs"
@@ -758,6 +899,7 @@ mod tests {
         let mut next = Snapshot::uncompressed(
             true,
             Families::ALL,
+            [],
             finished,
             active(230.0),
             Default::default(),
@@ -785,6 +927,121 @@ mod tests {
         assert!(ids[..SEGMENT * 4].iter().all(|id| id.starts_with('f')));
         assert!(ids[SEGMENT * 4..].iter().all(|id| id.starts_with('a')));
         assert_eq!(gunzip(&gzip_pieces(&Arc::new(next), b"", 4096)), plain);
+    }
+
+    /// The lines of `text`, sorted: what a scrape exports, whatever the order of its jobs.
+    fn sorted_lines(text: &[u8]) -> Vec<&[u8]> {
+        let mut lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+        lines.sort_unstable();
+        lines
+    }
+
+    #[test]
+    fn sealed_jobs_write_the_lines_their_text_did() {
+        let finished: Vec<JobText> = (0..SEGMENT * 2)
+            .map(|i| job_fetched(&format!("f{i}"), true, 200.0))
+            .collect();
+        let active: Vec<JobText> = (0..50)
+            .map(|i| job_fetched(&format!("a{i}"), false, 230.0))
+            .collect();
+        let sealed: Vec<Arc<Sealed>> = finished
+            .chunks(SEGMENT)
+            .map(|c| Arc::new(Sealed::seal(c, Families::ALL).expect("seal")))
+            .collect();
+        let held = {
+            let mut s = Snapshot::uncompressed(
+                true,
+                Families::ALL,
+                [],
+                finished.clone(),
+                active.clone(),
+                Default::default(),
+            );
+            s.compress_after(None);
+            Arc::new(s)
+        };
+        let mut snap = Snapshot::uncompressed(
+            true,
+            Families::ALL,
+            sealed.clone(),
+            finished[..10].to_vec(),
+            active,
+            Default::default(),
+        );
+        snap.compress_after(Some(&held));
+        let snap = Arc::new(snap);
+        assert_eq!(snap.job_count(), SEGMENT * 2 + 10 + 50);
+
+        let mut whole = Vec::new();
+        snap.write(&mut whole);
+        let mut expected = Vec::new();
+        held.write(&mut expected);
+        // The first ten finished jobs are there twice: sealed, and held as text.
+        let text = String::from_utf8(whole.clone()).expect("utf8");
+        let ids = job_ids(&text, Family::Status);
+        assert_eq!(ids.iter().filter(|id| **id == "f3").count(), 8);
+        assert_eq!(ids.iter().filter(|id| **id == "f30").count(), 4);
+        let once: Vec<&[u8]> = {
+            let mut seen = HashSet::new();
+            sorted_lines(&whole)
+                .into_iter()
+                .filter(|l| seen.insert(*l))
+                .collect()
+        };
+        assert_eq!(once, sorted_lines(&expected));
+        assert!(whole.len() <= snap.size_hint());
+        // Sealed lines come first, in the order sealed.
+        assert_eq!(ids[..4], ["f0"; 4]);
+
+        for size in [1, 1000, 56 * 1024, 1 << 24] {
+            let pieces: Vec<Bytes> = Arc::clone(&snap).chunks(size).collect();
+            assert!(pieces.iter().all(|p| !p.is_empty()));
+            assert_eq!(pieces.concat(), whole, "chunk size {size}");
+        }
+        assert_eq!(gunzip(&gzip_pieces(&snap, b"", 4096)), whole);
+        // A sealed segment's blocks are sent as they are, never compressed again.
+        for f in PER_JOB {
+            assert_eq!(
+                block_addresses(&snap, f)[0],
+                sealed[0].blocks[f.section()].data().as_ptr()
+            );
+        }
+    }
+
+    #[test]
+    fn a_sealed_segment_written_again_loses_exactly_the_jobs_that_left() {
+        let jobs: Vec<JobText> = (0..300)
+            .map(|i| job_fetched(&format!("j{i}"), i % 3 == 0, 200.0))
+            .collect();
+        let sealed = Sealed::seal(&jobs, Families::ALL).expect("seal");
+        let gone: HashSet<Box<[u8]>> = [7, 8, 150, 299]
+            .into_iter()
+            .map(|i| jobs[i].base().into())
+            .collect();
+        let left = sealed.without(&gone).expect("rewrite").expect("jobs left");
+        assert_eq!(left.job_count(), 296);
+        let kept: Vec<JobText> = jobs
+            .iter()
+            .filter(|j| !gone.contains(j.base()))
+            .cloned()
+            .collect();
+        let want = Sealed::seal(&kept, Families::ALL).expect("seal");
+        for (a, b) in left.blocks.iter().zip(&want.blocks) {
+            assert_eq!(a.inflate().expect("inflate"), b.inflate().expect("inflate"));
+            assert_eq!(a.text_len(), b.text_len());
+        }
+        let all: HashSet<Box<[u8]>> = jobs.iter().map(|j| j.base().into()).collect();
+        assert!(sealed.without(&all).expect("rewrite").is_none());
+    }
+
+    #[test]
+    fn a_sealed_segment_keeps_only_the_families_exported() {
+        let deny = ["huaweicloud_job_entity_info".to_string()];
+        let families = Families::select(("allow", &[]), ("deny", &deny)).expect("known");
+        let jobs: Vec<JobText> = (0..20).map(job).collect();
+        let sealed = Sealed::seal(&jobs, families).expect("seal");
+        assert_eq!(sealed.blocks[Family::EntityInfo.section()].text_len(), 0);
+        assert!(sealed.blocks[Family::Status.section()].text_len() > 0);
     }
 
     #[test]

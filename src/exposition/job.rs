@@ -310,8 +310,13 @@ impl JobText {
     /// True when `other` writes the same lines of `family` (the same text shared, or equal
     /// labels and line tails).
     pub(crate) fn same_section(&self, other: &JobText, family: Family) -> bool {
-        Arc::ptr_eq(&self.text, &other.text)
+        self.shares_text(other)
             || (self.base() == other.base() && self.tails(family) == other.tails(family))
+    }
+
+    /// True when `other` is a clone of this text (not merely equal to it).
+    pub(crate) fn shares_text(&self, other: &JobText) -> bool {
+        Arc::ptr_eq(&self.text, &other.text)
     }
 
     /// Appends the lines of one family.
@@ -410,12 +415,36 @@ pub(crate) const UNKNOWN_STATUS: &str = "UNKNOWN";
 
 /// Renders every per-job line of one job.
 pub fn render_job(v: &JobView<'_>) -> JobText {
-    let mut base = String::with_capacity(v.target_labels.len() + v.job_id.len() + 10);
-    base.push_str(v.target_labels);
-    base.push_str(",job_id=\"");
-    escape_into(&mut base, v.job_id);
-    base.push('"');
+    let base = job_base(v.target_labels, v.job_id);
     render(v, Builder::new(base.as_bytes()), None)
+}
+
+/// The labels every line of a job starts with (what [`JobText::base`] holds): its target's,
+/// then `job_id`.
+pub(crate) fn job_base(target_labels: &str, job_id: &str) -> String {
+    let mut base = String::with_capacity(target_labels.len() + job_id.len() + 10);
+    base.push_str(target_labels);
+    base.push_str(",job_id=\"");
+    escape_into(&mut base, job_id);
+    base.push('"');
+    base
+}
+
+/// The [`job_base`] a line of a per-job family starts with, given the line after its `{`: up
+/// to the quote that closes the `job_id` value. Label values are escaped, so `,job_id="` does
+/// not occur inside one, and a quote inside the id is preceded by a backslash.
+pub(crate) fn line_base(labels: &[u8]) -> Option<&[u8]> {
+    const JOB_ID: &[u8] = b",job_id=\"";
+    let at = labels.windows(JOB_ID.len()).position(|w| w == JOB_ID)? + JOB_ID.len();
+    let mut i = at;
+    while let Some(&b) = labels.get(i) {
+        match b {
+            b'\\' => i += 2,
+            b'"' => return labels.get(..=i),
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// [`render_job`] for a job whose body is the one `previous` was rendered from: the sections
@@ -594,6 +623,50 @@ mod tests {
             last_success,
             families: crate::families::Families::ALL,
         })
+    }
+
+    #[test]
+    fn every_line_gives_back_its_jobs_common_labels() {
+        let job = Job {
+            job_type: Some("a\",job_id=\"x".into()),
+            status: Some("FAIL".into()),
+            error_code: Some("E".into()),
+            sub_jobs: vec![Job {
+                job_id: Some("s\"1".into()),
+                status: Some("FAIL".into()),
+                ..Job::default()
+            }],
+            entities: vec![("volume_id".into(), "v,job_id=\"1".into())],
+            ..Job::default()
+        };
+        let target = "cloud_service=\"e\\\\vs\",project_id=\"p\\\"q\"";
+        for id in ["j", "a\"b\\", "x,job_id=\"y", "\\"] {
+            let base = job_base(target, id);
+            let t = render_job(&JobView {
+                target_labels: target,
+                job_id: id,
+                job: Some(&job),
+                fetch_ok: true,
+                last_success: Some(1.0),
+                families: crate::families::Families::ALL,
+            });
+            assert_eq!(t.base(), base.as_bytes());
+            let mut lines = 0;
+            for f in PER_JOB {
+                for line in t.section(f).lines() {
+                    let labels = line.split_once('{').map_or("", |(_, l)| l);
+                    assert_eq!(
+                        line_base(labels.as_bytes()),
+                        Some(base.as_bytes()),
+                        "{line}"
+                    );
+                    lines += 1;
+                }
+            }
+            assert!(lines > 10, "{lines} lines");
+        }
+        assert_eq!(line_base(b"a=\"1\"} 1"), None);
+        assert_eq!(line_base(b"a=\"1\",job_id=\"unclosed\\\""), None);
     }
 
     #[test]

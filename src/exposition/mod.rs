@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 pub(crate) use aggregate::{Aggregates, Totals};
 pub(crate) use family::{FAMILIES, Spec};
 pub use family::{Family, PER_JOB};
-pub(crate) use job::{JobText, cut_reason, rerender_fetch};
+pub(crate) use job::{JobText, cut_reason, job_base, line_base, rerender_fetch};
 pub use job::{JobView, job_type, render_job, status_label, type_label};
 
 /// Longest `fail_reason` exported, in characters.

@@ -10,7 +10,6 @@ use super::label_caps::code_label;
 use super::recent_errors::remember_error;
 use crate::cloud::{Fetched, Job, Reason, Status};
 use crate::exposition;
-use crate::state::{Finished, JobRef};
 use crate::telemetry::Telemetry;
 
 impl State {
@@ -85,6 +84,7 @@ impl State {
                 }
                 if job.is_terminal() && entry.terminal_since.is_none() {
                     entry.terminal_since = Some(now);
+                    state.archive.note_finished();
                     if jt_folded {
                         folded("job_type");
                     }
@@ -107,21 +107,13 @@ impl State {
                             .entry((Arc::clone(&labels), jt, code))
                             .or_default() += 1;
                     }
-                    let scope = &entry.tracked.target.scope;
-                    let remembered = Finished {
-                        job: JobRef::new(scope, &key.1),
+                    let remembered = Remembered {
                         at: now,
                         last: Some(Arc::new(last_state(&job))),
                     };
-                    state.memory.insert(
-                        key.clone(),
-                        scope,
-                        Remembered {
-                            at: now,
-                            last: remembered.last.clone(),
-                        },
-                    );
-                    state.newly_finished.push(remembered);
+                    let scope = &entry.tracked.target.scope;
+                    state.memory.insert(key.clone(), scope, remembered);
+                    state.newly_finished.push(key.clone());
                 }
                 entry.job = Some(Known::Body(Box::new(job)));
             }

@@ -16,6 +16,7 @@ use super::jobs::{JobKey, Tracked};
 use crate::cloud::{self, BodyDigest, FetchContext, FetchError, Fetched, Reason};
 use crate::config::Mode;
 use crate::snapshot::Snapshot;
+use crate::state::Finished;
 
 /// Finished jobs made durable per store commit. The first refresh of a large fleet finds most
 /// of its jobs finished at once, and one commit of them all held a copy of every record at once
@@ -125,9 +126,7 @@ impl Poller {
             let mut state = self.state();
             let retention = self.inner.settings.terminal_retention.as_secs_f64();
             // Remembered since they finished, so they are not taken back.
-            state
-                .jobs
-                .retain(|_, e| e.terminal_since.is_none_or(|t| now - t < retention));
+            state.drop_jobs(|_, e| e.terminal_since.is_none_or(|t| now - t < retention));
             state
                 .jobs
                 .iter()
@@ -219,11 +218,17 @@ impl Poller {
         };
         let mut fresh = std::mem::take(&mut self.state().newly_finished);
         let mut done = 0;
-        for batch in fresh.chunks(PERSIST_BATCH) {
-            if store.put_finished(batch).await.is_err() {
+        for keys in fresh.chunks(PERSIST_BATCH) {
+            let batch: Vec<Finished> = {
+                let state = self.state();
+                keys.iter()
+                    .filter_map(|k| state.memory.finished(k))
+                    .collect()
+            };
+            if store.put_finished(&batch).await.is_err() {
                 break;
             }
-            done += batch.len();
+            done += keys.len();
         }
         if done < fresh.len() {
             let mut state = self.state();
@@ -236,12 +241,14 @@ impl Poller {
     /// Applies one fetch result at the current time; returns the failure reason, if any.
     fn apply(&self, key: &JobKey, result: cloud::Result<Fetched>) -> Option<Reason> {
         let now = self.inner.clock.now();
-        self.state().apply(
+        let reason = self.state().apply(
             key,
             result,
             now,
             &self.inner.settings,
             &self.inner.telemetry,
-        )
+        );
+        self.seal_if_due();
+        reason
     }
 }

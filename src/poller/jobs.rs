@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
+use super::archive::Archive;
 use super::label_caps::{FOLDED, TargetCaps};
 use super::recent_errors::RecentError;
 use crate::cloud::{BodyDigest, Job, Status};
@@ -45,7 +46,10 @@ pub(super) struct Entry {
     pub(super) last_success: Option<f64>,
     pub(super) terminal_since: Option<f64>,
     pub(super) counted_subjob_failures: Vec<String>,
+    /// The job's lines, unless its segment is sealed (then empty).
     pub(super) text: JobText,
+    /// The sealed segment that holds the job's lines (see `super::archive`).
+    pub(super) sealed: Option<u32>,
 }
 
 /// What is kept of a tracked job's body once it has been fetched.
@@ -171,6 +175,17 @@ impl Memory {
         self.records.insert((labels, job_id), remembered);
     }
 
+    /// The record of `key` as the store keeps it.
+    pub(super) fn finished(&self, key: &JobKey) -> Option<Finished> {
+        let remembered = self.records.get(key)?;
+        let scope = self.scopes.get(&key.0)?;
+        Some(Finished {
+            job: JobRef::new(scope, &key.1),
+            at: remembered.at,
+            last: remembered.last.clone(),
+        })
+    }
+
     /// Keeps the records `keep` is true for.
     pub(super) fn retain(&mut self, keep: impl FnMut(&JobKey, &mut Remembered) -> bool) {
         self.records.retain(keep);
@@ -193,10 +208,15 @@ pub(super) struct State {
     pub(super) jobs: BTreeMap<JobKey, Entry>,
     /// Jobs seen finished or acknowledged, listed or not.
     pub(super) memory: Memory,
-    /// Jobs seen finished since the store last took them.
-    pub(super) newly_finished: Vec<Finished>,
+    /// Jobs seen finished since the store last took them; what the store keeps of each is
+    /// made from `memory` when it takes them, a batch at a time (a record per job, four strings
+    /// each, held until the end of the round, left holes all over the heap; BENCHMARKS.md,
+    /// run 7).
+    pub(super) newly_finished: Vec<JobKey>,
     pub(super) agg: Aggregated,
     pub(super) recent_errors: VecDeque<RecentError>,
+    /// Finished jobs' lines held only compressed.
+    pub(super) archive: Archive,
 }
 
 /// Seconds after which a finished or acknowledged job no source lists is forgotten: retention,
@@ -264,12 +284,14 @@ pub(super) fn insert_job(
         terminal_since: None,
         counted_subjob_failures: Vec::new(),
         text: JobText::default(),
+        sealed: None,
     };
     if let Some((at, last)) = restored {
         entry.job = Some(Known::Finished(Arc::clone(last)));
         entry.fetch_ok = true;
         entry.last_success = Some(at);
         entry.terminal_since = Some(at);
+        state.archive.note_finished();
     }
     entry.render(&key.1, families);
     state.jobs.insert(key, entry);

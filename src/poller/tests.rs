@@ -1,6 +1,6 @@
 //! The poller's behaviour end to end over a scripted job source.
 
-use super::jobs::Known;
+use super::jobs::{Known, last_state};
 use super::label_caps::MAX_LABEL_VALUES;
 use super::*;
 use crate::cloud::{BodyDigest, FetchContext, FetchError, Fetched, Job, Status};
@@ -231,7 +231,13 @@ async fn a_finished_job_that_leaves_and_comes_back_is_neither_fetched_nor_counte
     }
 
     // A new process that remembers them exports them as they were, fetching nothing.
-    let finished = std::mem::take(&mut p.state().newly_finished);
+    let finished: Vec<Finished> = {
+        let mut state = p.state();
+        let keys = std::mem::take(&mut state.newly_finished);
+        keys.iter()
+            .filter_map(|k| state.memory.finished(k))
+            .collect()
+    };
     assert_eq!(finished.len(), 5);
     let fresh = Fake::new(Duration::from_millis(10));
     let again = poller(&fresh, &[], settings(Mode::Cached));
@@ -682,4 +688,237 @@ async fn label_caps_are_per_target_and_count_what_they_fold() {
         );
         assert!(own.contains(&line), "{line}{own}");
     }
+}
+
+/// The job ids of the lines of `family`, sorted, each as often as it has lines.
+fn ids_of(text: &str, family: &str) -> Vec<String> {
+    let mut ids: Vec<String> = series(text, &format!("{family}{{"))
+        .iter()
+        .filter_map(|l| Some(l.split("job_id=\"").nth(1)?.split('"').next()?.to_string()))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// `ids` each `times` times, sorted.
+fn each(ids: impl IntoIterator<Item = String>, times: usize) -> Vec<String> {
+    let mut out: Vec<String> = ids
+        .into_iter()
+        .flat_map(|id| std::iter::repeat_n(id, times))
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn whole_segments_of_finished_jobs_are_sealed_and_leave_them_when_dropped() {
+    use crate::snapshot::SEGMENT;
+    let fake = Fake::new(Duration::ZERO);
+    let n = SEGMENT * 2 + 100;
+    let finished: Vec<String> = (0..n).map(|i| format!("f{i:05}")).collect();
+    for id in &finished {
+        fake.script(id, vec![Ok(job("SUCCESS", 100.0, Some(160.0)))]);
+    }
+    fake.script("r1", vec![Ok(job("RUNNING", 100.0, None))]);
+    let all: Vec<&str> = finished.iter().map(String::as_str).chain(["r1"]).collect();
+    let p = poller(&fake, &all, settings(Mode::Cached));
+    p.collect(None).await;
+    {
+        let state = p.state();
+        assert_eq!(state.archive.job_count(), SEGMENT * 2);
+        let sealed = state.jobs.values().filter(|e| e.sealed.is_some()).count();
+        assert_eq!(sealed, SEGMENT * 2);
+        assert!(
+            state
+                .jobs
+                .values()
+                .filter(|e| e.sealed.is_some())
+                .all(|e| e.text.held_bytes() == 0)
+        );
+    }
+    let t = text(&p);
+    let every: Vec<String> = finished.iter().cloned().chain(["r1".into()]).collect();
+    assert_eq!(ids_of(&t, "huaweicloud_job_status"), each(every.clone(), 4));
+    assert_eq!(
+        ids_of(&t, "huaweicloud_job_duration_seconds"),
+        each(every, 1)
+    );
+    assert_eq!(p.current().job_count(), n + 1);
+
+    // Acknowledged, no longer listed, and listed again (back from its last state): each
+    // sealed job leaves its segment's lines, and one listed again is there once.
+    let job_ref = |id: &str| JobRef::new(&Scope::new("evs", "r1", "p1"), id);
+    p.acknowledge(&job_ref("f00003"));
+    let listed: Vec<String> = finished
+        .iter()
+        .filter(|id| !["f00003", "f00010", "f01500"].contains(&id.as_str()))
+        .cloned()
+        .chain(["r1".to_string()])
+        .collect();
+    p.set_jobs(vec![(target(&fake), listed.clone())]);
+    let mut again = listed.clone();
+    again.push("f00010".into());
+    p.set_jobs(vec![(target(&fake), again)]);
+    p.collect(None).await;
+    let t = text(&p);
+    let mut want: Vec<String> = listed.clone();
+    want.push("f00010".into());
+    assert_eq!(ids_of(&t, "huaweicloud_job_status"), each(want.clone(), 4));
+    assert_eq!(
+        ids_of(&t, "huaweicloud_job_end_timestamp_seconds").len(),
+        n - 2
+    );
+    assert_eq!(p.current().job_count(), n - 1);
+    assert_eq!(
+        fake.calls("f00010"),
+        1,
+        "taken back from its last state, not fetched"
+    );
+
+    // Past retention every finished job goes, and its segments with it.
+    tokio::time::advance(Duration::from_secs(3601)).await;
+    p.collect(None).await;
+    let t = text(&p);
+    assert_eq!(
+        ids_of(&t, "huaweicloud_job_status"),
+        each(["r1".to_string()], 4)
+    );
+    assert_eq!(p.state().archive.job_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_dropped_while_its_segment_is_sealed_leaves_it_at_the_next_publish() {
+    use crate::snapshot::SEGMENT;
+    let fake = Fake::new(Duration::ZERO);
+    let ids: Vec<String> = (0..SEGMENT).map(|i| format!("f{i:05}")).collect();
+    for id in &ids {
+        fake.script(id, vec![Ok(job("SUCCESS", 100.0, Some(160.0)))]);
+    }
+    // One short of a whole segment: nothing is sealed.
+    let listed: Vec<&str> = ids[1..].iter().map(String::as_str).collect();
+    let p = poller(&fake, &listed, settings(Mode::Cached));
+    p.collect(None).await;
+    assert_eq!(p.state().archive.job_count(), 0);
+
+    let labels: Arc<str> = scope_labels(&Scope::new("evs", "r1", "p1")).into();
+    let key = |i: usize| (Arc::clone(&labels), ids[i].clone());
+    let now = p.inner.clock.now();
+    // A publish by hand: the last job comes back from its last state, the whole segment is
+    // gathered, and while it is compressed one job is dropped and another dropped and taken
+    // back (with a text of its own).
+    let (rewrites, open) = {
+        let mut guard = p.state();
+        let state = &mut *guard;
+        let tracked = Arc::clone(&state.jobs[&key(1)].tracked);
+        let last = Arc::new(last_state(&job("SUCCESS", 100.0, Some(160.0))));
+        let remembered = Remembered {
+            at: now,
+            last: Some(last),
+        };
+        state
+            .memory
+            .insert(key(0), &tracked.target.scope, remembered);
+        assert!(insert_job(
+            state,
+            &tracked,
+            key(0),
+            now,
+            3600.0,
+            Families::ALL
+        ));
+        let open: Vec<(JobKey, crate::exposition::JobText)> = state
+            .jobs
+            .iter()
+            .map(|(k, e)| (k.clone(), e.text.clone()))
+            .collect();
+        (state.archive.take_rewrites(), open)
+    };
+    assert_eq!(open.len(), SEGMENT);
+    let sealing = archive::prepare(rewrites, open, Families::ALL);
+    {
+        let mut guard = p.state();
+        let state = &mut *guard;
+        let tracked = Arc::clone(&state.jobs[&key(1)].tracked);
+        state.drop_jobs(|k, _| *k != key(5) && *k != key(6));
+        assert!(insert_job(
+            state,
+            &tracked,
+            key(6),
+            now,
+            3600.0,
+            Families::ALL
+        ));
+        state.install(sealing);
+        assert_eq!(state.archive.job_count(), SEGMENT);
+        assert!(state.jobs[&key(6)].sealed.is_none());
+        assert!(state.jobs[&key(7)].sealed.is_some());
+    }
+    p.publish();
+    let t = text(&p);
+    let mut want: Vec<String> = ids.clone();
+    want.retain(|id| id != &ids[5]);
+    assert_eq!(ids_of(&t, "huaweicloud_job_status"), each(want, 4));
+    assert_eq!(p.state().archive.job_count(), SEGMENT - 2);
+}
+
+#[tokio::test]
+async fn the_simulator_fleet_sealed_reads_the_same_plain_and_gzipped() {
+    use crate::simulator::{self, FleetShape};
+    let fake = Fake::new(Duration::ZERO);
+    // The benchmarks' fleet, where one block of the first inflater lost its last 469 bytes.
+    let project = simulator::DEMO_PROJECT_ID;
+    let scripts = simulator::fleet::generate(10_000, 7, project, &FleetShape::default());
+    let mut by_service: HashMap<String, Vec<String>> = HashMap::new();
+    for s in &scripts {
+        let body = s.render(0.0, 1_700_000_000.0).to_string();
+        let job = cloud::model::decode_job(body.as_bytes()).expect("simulator bodies decode");
+        fake.script(&s.job_id, vec![Ok(job)]);
+        by_service
+            .entry(s.service.clone())
+            .or_default()
+            .push(s.job_id.clone());
+    }
+    let targets: TargetJobs = by_service
+        .into_iter()
+        .map(|(service, ids)| {
+            let t = Target {
+                account: "acc".into(),
+                scope: Scope::new(&service, "cn-north-4", project),
+                endpoint_key: "h1".into(),
+                source: Arc::clone(&fake) as Arc<dyn JobSource>,
+            };
+            (Arc::new(t), ids)
+        })
+        .collect();
+    let p = Poller::new(targets, settings(Mode::Cached), Arc::new(Telemetry::new()));
+    p.collect(None).await;
+    let sealed = p.state().archive.job_count();
+    assert!(
+        sealed >= 2 * crate::snapshot::SEGMENT,
+        "{sealed} jobs sealed"
+    );
+    let snap = p.current();
+    let plain: Vec<u8> = Arc::clone(&snap)
+        .chunks(56 * 1024)
+        .collect::<Vec<_>>()
+        .concat();
+    let tail = crate::gzip::compress(b"").expect("deflate");
+    let body = Arc::clone(&snap)
+        .gzip_chunks(tail, 56 * 1024)
+        .expect("compressed")
+        .collect::<Vec<_>>()
+        .concat();
+    let mut gunzipped = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut gunzipped)
+        .expect("valid gzip");
+    assert_eq!(plain.len(), gunzipped.len());
+    assert!(plain == gunzipped);
+    assert_eq!(
+        series(
+            &String::from_utf8(plain).expect("utf8"),
+            "huaweicloud_job_fetch_success{"
+        )
+        .len(),
+        10_000
+    );
 }
