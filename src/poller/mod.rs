@@ -148,14 +148,13 @@ impl Poller {
         let shard = self.inner.settings.shard;
         let (mut added, removed);
         {
-            let mut guard = self.state();
-            let state = &mut *guard;
+            let mut state = self.state();
             let mut desired: HashSet<JobKey> = HashSet::new();
             added = 0;
             let now = self.inner.clock.now();
             let retention = self.inner.settings.terminal_retention.as_secs_f64();
             for (target, jobs) in targets {
-                let tracked = self.track(state, target);
+                let tracked = self.track(&mut state, target);
                 let t = &tracked.target;
                 for job_id in jobs {
                     if !shard.owns(&t.scope, &job_id) {
@@ -166,7 +165,7 @@ impl Poller {
                         continue;
                     }
                     if insert_job(
-                        state,
+                        &mut state,
                         &tracked,
                         key,
                         now,
@@ -174,6 +173,13 @@ impl Poller {
                         self.inner.settings.families,
                     ) {
                         added += 1;
+                    }
+                    // Jobs the store remembers as finished come back rendered: at startup, a
+                    // segment of them is sealed as soon as it is whole (see `seal_if_due`).
+                    if state.archive.due() {
+                        drop(state);
+                        self.seal_if_due();
+                        state = self.state();
                     }
                 }
             }
@@ -427,9 +433,9 @@ impl Poller {
         self.state().install(sealing);
     }
 
-    /// [`Poller::seal_finished`] during a collection, once a segment's worth of jobs finished
-    /// since the last time: so that their texts are freed while the round goes on and the next
-    /// ones reuse that memory. Sealed only at the end of the first round of 100,000 jobs, the
+    /// [`Poller::seal_finished`] during a collection (or while jobs the store remembers come
+    /// back), once a segment's worth of jobs finished since the last time: so that their texts
+    /// are freed while the round goes on and the next ones reuse that memory. Sealed only at the end of the first round of 100,000 jobs, the
     /// 90,000 texts had left holes all over the heap, and RSS stayed at 245 MiB (BENCHMARKS.md,
     /// run 7).
     pub(super) fn seal_if_due(&self) {

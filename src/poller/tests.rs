@@ -922,3 +922,31 @@ async fn the_simulator_fleet_sealed_reads_the_same_plain_and_gzipped() {
         10_000
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn jobs_the_store_remembers_come_back_sealed_without_being_fetched() {
+    use crate::snapshot::SEGMENT;
+    let fake = Fake::new(Duration::ZERO);
+    let p = poller(&fake, &[], settings(Mode::Cached));
+    let scope = Scope::new("evs", "r1", "p1");
+    let now = p.inner.clock.now();
+    let ids: Vec<String> = (0..SEGMENT * 2 + 5).map(|i| format!("f{i:05}")).collect();
+    let last = Arc::new(last_state(&job("SUCCESS", 100.0, Some(160.0))));
+    p.remember(
+        ids.iter()
+            .map(|id| Finished {
+                job: JobRef::new(&scope, id),
+                at: now,
+                last: Some(Arc::clone(&last)),
+            })
+            .collect(),
+    );
+    let (added, _) = p.set_jobs(vec![(target(&fake), ids.clone())]);
+    assert_eq!(added, ids.len());
+    assert_eq!(p.state().archive.job_count(), SEGMENT * 2);
+    let t = text(&p);
+    assert_eq!(ids_of(&t, "huaweicloud_job_status"), each(ids.clone(), 4));
+    p.collect(None).await;
+    assert_eq!(ids.iter().map(|id| fake.calls(id)).sum::<usize>(), 0);
+    assert_eq!(ids_of(&text(&p), "huaweicloud_job_status"), each(ids, 4));
+}
