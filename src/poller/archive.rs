@@ -2,10 +2,12 @@
 //! them since.
 //!
 //! A finished job is never fetched or rendered again, so its lines never change. Once a full
-//! segment of finished jobs has its text held (`SEGMENT` of them), a publish compresses their
-//! lines once more into a [`Sealed`] segment and the jobs' entries drop their text: at 100,000
-//! tracked jobs, 90% finished, that text was 49 MB (BENCHMARKS.md, run 7). A gzip scrape sends
-//! the sealed blocks as it sends any others; a plain one inflates them.
+//! segment of finished jobs has its text held (`SEGMENT` of them), their lines are compressed
+//! once more into a [`Sealed`] segment and the jobs' entries drop their text: at 100,000
+//! tracked jobs, 90% finished, that text was 49 MB (BENCHMARKS.md, run 7). That happens at each
+//! publish, and during a collection (or while remembered jobs come back) as soon as a segment's
+//! worth has finished, so that the texts freed are reused while the round goes on. A gzip
+//! scrape sends the sealed blocks as it sends any others; a plain one inflates them.
 //!
 //! A job that stops being tracked (retention, acknowledged, no longer listed) leaves its sealed
 //! segment: the segment is written again without its lines at the next publish, or dropped
