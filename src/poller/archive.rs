@@ -107,7 +107,7 @@ impl Archive {
 /// rest of `open` stays as it is. Compresses, so it runs outside the state's lock.
 pub(super) fn prepare(
     rewrites: Vec<Rewrite>,
-    mut open: Vec<(JobKey, JobText)>,
+    open: Vec<(JobKey, JobText)>,
     families: Families,
 ) -> Sealing {
     let rewritten = rewrites
@@ -117,11 +117,13 @@ pub(super) fn prepare(
             (r, done)
         })
         .collect();
-    open.truncate(open.len() / SEGMENT * SEGMENT);
     let mut sealed = Vec::new();
-    let mut chunks = open.into_iter().peekable();
-    while chunks.peek().is_some() {
-        let jobs: Vec<(JobKey, JobText)> = chunks.by_ref().take(SEGMENT).collect();
+    let mut open = open.into_iter();
+    loop {
+        let jobs: Vec<(JobKey, JobText)> = open.by_ref().take(SEGMENT).collect();
+        if jobs.len() < SEGMENT {
+            break;
+        }
         let texts: Vec<JobText> = jobs.iter().map(|(_, t)| t.clone()).collect();
         match Sealed::seal(&texts, families) {
             Ok(s) => sealed.push((s, jobs)),

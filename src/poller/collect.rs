@@ -241,14 +241,20 @@ impl Poller {
     /// Applies one fetch result at the current time; returns the failure reason, if any.
     fn apply(&self, key: &JobKey, result: cloud::Result<Fetched>) -> Option<Reason> {
         let now = self.inner.clock.now();
-        let reason = self.state().apply(
-            key,
-            result,
-            now,
-            &self.inner.settings,
-            &self.inner.telemetry,
-        );
-        self.seal_if_due();
+        let (reason, due) = {
+            let mut state = self.state();
+            let reason = state.apply(
+                key,
+                result,
+                now,
+                &self.inner.settings,
+                &self.inner.telemetry,
+            );
+            (reason, state.archive.due())
+        };
+        if due {
+            self.seal_if_due();
+        }
         reason
     }
 }
