@@ -14,7 +14,9 @@
 //!
 //! Knobs (environment): `BENCH_JOBS` (latency sizes, default 1000,10000,100000), `BENCH_RUNS`
 //! (scrapes per size, default 41; 100,000-job sizes use a fifth of it, at least 9),
-//! `BENCH_ROUNDS` (memory: refreshes, default 120 = an hour at 30 s), `BENCH_IDLE_SECS` (default
+//! `BENCH_ROUNDS` (memory: refreshes, default 120 = an hour at 30 s), `BENCH_MEMORY_RESTART`
+//! (memory: `1` keeps a state file, then restarts the exporter on it and measures again),
+//! `BENCH_IDLE_SECS` (default
 //! 60), `BENCH_IDLE_SHARES` (finished shares for idle, default 0.9,0.0), `BENCH_PYTHON`, `BENCH_PEER` (the peer script), `BENCH_EXPORTER` (another
 //! build of the binary), `BENCH_BASELINE` (an earlier build run beside this one, for before/after
 //! ratios from one run), `BENCH_SCRAPERS`, `BENCH_CONCURRENT_JOBS`, `BENCH_CONCURRENT_ROUNDS`
@@ -358,49 +360,62 @@ struct Series {
     p50: Duration,
     p99: Duration,
     bytes: u64,
+    /// The scraped process's CPU time (user and system) per scrape, on average.
+    cpu: Duration,
 }
 
-async fn scrapes(c: &reqwest::Client, url: &str, gzip: bool, runs: usize) -> Series {
-    let (_, bytes) = scrape(c, url, gzip).await; // warm-up
-    let mut t = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        t.push(scrape(c, url, gzip).await.0);
-    }
-    t.sort();
-    Series {
-        p50: percentile(&t, 0.5),
-        p99: percentile(&t, 0.99),
-        bytes,
-    }
+/// CPU time from clock ticks (USER_HZ, 100 on Linux) over `scrapes` scrapes.
+fn cpu_per(ticks: u64, scrapes: usize) -> Duration {
+    Duration::from_millis(ticks * 10) / scrapes.max(1) as u32
 }
 
-/// `runs` scrapes of each of `urls`, taken in turn (one of each, then again), so that the
-/// machine's mood weighs on all of them alike.
+async fn scrapes(c: &reqwest::Client, p: &Proc, gzip: bool, runs: usize) -> Series {
+    scrapes_interleaved(c, &[p], gzip, runs)
+        .await
+        .pop()
+        .expect("one series a process")
+}
+
+/// `runs` scrapes of each of `procs`' `/metrics`, taken in turn (one of each, then again), so
+/// that the machine's mood weighs on all of them alike.
 async fn scrapes_interleaved(
     c: &reqwest::Client,
-    urls: &[String],
+    procs: &[&Proc],
     gzip: bool,
     runs: usize,
 ) -> Vec<Series> {
+    let urls: Vec<String> = procs
+        .iter()
+        .map(|p| format!("{}/metrics", p.base))
+        .collect();
     let mut bytes = Vec::new();
-    for url in urls {
+    for url in &urls {
         bytes.push(scrape(c, url, gzip).await.1); // warm-up
     }
     let mut times = vec![Vec::with_capacity(runs); urls.len()];
+    let mut ticks = vec![0; urls.len()];
     for _ in 0..runs {
-        for (url, t) in urls.iter().zip(&mut times) {
+        for ((url, t), (p, cpu)) in urls
+            .iter()
+            .zip(&mut times)
+            .zip(procs.iter().zip(&mut ticks))
+        {
+            let before = p.cpu_ticks();
             t.push(scrape(c, url, gzip).await.0);
+            *cpu += p.cpu_ticks().saturating_sub(before);
         }
     }
     times
         .into_iter()
         .zip(bytes)
-        .map(|(mut t, bytes)| {
+        .zip(ticks)
+        .map(|((mut t, bytes), ticks)| {
             t.sort();
             Series {
                 p50: percentile(&t, 0.5),
                 p99: percentile(&t, 0.99),
                 bytes,
+                cpu: cpu_per(ticks, runs),
             }
         })
         .collect()
@@ -429,7 +444,7 @@ async fn latency(dir: &std::path::Path, c: &reqwest::Client) {
     let runs: usize = env_or("BENCH_RUNS", 41);
     println!("\n## Cached-mode /metrics over loopback\n");
     println!(
-        "| exporter | jobs | gzip | bytes | p50 | p99 | runs | RSS after |\n|---|---:|---|---:|---:|---:|---:|---:|"
+        "| exporter | jobs | gzip | bytes | p50 | p99 | CPU a scrape | runs | RSS after |\n|---|---:|---|---:|---:|---:|---:|---:|---:|"
     );
     for n in env_list("BENCH_JOBS", &[1_000, 10_000, 100_000]) {
         let runs_n = if n >= 100_000 {
@@ -453,21 +468,19 @@ async fn latency(dir: &std::path::Path, c: &reqwest::Client) {
             wait_ok(c, &mut before, &url, Duration::from_secs(1800)).await;
             exps.push(("before", before));
         }
-        let urls: Vec<String> = exps
-            .iter()
-            .map(|(_, e)| format!("{}/metrics", e.base))
-            .collect();
+        let procs: Vec<&Proc> = exps.iter().map(|(_, e)| e).collect();
         let mut p50s = vec![Vec::new(); exps.len()];
         for gzip in [false, true] {
-            let series = scrapes_interleaved(c, &urls, gzip, runs_n).await;
+            let series = scrapes_interleaved(c, &procs, gzip, runs_n).await;
             for (((name, exp), s), p50) in exps.iter().zip(&series).zip(&mut p50s) {
                 p50.push(s.p50);
                 println!(
-                    "| {name} | {n} | {} | {} | {} | {} | {runs_n} | {} MiB |",
+                    "| {name} | {n} | {} | {} | {} | {} | {} | {runs_n} | {} MiB |",
                     if gzip { "yes" } else { "no" },
                     mb(s.bytes),
                     ms(s.p50),
                     ms(s.p99),
+                    ms(s.cpu),
                     exp.rss_kib() / 1024
                 );
             }
@@ -475,7 +488,7 @@ async fn latency(dir: &std::path::Path, c: &reqwest::Client) {
         for ((name, _), p50) in exps.iter().zip(&p50s) {
             if let [plain, gz] = p50[..] {
                 println!(
-                    "| {name} | {n} | gzip p50 / plain p50 | {:.2}× | | | | |",
+                    "| {name} | {n} | gzip p50 / plain p50 | {:.2}× | | | | | |",
                     gz.as_secs_f64() / plain.as_secs_f64()
                 );
             }
@@ -496,13 +509,14 @@ async fn latency(dir: &std::path::Path, c: &reqwest::Client) {
                 runs
             };
             for gzip in [false, true] {
-                let s = scrapes(c, &format!("{}/metrics", peer.base), gzip, py_runs).await;
+                let s = scrapes(c, &peer, gzip, py_runs).await;
                 println!(
-                    "| python_peer | {n} | {} | {} | {} | {} | {py_runs} | {} MiB |",
+                    "| python_peer | {n} | {} | {} | {} | {} | {} | {py_runs} | {} MiB |",
                     if gzip { "yes" } else { "no" },
                     mb(s.bytes),
                     ms(s.p50),
                     ms(s.p99),
+                    ms(s.cpu),
                     peer.rss_kib() / 1024
                 );
             }
@@ -606,7 +620,7 @@ async fn ondemand(dir: &std::path::Path, c: &reqwest::Client) {
         };
         let (mut exp, _) = exporter_for(dir, &sim, &scripts, &settings, c).await;
         let runs = if n >= 10_000 { 3 } else { 11 };
-        let s = scrapes(c, &format!("{}/metrics", exp.base), false, runs).await;
+        let s = scrapes(c, &exp, false, runs).await;
         let ideal = Duration::from_millis(n.div_ceil(conc) as u64 * latency_ms);
         println!(
             "| {n} | {} | {} | {} | {runs} | {:.2}× |",
@@ -629,6 +643,8 @@ async fn memory(dir: &std::path::Path, c: &reqwest::Client) {
         "| tracked | ready | after 1 scrape | after {} refreshes | after {rounds} refreshes | after 5 more scrapes |\n|---:|---:|---:|---:|---:|---:|",
         rounds / 2
     );
+    let restart = env_or("BENCH_MEMORY_RESTART", 0u8) == 1;
+    let mut restarts = Vec::new();
     let mut per = Vec::new();
     for n in env_list("BENCH_MEMORY_JOBS", &[10_000, 100_000]) {
         let scripts = fleet(n, 0.9, 17);
@@ -643,7 +659,16 @@ async fn memory(dir: &std::path::Path, c: &reqwest::Client) {
             refresh_interval: "250ms",
             max_concurrency: 64,
         };
-        let (mut exp, _) = exporter_for(dir, &sim, &scripts, &settings, c).await;
+        let config = write_config(dir, &sim, &scripts, &settings);
+        let state = dir.join(format!("state-{n}.json"));
+        if restart {
+            let mut y = std::fs::read_to_string(&config).expect("read the config");
+            y.push_str(&format!("state_file: {}\n", state.display()));
+            std::fs::write(&config, y).expect("write the config");
+        }
+        let mut exp = start_exporter(&config);
+        let ready_url = format!("{}/-/ready", exp.base);
+        wait_ok(c, &mut exp, &ready_url, Duration::from_secs(1800)).await;
         let url = format!("{}/metrics", exp.base);
         let ready = exp.rss_kib();
         scrape(c, &url, false).await;
@@ -672,6 +697,20 @@ async fn memory(dir: &std::path::Path, c: &reqwest::Client) {
         );
         per.push((n, after));
         exp.terminate();
+        if restart {
+            restarts.push(restarted(c, &sim, &config, &state, n, active, rounds / 2).await);
+        }
+    }
+    if !restarts.is_empty() {
+        println!(
+            "\n### Restarted on the state file the run above kept\n\n\
+             | tracked | state file | ready after | upstream requests until ready | ready | after 1 scrape | after {} refreshes |\n\
+             |---:|---:|---:|---:|---:|---:|---:|",
+            rounds / 2
+        );
+        for r in restarts {
+            println!("{r}");
+        }
     }
     if let [(n1, r1), (n2, r2)] = per[..] {
         println!(
@@ -679,6 +718,46 @@ async fn memory(dir: &std::path::Path, c: &reqwest::Client) {
             (r2 as f64 - r1 as f64) * 1024.0 / (n2 - n1) as f64
         );
     }
+}
+
+/// The exporter started again on `config`, whose state file (`state`) a stopped one left: how long until
+/// ready, what it asked the cloud for meanwhile (the finished jobs it remembers should not be
+/// fetched again) and its RSS, at ready and after `rounds` refreshes of the `active` jobs. One
+/// row of the restart table.
+async fn restarted(
+    c: &reqwest::Client,
+    sim: &Sim,
+    config: &std::path::Path,
+    state: &std::path::Path,
+    n: usize,
+    active: u64,
+    rounds: u64,
+) -> String {
+    let size = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+    let journal = format!("{}.journal", state.display());
+    let state = size(state.to_path_buf()) + size(journal.into());
+    let before = sim.sim.requests_total();
+    let mut exp = start_exporter(config);
+    let ready_url = format!("{}/-/ready", exp.base);
+    let ready_after = wait_ok(c, &mut exp, &ready_url, Duration::from_secs(1800)).await;
+    let asked = sim.sim.requests_total() - before;
+    let ready = exp.rss_kib();
+    scrape(c, &format!("{}/metrics", exp.base), false).await;
+    let scraped = exp.rss_kib();
+    let limit = Instant::now() + Duration::from_secs(1800);
+    while sim.sim.requests_total() < before + asked + rounds * active && Instant::now() < limit {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let full = exp.rss_kib();
+    exp.terminate();
+    format!(
+        "| {n} | {} | {:.1} s | {asked} | {} MiB | {} MiB | {} MiB |",
+        mb(state),
+        ready_after.as_secs_f64(),
+        ready / 1024,
+        scraped / 1024,
+        full / 1024
+    )
 }
 
 /// Point 5: CPU of an idle cached exporter (no scrapes), 30 s refresh.

@@ -331,6 +331,11 @@ impl FinishedSet {
         removed
     }
 
+    /// The number of records.
+    fn len(&self) -> usize {
+        self.scopes.iter().map(|s| s.jobs.len()).sum()
+    }
+
     /// Every record, each with its scope's job reference built on the way.
     fn records(&self) -> impl Iterator<Item = Finished> + '_ {
         self.scopes.iter().flat_map(|s| {
