@@ -212,10 +212,10 @@ fn denied_family(s: &str) -> crate::families::Result<String> {
     crate::families::parse_name(s, DENYLIST_FLAG)
 }
 
-fn duration(s: &str) -> Result<std::time::Duration, String> {
+fn duration(s: &str) -> Result<std::time::Duration, crate::config::ValueError> {
     crate::config::parse_duration(s).and_then(|d| {
         if d.is_zero() {
-            Err(format!("{s:?} must be greater than zero"))
+            Err(crate::config::ValueError::Zero(s.into()))
         } else {
             Ok(d)
         }

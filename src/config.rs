@@ -61,6 +61,47 @@ pub enum Error {
     Invalid(Vec<Problem>),
 }
 
+/// Why one value is refused: a [`Problem`]'s message, or a flag's error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// Not a Prometheus-style duration.
+    #[error("{0:?} is not a duration (e.g. 30s, 5m, 1h30m, 7d)")]
+    Duration(String),
+    /// A duration that must not be zero.
+    #[error("{0:?} must be greater than zero")]
+    Zero(String),
+    /// An endpoint that is not http or https.
+    #[error("{0:?} must start with https:// or http://")]
+    Scheme(String),
+    /// An endpoint with more than scheme, host, port and path.
+    #[error("{0:?} must be scheme://host[:port][/path] without credentials, query or fragment")]
+    EndpointShape(String),
+    /// An endpoint that does not parse as a URL.
+    #[error("{value:?} is not a valid URL: {reason}")]
+    Url {
+        /// The endpoint.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// A credentials profile that cannot be read.
+    #[error("cannot read profile {file}: {reason}")]
+    ProfileUnreadable {
+        /// The file.
+        file: String,
+        /// Why.
+        reason: String,
+    },
+    /// A credentials profile without a key it needs.
+    #[error("profile {file} has no {key} in [basic]")]
+    ProfileIncomplete {
+        /// The file.
+        file: String,
+        /// The key.
+        key: &'static str,
+    },
+}
+
 fn render_problems(problems: &[Problem]) -> String {
     let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
     lines.join("\n")
@@ -852,7 +893,7 @@ impl Validator<'_> {
             }
             Ok(d) => Some(d),
             Err(e) => {
-                self.problem(path, e);
+                self.problem(path, e.to_string());
                 None
             }
         }
@@ -954,7 +995,7 @@ impl Validator<'_> {
                 let endpoint = match validate_endpoint(&iam.endpoint) {
                     Ok(e) => e,
                     Err(m) => {
-                        self.problem(&format!("{path}.iam.endpoint"), m);
+                        self.problem(&format!("{path}.iam.endpoint"), m.to_string());
                         return None;
                     }
                 };
@@ -1041,7 +1082,7 @@ impl Validator<'_> {
                         p.project_id,
                     ),
                     Err(e) => {
-                        self.problem(&format!("{path}.source"), e);
+                        self.problem(&format!("{path}.source"), e.to_string());
                         return None;
                     }
                 }
@@ -1057,7 +1098,7 @@ impl Validator<'_> {
                         None,
                     ),
                     Err(m) => {
-                        self.problem(&format!("{path}.metadata_url"), m);
+                        self.problem(&format!("{path}.metadata_url"), m.to_string());
                         return None;
                     }
                 }
@@ -1281,11 +1322,13 @@ impl Validator<'_> {
         derived: impl FnOnce() -> String,
     ) -> String {
         let checked = match given {
-            Some(e) => validate_endpoint(e).and_then(|v| {
-                crate::cloud::check_endpoint(&v)
-                    .map(|()| v)
-                    .map_err(|err| format!("{e:?} is not usable: {err}"))
-            }),
+            Some(e) => validate_endpoint(e)
+                .map_err(|err| err.to_string())
+                .and_then(|v| {
+                    crate::cloud::check_endpoint(&v)
+                        .map(|()| v)
+                        .map_err(|err| format!("{e:?} is not usable: {err}"))
+                }),
             None => {
                 let e = derived();
                 crate::cloud::check_endpoint(&e).map(|()| e).map_err(|err| {
@@ -1391,9 +1434,13 @@ struct Profile {
 
 /// Reads the SDK's INI credentials file: `[basic]` with `ak`, `sk`, and optionally
 /// `project_id` and `security_token`.
-fn read_profile(file: &Path) -> std::result::Result<Profile, String> {
-    let text = crate::files::read_to_string(file, crate::files::MAX_SECRET_BYTES)
-        .map_err(|e| format!("cannot read profile {}: {e}", file.display()))?;
+fn read_profile(file: &Path) -> Result<Profile, ValueError> {
+    let text = crate::files::read_to_string(file, crate::files::MAX_SECRET_BYTES).map_err(|e| {
+        ValueError::ProfileUnreadable {
+            file: file.display().to_string(),
+            reason: e.to_string(),
+        }
+    })?;
     let mut section = String::new();
     let mut values: BTreeMap<String, String> = BTreeMap::new();
     for line in text.lines().map(str::trim) {
@@ -1411,7 +1458,10 @@ fn read_profile(file: &Path) -> std::result::Result<Profile, String> {
         }
     }
     let mut take = |k: &str| values.remove(k).filter(|v| !v.is_empty());
-    let missing = |k: &str| format!("profile {} has no {k} in [basic]", file.display());
+    let missing = |key: &'static str| ValueError::ProfileIncomplete {
+        file: file.display().to_string(),
+        key,
+    };
     Ok(Profile {
         ak: take("ak").ok_or_else(|| missing("ak"))?,
         sk: take("sk").ok_or_else(|| missing("sk"))?,
@@ -1420,19 +1470,20 @@ fn read_profile(file: &Path) -> std::result::Result<Profile, String> {
     })
 }
 
-fn validate_endpoint(e: &str) -> std::result::Result<String, String> {
+fn validate_endpoint(e: &str) -> Result<String, ValueError> {
     let trimmed = e.trim_end_matches('/');
     let rest = trimmed
         .strip_prefix("https://")
         .or_else(|| trimmed.strip_prefix("http://"))
-        .ok_or_else(|| format!("{e:?} must start with https:// or http://"))?;
+        .ok_or_else(|| ValueError::Scheme(e.into()))?;
     let host = rest.split('/').next().unwrap_or_default();
     if host.is_empty() || rest.contains(['?', '#', '@', ' ']) {
-        return Err(format!(
-            "{e:?} must be scheme://host[:port][/path] without credentials, query or fragment"
-        ));
+        return Err(ValueError::EndpointShape(e.into()));
     }
-    reqwest::Url::parse(trimmed).map_err(|err| format!("{e:?} is not a valid URL: {err}"))?;
+    reqwest::Url::parse(trimmed).map_err(|err| ValueError::Url {
+        value: e.into(),
+        reason: err.to_string(),
+    })?;
     Ok(trimmed.to_string())
 }
 
@@ -1449,8 +1500,8 @@ fn is_name(s: &str) -> bool {
 }
 
 /// Parses a Prometheus-style duration: `1h30m`, `500ms`, `7d`, `2w`, `1y` (no fractions).
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let err = || format!("{s:?} is not a duration (e.g. 30s, 5m, 1h30m, 7d)");
+pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
+    let err = || ValueError::Duration(s.into());
     if s.is_empty() {
         return Err(err());
     }

@@ -54,29 +54,50 @@ impl Shard {
 
     /// Parses `--shard`: a number, or `auto` for a StatefulSet pod's ordinal, the number after
     /// the last `-` of `hostname` (`exporter-2` → 2).
-    pub fn parse(shard: &str, total: u32, hostname: Option<&str>) -> Result<Self, String> {
+    pub fn parse(shard: &str, total: u32, hostname: Option<&str>) -> Result<Self, Error> {
         if total == 0 {
-            return Err("--total-shards must be at least 1".into());
+            return Err(Error::NoShards);
         }
         let index = if shard == "auto" {
-            let host = hostname.ok_or("--shard=auto needs HOSTNAME (a StatefulSet pod's name)")?;
+            let host = hostname.ok_or(Error::NoHostname)?;
             host.rsplit_once('-')
                 .and_then(|(_, n)| n.parse::<u32>().ok())
-                .ok_or_else(|| {
-                    format!("--shard=auto: hostname {host:?} does not end in -<ordinal>")
-                })?
+                .ok_or_else(|| Error::NoOrdinal(host.into()))?
         } else {
             shard
                 .parse::<u32>()
-                .map_err(|_| format!("--shard: {shard:?} is not a number or \"auto\""))?
+                .map_err(|_| Error::NotANumber(shard.into()))?
         };
         if index >= total {
-            return Err(format!(
-                "--shard {index} is not below --total-shards {total}"
-            ));
+            return Err(Error::OutOfRange { index, total });
         }
         Ok(Self { index, total })
     }
+}
+
+/// Why `--shard` and `--total-shards` are refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// `--total-shards=0`.
+    #[error("--total-shards must be at least 1")]
+    NoShards,
+    /// `--shard=auto` without a hostname to take the ordinal from.
+    #[error("--shard=auto needs HOSTNAME (a StatefulSet pod's name)")]
+    NoHostname,
+    /// `--shard=auto` with a hostname that has no ordinal.
+    #[error("--shard=auto: hostname {0:?} does not end in -<ordinal>")]
+    NoOrdinal(String),
+    /// `--shard` neither a number nor `auto`.
+    #[error("--shard: {0:?} is not a number or \"auto\"")]
+    NotANumber(String),
+    /// `--shard` not below `--total-shards`.
+    #[error("--shard {index} is not below --total-shards {total}")]
+    OutOfRange {
+        /// The index given.
+        index: u32,
+        /// The number of shards.
+        total: u32,
+    },
 }
 
 #[cfg(test)]

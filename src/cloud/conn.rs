@@ -71,6 +71,36 @@ impl std::fmt::Display for Origin {
     }
 }
 
+/// Why a URL has no origin this client can connect to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unreachable {
+    /// Neither http nor https.
+    #[error("{url}: unsupported scheme {scheme:?}")]
+    Scheme {
+        /// The URL.
+        url: String,
+        /// Its scheme.
+        scheme: String,
+    },
+    /// The URL has no host.
+    #[error("{0}: no host")]
+    NoHost(String),
+    /// The URL has no port, and its scheme no default one.
+    #[error("{0}: no port")]
+    NoPort(String),
+}
+
+/// Why a fetch's connection stopped before the fetch was done.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    /// The connection failed.
+    #[error("{0}")]
+    Failed(hyper::Error),
+    /// The server closed it.
+    #[error("connection closed")]
+    Closed,
+}
+
 impl Origin {
     /// The failure of a request to this origin.
     fn fail(&self, what: impl std::fmt::Display) -> FetchError {
@@ -78,18 +108,25 @@ impl Origin {
     }
 
     /// The origin of `url`.
-    pub fn of(url: &reqwest::Url) -> Result<Self, String> {
+    pub fn of(url: &reqwest::Url) -> Result<Self, Unreachable> {
         let tls = match url.scheme() {
             "https" => true,
             "http" => false,
-            other => return Err(format!("{url}: unsupported scheme {other:?}")),
+            other => {
+                return Err(Unreachable::Scheme {
+                    url: url.to_string(),
+                    scheme: other.into(),
+                });
+            }
         };
-        let host = url.host_str().ok_or_else(|| format!("{url}: no host"))?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| Unreachable::NoHost(url.to_string()))?;
         // IPv6 literals come bracketed; connecting and TLS want the bare address.
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = url
             .port_or_known_default()
-            .ok_or_else(|| format!("{url}: no port"))?;
+            .ok_or_else(|| Unreachable::NoPort(url.to_string()))?;
         Ok(Self {
             tls,
             host: host.to_string(),
@@ -118,7 +155,7 @@ struct Driver {
 impl Driver {
     /// Polls `fut` and the connection together until `fut` is done. Fails if the connection
     /// ends first, since nothing else would ever wake `fut`.
-    async fn drive<T>(&mut self, fut: impl Future<Output = T>) -> Result<T, String> {
+    async fn drive<T>(&mut self, fut: impl Future<Output = T>) -> Result<T, Ended> {
         let mut fut = std::pin::pin!(fut);
         let mut ended: Option<Result<(), hyper::Error>> = None;
         poll_fn(|cx| {
@@ -133,8 +170,8 @@ impl Driver {
             }
             if self.ended {
                 return Poll::Ready(Err(match ended.take() {
-                    Some(Err(e)) => e.to_string(),
-                    _ => "connection closed".into(),
+                    Some(Err(e)) => Ended::Failed(e),
+                    _ => Ended::Closed,
                 }));
             }
             Poll::Pending
@@ -165,11 +202,14 @@ pub(crate) struct Connections {
 
 impl Connections {
     /// Connections verifying servers with the platform's trust store, as reqwest does.
-    pub fn new(connect_timeout: Duration, user_agent: &'static str) -> Result<Self, String> {
+    pub fn new(
+        connect_timeout: Duration,
+        user_agent: &'static str,
+    ) -> Result<Self, super::ClientError> {
         use rustls_platform_verifier::BuilderVerifierExt as _;
         let config = rustls::ClientConfig::builder()
             .with_platform_verifier()
-            .map_err(|e| format!("TLS trust store: {e}"))?
+            .map_err(|e| super::ClientError(format!("TLS trust store: {e}")))?
             .with_no_client_auth();
         Ok(Self::with_tls(config, connect_timeout, user_agent))
     }
@@ -673,8 +713,16 @@ mod tests {
                 port: 8080
             })
         );
+        let ftp = of("ftp://h/x");
         assert_eq!(
-            of("ftp://h/x"),
+            ftp,
+            Err(Unreachable::Scheme {
+                url: "ftp://h/x".into(),
+                scheme: "ftp".into()
+            })
+        );
+        assert_eq!(
+            ftp.map_err(|e| e.to_string()),
             Err("ftp://h/x: unsupported scheme \"ftp\"".into())
         );
     }

@@ -261,7 +261,7 @@ pub(crate) enum EndpointError {
         /// The endpoint.
         endpoint: String,
         /// Why.
-        reason: String,
+        reason: conn::Unreachable,
     },
     /// A header every request carries cannot hold a part of it (a host that is not ASCII).
     #[error("{what} {value:?} is not a valid HTTP header value")]
@@ -464,9 +464,7 @@ impl Client {
         let conns = if conn::proxy_configured() {
             None
         } else {
-            Some(Arc::new(
-                conn::Connections::new(timeout, USER_AGENT_VALUE).map_err(ClientError)?,
-            ))
+            Some(Arc::new(conn::Connections::new(timeout, USER_AGENT_VALUE)?))
         };
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT_VALUE)

@@ -58,19 +58,36 @@ impl IamState {
         token: &str,
         project_id: &str,
         now: f64,
-    ) -> Result<(), String> {
-        let t = self.tokens.get(token).ok_or("the token is invalid")?;
+    ) -> Result<(), TokenRefused> {
+        let t = self.tokens.get(token).ok_or(TokenRefused::Unknown)?;
         if t.revoked {
-            return Err("the token has been revoked".into());
+            return Err(TokenRefused::Revoked);
         }
         if t.expires_at <= now {
-            return Err("the token has expired".into());
+            return Err(TokenRefused::Expired);
         }
         if t.project_id != project_id {
-            return Err("the token is not scoped to this project".into());
+            return Err(TokenRefused::OtherProject);
         }
         Ok(())
     }
+}
+
+/// Why the gateway refuses an `X-Auth-Token`; the message goes into its 401.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(super) enum TokenRefused {
+    /// IAM never issued it.
+    #[error("the token is invalid")]
+    Unknown,
+    /// Revoked since.
+    #[error("the token has been revoked")]
+    Revoked,
+    /// Past its expiry.
+    #[error("the token has expired")]
+    Expired,
+    /// Scoped to another project than the request's.
+    #[error("the token is not scoped to this project")]
+    OtherProject,
 }
 
 fn secret(len: usize) -> String {

@@ -156,7 +156,7 @@ impl Files {
                         for j in s.jobs {
                             records
                                 .apply(Op::Register(j))
-                                .map_err(|p| corrupt(path, p))?;
+                                .map_err(|e| corrupt(path, e.to_string()))?;
                             snapshot_records += 1;
                         }
                     }
@@ -174,7 +174,9 @@ impl Files {
                             }))
                             .chain(s.finished.into_iter().map(Op::Finished));
                         for op in ops {
-                            records.apply(op).map_err(|p| corrupt(path, p))?;
+                            records
+                                .apply(op)
+                                .map_err(|e| corrupt(path, e.to_string()))?;
                             snapshot_records += 1;
                         }
                     }
@@ -347,7 +349,7 @@ fn replay(file: &Path, bytes: &[u8], records: &mut Records) -> Result<(u64, usiz
         };
         let at = |problem: String| corrupt(file, format!("line {}: {problem}", index + 1));
         let op: Op = serde_json::from_slice(body).map_err(|e| at(e.to_string()))?;
-        records.apply(op).map_err(at)?;
+        records.apply(op).map_err(|e| at(e.to_string()))?;
         good += line.len();
         count += 1;
     }

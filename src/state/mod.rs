@@ -376,12 +376,12 @@ impl Seen {
     }
 }
 
-fn check(job: &JobRef) -> Result<(), String> {
+fn check(job: &JobRef) -> Result<()> {
     for (field, value) in [("project_id", &job.project_id), ("job_id", &job.job_id)] {
         if !crate::scope::is_id(value) {
-            return Err(format!(
+            return Err(Error::Invalid(format!(
                 "{field}: {value:?} must match [A-Za-z0-9-]{{1,64}}"
-            ));
+            )));
         }
     }
     Ok(())
@@ -400,7 +400,7 @@ impl Op {
 
 impl Records {
     /// Applies a change; returns whether anything changed. An invalid job is refused.
-    fn apply(&mut self, op: Op) -> Result<bool, String> {
+    fn apply(&mut self, op: Op) -> Result<bool> {
         if let Some(j) = op.job() {
             check(j)?;
         }
@@ -498,7 +498,7 @@ impl Store {
     pub(crate) async fn commit(&self, ops: Vec<Op>) -> Result<usize> {
         for op in &ops {
             if let Some(j) = op.job() {
-                check(j).map_err(Error::Invalid)?;
+                check(j)?;
             }
         }
         if ops.is_empty() {
