@@ -269,7 +269,7 @@ impl Files {
             + records.cursors.len()
             + records.finished.len();
         write_atomically(&self.snapshot, |w| {
-            serde_json::to_writer(w, &SnapshotOut(records)).map_err(std::io::Error::other)
+            serde_json::to_writer(w, &SnapshotOut(records)).map_err(std::io::Error::from)
         })?;
         self.snapshot_records = count;
         // The snapshot holds everything now; an emptying that fails only leaves changes that
