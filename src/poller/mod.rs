@@ -435,9 +435,9 @@ impl Poller {
 
     /// [`Poller::seal_finished`] during a collection (or while jobs the store remembers come
     /// back), once a segment's worth of jobs finished since the last time: so that their texts
-    /// are freed while the round goes on and the next ones reuse that memory. Sealed only at the end of the first round of 100,000 jobs, the
-    /// 90,000 texts had left holes all over the heap, and RSS stayed at 245 MiB (BENCHMARKS.md,
-    /// run 7).
+    /// are freed while the round goes on and the next ones reuse that memory. Sealed only at
+    /// the end of the first round of 100,000 jobs, the 90,000 texts had left holes all over the
+    /// heap, and RSS stayed at 245 MiB (BENCHMARKS.md, run 7).
     pub(super) fn seal_if_due(&self) {
         if !self.state().archive.due() {
             return;
