@@ -16,7 +16,7 @@
 //! in pieces, to a scrape that asked for it plain.
 
 use bytes::Bytes;
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use flate2::{Compress, Compression, FlushCompress};
 
 /// What can go wrong while compressing.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,7 @@ pub enum Error {
     Unflushed,
     /// A stored block did not decompress (it should: this process compressed it).
     #[error("inflate failed: {0}")]
-    Inflate(#[from] flate2::DecompressError),
+    Inflate(#[from] libdeflater::DecompressionError),
     /// A stored block ended before the text it was made from.
     #[error("a stored block ended after {got} of its {want} bytes")]
     Truncated {
@@ -216,64 +216,93 @@ const ROOM: usize = 128 * 1024;
 /// How a sync flush ends: the LEN and NLEN of an empty stored block.
 const SYNC_END: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-/// Decompresses one [`Block`] in pieces, for a plain body made from text held only compressed.
+/// Gives back the text of [`Block`]s in pieces, for a plain body made from text held only
+/// compressed; one per body, its buffer reused from block to block.
+///
+/// A block is inflated whole with libdeflate, then copied out: at 100,000 jobs a plain scrape
+/// inflates 326 MB from 882 blocks, and libdeflate took 171–197 ms for that against 258–329 ms
+/// for flate2's streaming decoder (miniz_oxide) in the same run, copying included
+/// (BENCHMARKS.md, run 9).
+#[derive(Default)]
 pub struct Inflater {
-    z: Decompress,
-    block: Block,
+    text: Vec<u8>,
+    /// Bytes of `text` already given out; all of it once there is no block in hand.
+    sent: usize,
+    /// A block's data with the final block libdeflate needs after it.
+    input: Vec<u8>,
+    z: Option<libdeflater::Decompressor>,
 }
 
 impl Inflater {
-    /// Starts on `block`.
-    pub fn new(block: Block) -> Self {
-        Self {
-            z: Decompress::new(false),
-            block,
+    /// Inflates `block`, whose text the next calls of [`Inflater::inflate_into`] give out; the
+    /// text of the previous block is dropped, given out or not.
+    pub fn start(&mut self, block: &Block) -> Result<()> {
+        self.sent = 0;
+        let z = self.z.get_or_insert_with(libdeflater::Decompressor::new);
+        if let Err(e) = inflate_whole(z, &mut self.input, block, &mut self.text) {
+            self.text.clear();
+            return Err(e);
         }
+        Ok(())
     }
 
-    /// Appends the block's text to `out` until `out` holds at least `limit` bytes or the text
-    /// ends; true once it has ended. Writes into `out`'s spare capacity, so it goes past `limit`
-    /// by at most that (or 64 KiB when there is almost none).
-    pub fn inflate_into(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<bool> {
-        loop {
-            let (read, made) = (self.z.total_in(), self.z.total_out());
-            if made >= self.block.len {
-                return Ok(true);
-            }
-            if out.len() >= limit {
-                return Ok(false);
-            }
-            if out.capacity() - out.len() < 1024 {
-                out.reserve(64 * 1024);
-            }
-            let input = self.block.data.get(read as usize..).unwrap_or_default();
-            self.z.decompress_vec(input, out, FlushDecompress::None)?;
-            if self.z.total_in() == read && self.z.total_out() == made {
-                return Err(Error::Truncated {
-                    got: made,
-                    want: self.block.len,
-                });
-            }
-        }
+    /// Appends the started block's text to `out` until `out` holds `limit` bytes or the text
+    /// ends; true once it has ended.
+    pub fn inflate_into(&mut self, out: &mut Vec<u8>, limit: usize) -> bool {
+        let rest = self.text.get(self.sent..).unwrap_or_default();
+        let take = rest.len().min(limit.saturating_sub(out.len()));
+        out.extend_from_slice(&rest[..take]);
+        self.sent += take;
+        self.sent >= self.text.len()
     }
 }
 
 impl std::fmt::Debug for Inflater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inflater")
-            .field("read", &self.z.total_in())
-            .field("made", &self.z.total_out())
-            .field("of", &self.block.len)
+            .field("sent", &self.sent)
+            .field("of", &self.text.len())
             .finish()
     }
+}
+
+/// The end of a deflate stream: a final block with fixed codes holding only end-of-block.
+/// Blocks end with a sync flush, not a final block, which libdeflate wants (RFC 1951 §3.2.3).
+const FINAL_EMPTY: [u8; 2] = [0x03, 0x00];
+
+/// Replaces `text` with the whole text of `block`, its data copied into `input` first.
+fn inflate_whole(
+    z: &mut libdeflater::Decompressor,
+    input: &mut Vec<u8>,
+    block: &Block,
+    text: &mut Vec<u8>,
+) -> Result<()> {
+    let want = usize::try_from(block.len).map_err(|_| Error::Truncated {
+        got: 0,
+        want: block.len,
+    })?;
+    input.clear();
+    input.extend_from_slice(&block.data);
+    input.extend_from_slice(&FINAL_EMPTY);
+    // Every byte is written by the decoder, so what the buffer held need not be zeroed again.
+    text.resize(want, 0);
+    let got = z.deflate_decompress(input, text)?;
+    if got != want {
+        return Err(Error::Truncated {
+            got: got as u64,
+            want: block.len,
+        });
+    }
+    Ok(())
 }
 
 impl Block {
     /// The whole text of the block.
     pub fn inflate(&self) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0));
-        Inflater::new(self.clone()).inflate_into(&mut out, usize::MAX)?;
-        Ok(out)
+        let mut text = Vec::new();
+        let mut z = libdeflater::Decompressor::new();
+        inflate_whole(&mut z, &mut Vec::new(), self, &mut text)?;
+        Ok(text)
     }
 }
 
@@ -363,40 +392,62 @@ mod tests {
             .collect();
         let block = Deflater::new().block(&text).expect("compress");
         assert_eq!(block.inflate().expect("inflate"), text);
+        let mut z = Inflater::default();
         for piece in [1, 100, 56 * 1024, 1 << 20] {
-            let mut z = Inflater::new(block.clone());
+            z.start(&block).expect("inflate");
             let mut whole = Vec::new();
             let mut pieces = 0;
             loop {
-                let mut out = Vec::with_capacity(piece + 7 * 1024);
-                let done = z.inflate_into(&mut out, piece).expect("inflate");
-                assert!(done || out.len() >= piece, "short piece of {}", out.len());
-                whole.extend_from_slice(&out);
+                let mut out = b"head".to_vec();
+                let done = z.inflate_into(&mut out, piece + 4);
+                assert!(
+                    done || out.len() == piece + 4,
+                    "short piece of {}",
+                    out.len()
+                );
+                whole.extend_from_slice(&out[4..]);
                 pieces += 1;
                 if done {
                     break;
                 }
             }
             assert_eq!(whole, text, "pieces of {piece}");
-            assert!(
-                pieces >= text.len() / (piece + 72 * 1024),
-                "{pieces} pieces of {piece}"
-            );
+            assert_eq!(pieces, text.len().div_ceil(piece), "pieces of {piece}");
         }
+        // The buffer is reused: a shorter block after a longer one gives only its own text.
+        let short = Deflater::new().block(b"x 1\n").expect("compress");
+        z.start(&short).expect("inflate");
+        let mut out = Vec::new();
+        assert!(z.inflate_into(&mut out, usize::MAX));
+        assert_eq!(out, b"x 1\n");
         assert_eq!(Block::default().inflate().expect("empty"), b"");
     }
 
     #[test]
-    fn a_cut_block_is_an_error_not_a_short_text() {
+    fn a_cut_or_mislabelled_block_is_an_error_not_a_short_text() {
         let text = b"huaweicloud_job_status{job_id=\"j1\"} 1\n".repeat(1000);
         let block = Deflater::new().block(&text).expect("compress");
         let cut = Block {
             data: block.data.slice(..block.data.len() / 2),
-            ..block
+            ..block.clone()
         };
-        assert!(
-            matches!(cut.inflate(), Err(Error::Truncated { want, .. }) if want == text.len() as u64)
-        );
+        assert!(matches!(cut.inflate(), Err(Error::Inflate(_))));
+        let longer = Block {
+            len: block.len + 1,
+            ..block.clone()
+        };
+        assert!(matches!(longer.inflate(), Err(Error::Truncated { got, want }) if got + 1 == want));
+        let shorter = Block {
+            len: block.len - 1,
+            ..block.clone()
+        };
+        assert!(matches!(shorter.inflate(), Err(Error::Inflate(_))));
+        // A block that failed leaves nothing to give out.
+        let mut z = Inflater::default();
+        assert!(z.start(&cut).is_err());
+        let mut out = Vec::new();
+        assert!(z.inflate_into(&mut out, usize::MAX));
+        assert!(out.is_empty());
     }
 
     #[test]

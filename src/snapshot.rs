@@ -207,7 +207,9 @@ const HEAD_ROOM: usize = 7 * 1024;
 struct Cursor {
     slot: usize,
     job: Option<(usize, usize)>,
-    inflating: Option<Inflater>,
+    /// Whether `inflater` holds a block whose text is not all written yet.
+    inflating: bool,
+    inflater: Inflater,
 }
 
 impl Snapshot {
@@ -485,23 +487,18 @@ impl Snapshot {
 /// Inflates `block` into `out` from where `cursor` stopped, until `out` holds `limit` bytes;
 /// true once the block is done.
 fn inflate(cursor: &mut Cursor, block: &Block, out: &mut Vec<u8>, limit: usize) -> bool {
-    let z = cursor
-        .inflating
-        .get_or_insert_with(|| Inflater::new(block.clone()));
-    match z.inflate_into(out, limit) {
-        Ok(false) => false,
-        Ok(true) => {
-            cursor.inflating = None;
-            true
-        }
-        Err(e) => {
+    if !cursor.inflating {
+        if let Err(e) = cursor.inflater.start(block) {
             // This process compressed the block, so this is a bug: the plain body then lacks
-            // the rest of these lines rather than the scrape failing.
+            // these lines rather than the scrape failing.
             tracing::error!(error = %e, "cannot inflate a sealed segment; its lines are left out");
-            cursor.inflating = None;
-            true
+            return true;
         }
+        cursor.inflating = true;
     }
+    let done = cursor.inflater.inflate_into(out, limit);
+    cursor.inflating = !done;
+    done
 }
 
 /// Compresses the lines of `family` of every job of `jobs` as one block.
