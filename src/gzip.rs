@@ -246,6 +246,11 @@ impl Inflater {
         Ok(())
     }
 
+    /// Whether the started block has text not given out yet.
+    pub fn has_rest(&self) -> bool {
+        self.sent < self.text.len()
+    }
+
     /// Appends the started block's text to `out` until `out` holds `limit` bytes or the text
     /// ends; true once it has ended.
     pub fn inflate_into(&mut self, out: &mut Vec<u8>, limit: usize) -> bool {
@@ -299,10 +304,9 @@ fn inflate_whole(
 impl Block {
     /// The whole text of the block.
     pub fn inflate(&self) -> Result<Vec<u8>> {
-        let mut text = Vec::new();
-        let mut z = libdeflater::Decompressor::new();
-        inflate_whole(&mut z, &mut Vec::new(), self, &mut text)?;
-        Ok(text)
+        let mut z = Inflater::default();
+        z.start(self)?;
+        Ok(z.text)
     }
 }
 

@@ -207,8 +207,7 @@ const HEAD_ROOM: usize = 7 * 1024;
 struct Cursor {
     slot: usize,
     job: Option<(usize, usize)>,
-    /// Whether `inflater` holds a block whose text is not all written yet.
-    inflating: bool,
+    /// The sealed block being written, while it has text left.
     inflater: Inflater,
 }
 
@@ -487,18 +486,15 @@ impl Snapshot {
 /// Inflates `block` into `out` from where `cursor` stopped, until `out` holds `limit` bytes;
 /// true once the block is done.
 fn inflate(cursor: &mut Cursor, block: &Block, out: &mut Vec<u8>, limit: usize) -> bool {
-    if !cursor.inflating {
-        if let Err(e) = cursor.inflater.start(block) {
-            // This process compressed the block, so this is a bug: the plain body then lacks
-            // these lines rather than the scrape failing.
-            tracing::error!(error = %e, "cannot inflate a sealed segment; its lines are left out");
-            return true;
-        }
-        cursor.inflating = true;
+    if !cursor.inflater.has_rest()
+        && let Err(e) = cursor.inflater.start(block)
+    {
+        // This process compressed the block, so this is a bug: the plain body then lacks these
+        // lines rather than the scrape failing.
+        tracing::error!(error = %e, "cannot inflate a sealed segment; its lines are left out");
+        return true;
     }
-    let done = cursor.inflater.inflate_into(out, limit);
-    cursor.inflating = !done;
-    done
+    cursor.inflater.inflate_into(out, limit)
 }
 
 /// Compresses the lines of `family` of every job of `jobs` as one block.
